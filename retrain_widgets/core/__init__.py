@@ -1,0 +1,64 @@
+"""Pure-PyTorch core of retrain_widgets: no widget or plotting import here (a test enforces it).
+
+Everything the widgets do is callable from here: freezing, parameter groups, losses and
+their compatibility checks, scheduler shapes, the training engine and its history.
+"""
+
+from __future__ import annotations
+
+from . import losses, metrics, schedules
+from .batches import default_forward, logits_of, split_batch
+from .config import RunConfig
+from .engine import LRFinderResult, Retrainer, TrainingFailed, lr_find, resolve_device
+from .events import Event, EventInfo, State
+from .history import History, HistorySnapshot
+from .losses import LossMismatchError, check_compatibility
+from .params import make_optimizer, param_groups
+from .tree import (
+    LayerGroup,
+    LayerInfo,
+    find_head,
+    freeze,
+    freeze_all_but,
+    frozen_names,
+    layer_groups,
+    layer_tree,
+    replace_head,
+    trainable_count,
+    unfreeze,
+)
+
+__all__ = [
+    "RunConfig",
+    "Retrainer",
+    "TrainingFailed",
+    "LRFinderResult",
+    "lr_find",
+    "resolve_device",
+    "Event",
+    "EventInfo",
+    "State",
+    "History",
+    "HistorySnapshot",
+    "LayerInfo",
+    "LayerGroup",
+    "layer_tree",
+    "layer_groups",
+    "freeze",
+    "unfreeze",
+    "freeze_all_but",
+    "frozen_names",
+    "trainable_count",
+    "find_head",
+    "replace_head",
+    "losses",
+    "metrics",
+    "schedules",
+    "LossMismatchError",
+    "check_compatibility",
+    "param_groups",
+    "make_optimizer",
+    "split_batch",
+    "logits_of",
+    "default_forward",
+]

@@ -1,0 +1,243 @@
+"""``RunConfig``: one dataclass that describes a retraining run and round-trips through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .registry import closest
+
+__all__ = ["RunConfig", "OPTIMIZERS", "DEVICES"]
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+METRICS = ("auto", "accuracy", "mae")
+
+
+def _number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, whole: bool = False, optional: bool = False) -> Any:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"RunConfig.{name} must be a number, got {value!r}")
+    if whole:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"RunConfig.{name} must be a whole number, got {value!r}")
+            value = int(value)
+    else:
+        value = float(value)
+    if value != value:  # NaN
+        raise ValueError(f"RunConfig.{name} must be a number, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"RunConfig.{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"RunConfig.{name} must be <= {high}, got {value!r}")
+    return value
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        hint = closest(str(value), list(choices))
+        extra = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ValueError(f"RunConfig.{name} must be one of {list(choices)}, got {value!r}{extra}")
+    return value
+
+
+@dataclass
+class RunConfig:
+    """Everything that describes one retraining run.
+
+    Attributes
+    ----------
+    loss
+        Name of a registered loss (``retrain_widgets.losses.available()``) or any callable
+        ``(outputs, targets) -> scalar``. Only a name can be written to JSON: register a custom
+        callable with ``retrain_widgets.losses.register(name, fn)`` to save it.
+    loss_kwargs
+        Keyword arguments of the loss (e.g. ``{"gamma": 2.0}`` for ``"focal"``).
+    frozen
+        Dotted module names to freeze (``named_modules()`` names).
+    train_bn
+        ``False``: BatchNorm inside frozen modules stays in inference mode with fixed
+        statistics. ``True``: it keeps training (fastai's meaning).
+    optimizer
+        ``"adamw"``, ``"adam"`` or ``"sgd"``.
+    lr, weight_decay, momentum
+        Learning rate of the top layer group; weight decay (not applied to biases and
+        normalisation layers); SGD momentum.
+    lr_decay
+        Discriminative learning rates: each layer group below the top gets ``lr_decay`` times
+        the LR of the group above it (ULMFiT uses ``1 / 2.6``). ``1.0`` = off.
+    schedule, schedule_kwargs
+        Name of a scheduler shape (``retrain_widgets.schedules.available()``) and its
+        parameters; stepped once per optimizer step.
+    epochs, max_steps
+        Length of the run: ``epochs`` passes over the training loader, cut at ``max_steps``
+        optimizer steps when given.
+    seed
+        Seeds torch's RNGs (and the new head's initialisation) for reproducible runs.
+    device
+        ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    head, head_out
+        Replace the head before training: ``head_out`` outputs (e.g. 1 for BCE) on the layer
+        named ``head`` (found automatically when ``None``). The original head is kept to
+        measure the old task.
+    gradual, unfreeze_every
+        Gradual unfreezing (ULMFiT): start with only the top layer group trainable and
+        unfreeze the next group down every ``unfreeze_every`` epochs. Modules in ``frozen``
+        stay frozen throughout.
+    distill
+        ``None`` or ``{"alpha": a, "temperature": T}``: loss = a * new loss + (1 - a) * T² *
+        KL(teacher || student), the teacher being the original model.
+    l2sp
+        Strength of the L2-SP pull toward the pretrained weights (0 = off).
+    amp
+        Mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler).
+    grad_clip
+        Clip the global gradient norm to this value (``None`` = off).
+    metric
+        ``"auto"`` (accuracy for classification losses, MAE for regression), ``"accuracy"``
+        or ``"mae"``.
+    """
+
+    loss: str | Callable[..., Any] = "ce"
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    frozen: list[str] = field(default_factory=list)
+    train_bn: bool = False
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    lr_decay: float = 1.0
+    schedule: str = "constant"
+    schedule_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 3
+    max_steps: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    head: str | None = None
+    head_out: int | None = None
+    gradual: bool = False
+    unfreeze_every: int = 1
+    distill: dict[str, float] | None = None
+    l2sp: float = 0.0
+    amp: bool = False
+    grad_clip: float | None = None
+    metric: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> RunConfig:
+        """Check every field; raise ``ValueError`` naming the first bad one. Returns ``self``."""
+        from . import losses, schedules  # late import: the registries import nothing from here
+
+        if isinstance(self.loss, str):
+            losses.get(self.loss)
+            if not isinstance(self.loss_kwargs, Mapping):
+                raise ValueError(f"RunConfig.loss_kwargs must be a dict, got {self.loss_kwargs!r}")
+            self.loss_kwargs = losses.REGISTRY.validate_kwargs(self.loss, self.loss_kwargs)
+        elif not callable(self.loss):
+            raise ValueError(f"RunConfig.loss must be a loss name or a callable, got {self.loss!r}")
+        else:
+            self.loss_kwargs = dict(self.loss_kwargs or {})
+        if isinstance(self.frozen, str) or not all(isinstance(n, str) for n in self.frozen):
+            raise ValueError(f"RunConfig.frozen must be a list of dotted module names, got {self.frozen!r}")
+        self.frozen = list(self.frozen)
+        if not isinstance(self.train_bn, bool):
+            raise ValueError(f"RunConfig.train_bn must be True or False, got {self.train_bn!r}")
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        self.lr = _number("lr", self.lr, low=0.0, low_open=True, high=10.0)
+        self.weight_decay = _number("weight_decay", self.weight_decay, low=0.0, high=10.0)
+        self.momentum = _number("momentum", self.momentum, low=0.0, high=1.0)
+        self.lr_decay = _number("lr_decay", self.lr_decay, low=0.0, low_open=True, high=1.0)
+        if not isinstance(self.schedule, str):
+            raise ValueError(f"RunConfig.schedule must be a schedule name, got {self.schedule!r}")
+        schedules.get(self.schedule)
+        if not isinstance(self.schedule_kwargs, Mapping):
+            raise ValueError(f"RunConfig.schedule_kwargs must be a dict, got {self.schedule_kwargs!r}")
+        self.schedule_kwargs = schedules.REGISTRY.validate_kwargs(self.schedule, self.schedule_kwargs)
+        self.epochs = _number("epochs", self.epochs, low=1, whole=True)
+        self.max_steps = _number("max_steps", self.max_steps, low=1, whole=True, optional=True)
+        self.seed = _number("seed", self.seed, low=0, whole=True)
+        _choice("device", self.device, DEVICES)
+        if self.head is not None and not isinstance(self.head, str):
+            raise ValueError(f"RunConfig.head must be a dotted module name or None, got {self.head!r}")
+        self.head_out = _number("head_out", self.head_out, low=1, whole=True, optional=True)
+        if not isinstance(self.gradual, bool):
+            raise ValueError(f"RunConfig.gradual must be True or False, got {self.gradual!r}")
+        self.unfreeze_every = _number("unfreeze_every", self.unfreeze_every, low=1, whole=True)
+        if self.distill is not None:
+            if not isinstance(self.distill, Mapping):
+                raise ValueError(
+                    f"RunConfig.distill must be None or a dict like {{'alpha': 0.5, 'temperature': 2.0}}, "
+                    f"got {self.distill!r}"
+                )
+            unknown = set(self.distill) - {"alpha", "temperature"}
+            if unknown:
+                raise ValueError(
+                    f"RunConfig.distill has unknown keys {sorted(unknown)}; it takes 'alpha' and 'temperature'"
+                )
+            self.distill = {
+                "alpha": _number("distill['alpha']", self.distill.get("alpha", 0.5), low=0.0, high=1.0),
+                "temperature": _number(
+                    "distill['temperature']", self.distill.get("temperature", 2.0), low=0.0, low_open=True, high=100.0
+                ),
+            }
+        self.l2sp = _number("l2sp", self.l2sp, low=0.0)
+        if not isinstance(self.amp, bool):
+            raise ValueError(f"RunConfig.amp must be True or False, got {self.amp!r}")
+        self.grad_clip = _number("grad_clip", self.grad_clip, low=0.0, low_open=True, optional=True)
+        _choice("metric", self.metric, METRICS)
+        return self
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict. A custom loss callable must be registered by name first."""
+        if not isinstance(self.loss, str):
+            raise ValueError(
+                f"RunConfig.loss is a callable ({getattr(self.loss, '__name__', type(self.loss).__name__)}), "
+                f"which JSON cannot hold: register it with retrain_widgets.losses.register('my_loss', fn) "
+                f"and set loss='my_loss'"
+            )
+        out = dataclasses.asdict(self)
+        return json.loads(json.dumps(out))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Build a config from :meth:`to_dict`'s output; unknown keys are a ``ValueError``."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"RunConfig.from_dict expects a dict, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                hint = closest(str(key), names)
+                extra = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise ValueError(f"RunConfig has no field {key!r}{extra}")
+        return cls(**dict(data))
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """Return a validated copy with ``changes`` applied."""
+        for key in changes:
+            if key not in {f.name for f in dataclasses.fields(self)}:
+                hint = closest(key, [f.name for f in dataclasses.fields(self)])
+                extra = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise ValueError(f"RunConfig has no field {key!r}{extra}")
+        return dataclasses.replace(self, **changes)
+
+    def diff(self, other: RunConfig) -> dict[str, tuple[Any, Any]]:
+        """Fields whose values differ: ``{name: (self's, other's)}``."""
+        a, b = dataclasses.asdict(self), dataclasses.asdict(other)
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}

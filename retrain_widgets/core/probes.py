@@ -1,0 +1,131 @@
+"""Per-step probes that stay on the device until they are published.
+
+Every step the engine records the loss (``loss.detach()``) and the gradient L2 norm of every
+trainable parameter with one fused ``torch._foreach_norm`` into a preallocated buffer. No
+``.item()``: on CUDA a host sync per step would stall the GPU queue. Every publish (a chunk
+of steps), one copy moves the chunk to the host, where per-parameter norms are combined into
+per-layer norms; the drift of each layer from its starting weights is computed then too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["StepProbes", "DriftProbe"]
+
+
+class StepProbes:
+    """Loss and per-layer gradient norms, buffered on the device.
+
+    Parameters
+    ----------
+    layers
+        ``(layer name, parameters)`` pairs: the parameterised layers of the model.
+    capacity
+        Steps buffered before :meth:`flush` must be called.
+    device
+        Where the buffers live (the training device).
+    """
+
+    def __init__(self, layers: Sequence[tuple[str, Sequence[nn.Parameter]]], capacity: int,
+                 device: torch.device) -> None:
+        self.layer_names = tuple(name for name, _ in layers)
+        self.params: list[nn.Parameter] = [p for _, ps in layers for p in ps]
+        owner = np.array([i for i, (_, ps) in enumerate(layers) for _ in ps], dtype=np.int64)
+        self._owner = owner
+        self.capacity = int(capacity)
+        self.device = device
+        self.loss = torch.empty(self.capacity, device=device, dtype=torch.float32)
+        self.norms = torch.empty(self.capacity, max(1, len(self.params)), device=device, dtype=torch.float32)
+        self.steps = np.empty(self.capacity, dtype=np.int64)
+        self.n = 0
+        self._zero = torch.zeros((), device=device)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read which parameters are trainable (call after freezing or unfreezing).
+
+        Must be called with an empty buffer (after :meth:`flush`): columns of the buffer map to
+        the trainable parameters at the time of recording.
+        """
+        assert self.n == 0, "flush() before changing the trainable set"
+        self.active = [i for i, p in enumerate(self.params) if p.requires_grad]
+        self._active_params = [self.params[i] for i in self.active]
+        self._active_owner = self._owner[self.active] if self.active else np.empty(0, np.int64)
+
+    @property
+    def full(self) -> bool:
+        return self.n >= self.capacity
+
+    def record(self, step: int, loss: torch.Tensor) -> None:
+        """Store this step's loss and gradient norms (device ops only)."""
+        j = self.n
+        self.loss[j].copy_(loss.detach().float(), non_blocking=True)
+        if self._active_params:
+            zero = self._zero
+            grads = [p.grad if p.grad is not None else zero for p in self._active_params]
+            torch.stack(torch._foreach_norm(grads), out=self.norms[j, : len(grads)])
+        self.steps[j] = step
+        self.n = j + 1
+
+    def flush(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Move the buffered chunk to the host (one sync); return ``(steps, losses, layer norms)``.
+
+        Layer norms are ``sqrt(sum of squared parameter norms)`` over each layer's trainable
+        parameters; a layer with none (frozen) is NaN.
+        """
+        n = self.n
+        steps = self.steps[:n].copy()
+        if n == 0:
+            return steps, np.empty(0, np.float32), np.empty((0, len(self.layer_names)), np.float32)
+        k = len(self.active)
+        host = torch.cat([self.loss[:n, None], self.norms[:n, :k]], 1).cpu().numpy()
+        losses = host[:, 0].copy()
+        layer = np.full((n, len(self.layer_names)), np.nan, dtype=np.float64)
+        if k:
+            sq = host[:, 1:].astype(np.float64) ** 2
+            acc = np.zeros((n, len(self.layer_names)))
+            np.add.at(acc.T, self._active_owner, sq.T)
+            has = np.zeros(len(self.layer_names), bool)
+            has[self._active_owner] = True
+            layer[:, has] = np.sqrt(acc[:, has])
+        self.n = 0
+        return steps, losses, layer.astype(np.float32)
+
+
+class DriftProbe:
+    """Relative distance of each layer from its starting weights: ``||w - w0|| / ||w0||``.
+
+    ``w0`` is a copy of the weights when the probe is made (the pretrained weights, or a new
+    head's initialisation).
+    """
+
+    def __init__(self, layers: Sequence[tuple[str, Sequence[nn.Parameter]]]) -> None:
+        self.layer_names = tuple(name for name, _ in layers)
+        self.params = [p for _, ps in layers for p in ps]
+        self.start = [p.detach().clone() for p in self.params]
+        self._owner = np.array([i for i, (_, ps) in enumerate(layers) for _ in ps], dtype=np.int64)
+        with torch.no_grad():
+            ref = torch.stack(torch._foreach_norm(self.start)).double().cpu().numpy() if self.params else np.zeros(0)
+        acc = np.zeros(len(self.layer_names))
+        np.add.at(acc, self._owner, ref**2)
+        self._ref = np.sqrt(acc)
+
+    @torch.no_grad()
+    def measure_device(self) -> torch.Tensor:
+        """Per-parameter ``||w - w0||`` as a device tensor (no host sync)."""
+        if not self.params:
+            return torch.zeros(0)
+        diffs = torch._foreach_sub([p.detach() for p in self.params], self.start)
+        return torch.stack(torch._foreach_norm(diffs)).float()
+
+    def to_layers(self, per_param: np.ndarray) -> np.ndarray:
+        acc = np.zeros(len(self.layer_names))
+        np.add.at(acc, self._owner, per_param.astype(np.float64) ** 2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(self._ref > 0, np.sqrt(acc) / np.where(self._ref > 0, self._ref, 1), np.sqrt(acc))
+        return rel.astype(np.float32)

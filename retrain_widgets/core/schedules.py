@@ -1,0 +1,780 @@
+"""Learning-rate schedule shapes, looked up by name.
+
+Every schedule here is stepped once per *optimizer step* (not per epoch); a run has
+``total_steps`` optimizer steps. Each shape scales every parameter group relative to that
+group's own learning rate, so discriminative (per-group) learning rates survive, and the
+schedule never needs a param group to be added later: the project builds its groups once for
+all parameters, frozen ones included, so unfreezing only flips ``requires_grad`` and the newly
+trainable parameters follow the schedule from wherever it is.
+
+Usage::
+
+    from retrain_widgets.core import schedules
+
+    sched = schedules.make("one_cycle", optimizer, total_steps=1000)
+    for batch in loader:
+        ...
+        optimizer.step()
+        sched.step()
+
+    curve = schedules.preview("slanted_triangular", 1000, lr=1e-3)  # LR of each step
+
+``reduce_on_plateau`` is the one metric-driven shape (:attr:`ScheduleSpec.metric_driven`):
+step it with a validation metric, ``sched.step(val_loss)``, after each validation instead.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    CosineAnnealingWarmRestarts,
+    CyclicLR,
+    ExponentialLR,
+    LambdaLR,
+    MultiStepLR,
+    OneCycleLR,
+    ReduceLROnPlateau,
+    StepLR,
+)
+
+from .registry import Param, Registry
+
+__all__ = [
+    "ScheduleSpec",
+    "REGISTRY",
+    "available",
+    "get",
+    "register",
+    "resolve_kwargs",
+    "make",
+    "preview",
+]
+
+# The warning torch gives when a scheduler is stepped before its optimizer ever was.
+_STEP_ORDER_WARNING = re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """One named schedule shape.
+
+    Parameters
+    ----------
+    name
+        Registry name, e.g. ``"cosine"``.
+    description
+        One line, shown in a picker.
+    params
+        Keyword parameters with their defaults and ranges (for the UI and for validation). A
+        default of ``None`` means "derived from ``total_steps``"; the parameter's ``help``
+        says how.
+    build
+        ``build(optimizer, total_steps, **kwargs) -> scheduler``. It receives the kwargs
+        returned by :func:`resolve_kwargs` (every parameter present, derived ones filled).
+    metric_driven
+        ``True`` when the scheduler is stepped with a validation metric
+        (``sched.step(metric)``) rather than once per optimizer step.
+    resolve
+        Optional ``resolve(total_steps, kwargs) -> kwargs``: fills the ``None`` defaults from
+        ``total_steps`` and checks what :class:`~retrain_widgets.core.registry.Param` cannot
+        (open bounds, rules involving ``total_steps``), raising ``ValueError``.
+    """
+
+    name: str
+    description: str
+    params: dict[str, Param]
+    build: Callable[..., Any]
+    metric_driven: bool = False
+    resolve: Callable[[int, dict[str, Any]], dict[str, Any]] | None = None
+
+
+REGISTRY: Registry[ScheduleSpec] = Registry(kind="schedule")
+
+
+def available() -> list[str]:
+    """Names of the registered schedule shapes, in registration order."""
+    return REGISTRY.available()
+
+
+def get(name: str) -> ScheduleSpec:
+    """Return the :class:`ScheduleSpec` called ``name``.
+
+    Raises
+    ------
+    ValueError
+        If no schedule has that name (the message suggests the closest names).
+    """
+    return REGISTRY.get(name)
+
+
+def register(
+    name: str,
+    build: Callable[..., Any],
+    *,
+    params: Mapping[str, Param] | None = None,
+    description: str = "",
+    metric_driven: bool = False,
+    overwrite: bool = False,
+    resolve: Callable[[int, dict[str, Any]], dict[str, Any]] | None = None,
+) -> ScheduleSpec:
+    """Register a schedule shape and return its :class:`ScheduleSpec`.
+
+    Parameters
+    ----------
+    name
+        Registry name.
+    build
+        ``build(optimizer, total_steps, **kwargs) -> scheduler``; it should scale each param
+        group relative to that group's own learning rate.
+    params
+        Keyword parameters of ``build`` (name -> :class:`Param`).
+    description
+        One line for the picker.
+    metric_driven
+        ``True`` if the scheduler is stepped with a validation metric.
+    overwrite
+        Replace an existing entry of the same name instead of raising ``ValueError``.
+    resolve
+        Optional hook filling derived defaults and checking values, see :class:`ScheduleSpec`.
+    """
+    if not callable(build):
+        raise ValueError(f"schedule {name!r}: build must be callable, got {build!r}")
+    params = dict(params or {})
+    for key, param in params.items():
+        if not isinstance(param, Param):
+            raise ValueError(
+                f"schedule {name!r}: parameter {key!r} must be described by a Param, got {param!r}"
+            )
+    spec = ScheduleSpec(
+        name=name,
+        description=description,
+        params=params,
+        build=build,
+        metric_driven=bool(metric_driven),
+        resolve=resolve,
+    )
+    return REGISTRY.register(name, spec, overwrite=overwrite)
+
+
+def _check_total_steps(total_steps: Any) -> int:
+    if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral):
+        raise ValueError(f"total_steps must be a whole number >= 1, got {total_steps!r}")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
+    return int(total_steps)
+
+
+def resolve_kwargs(name: str, total_steps: int, **kwargs: Any) -> dict[str, Any]:
+    """Validate ``kwargs`` for schedule ``name`` and fill in every default.
+
+    Parameters
+    ----------
+    name
+        Schedule name.
+    total_steps
+        Number of optimizer steps in the run (>= 1).
+    **kwargs
+        Parameters to override; a value of ``None`` means "use the default".
+
+    Returns
+    -------
+    dict
+        Every parameter of the schedule, converted to its kind, with the ``None`` defaults
+        derived from ``total_steps``. This is exactly what ``build`` receives.
+
+    Raises
+    ------
+    ValueError
+        Unknown schedule, unknown parameter, a value of the wrong kind or out of range, or
+        ``total_steps < 1``; the message names the offending value.
+    """
+    spec = get(name)
+    total = _check_total_steps(total_steps)
+    given = REGISTRY.validate_kwargs(name, kwargs)
+    out = {key: param.default for key, param in spec.params.items()}
+    out.update({key: value for key, value in given.items() if value is not None})
+    if spec.resolve is not None:
+        out = dict(spec.resolve(total, out))
+    return out
+
+
+def make(name: str, optimizer: Optimizer, total_steps: int, **kwargs: Any) -> Any:
+    """Build the scheduler ``name`` for ``optimizer`` over a run of ``total_steps`` steps.
+
+    Each param group's *current* ``lr`` is its base learning rate: an ``initial_lr`` left in
+    the groups by an earlier scheduler is discarded, so build a fresh optimizer (or restore
+    its learning rates) before making a second scheduler for it.
+
+    Parameters
+    ----------
+    name
+        Schedule name (see :func:`available`).
+    optimizer
+        Any torch optimizer; it may have several param groups with different learning rates
+        and groups whose parameters are frozen.
+    total_steps
+        Number of optimizer steps in the run.
+    **kwargs
+        Schedule parameters (see ``get(name).params``).
+
+    Returns
+    -------
+    torch.optim.lr_scheduler.LRScheduler
+        Call ``step()`` after every ``optimizer.step()``; for a metric-driven schedule call
+        ``step(metric)`` after each validation.
+    """
+    spec = get(name)
+    resolved = resolve_kwargs(name, total_steps, **kwargs)
+    for group in optimizer.param_groups:
+        group.pop("initial_lr", None)
+    return spec.build(optimizer, int(total_steps), **resolved)
+
+
+def preview(name: str, total_steps: int, lr: float = 1e-3, **kwargs: Any) -> list[float]:
+    """Learning rate of each optimizer step of a run, for a group whose base LR is ``lr``.
+
+    The schedule is built on a throwaway optimizer holding one dummy parameter, so no model
+    is needed and nothing is trained.
+
+    Parameters
+    ----------
+    name
+        Schedule name.
+    total_steps
+        Number of optimizer steps.
+    lr
+        Base learning rate of the group (> 0).
+    **kwargs
+        Schedule parameters, as for :func:`make`.
+
+    Returns
+    -------
+    list of float
+        ``total_steps`` values; item ``i`` is the LR in effect when optimizer step ``i`` runs.
+        For a metric-driven schedule (``reduce_on_plateau``) this is a flat line at ``lr``:
+        its drops depend on the validation metric, which a preview does not have.
+    """
+    spec = get(name)
+    total = _check_total_steps(total_steps)
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    resolved = resolve_kwargs(name, total, **kwargs)
+    dummy = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([dummy], lr=float(lr))
+    group = optimizer.param_groups[0]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_STEP_ORDER_WARNING, category=UserWarning)
+        scheduler = spec.build(optimizer, total, **resolved)
+        if spec.metric_driven:
+            return [float(group["lr"])] * total
+        out = [0.0] * total
+        for i in range(total):
+            out[i] = float(group["lr"])
+            if i + 1 < total:
+                scheduler.step()
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+def _fail(name: str, key: str, value: Any, must: str) -> NoReturn:
+    raise ValueError(f"schedule {name!r}: parameter {key!r} must be {must}, got {value!r}")
+
+
+def _positive(name: str, kw: Mapping[str, Any], key: str) -> None:
+    if not kw[key] > 0:
+        _fail(name, key, kw[key], "> 0")
+
+
+def _open_unit(name: str, kw: Mapping[str, Any], key: str) -> None:
+    if not 0 < kw[key] < 1:
+        _fail(name, key, kw[key], "strictly between 0 and 1")
+
+
+def _group_lrs(optimizer: Optimizer) -> list[float]:
+    return [float(group["lr"]) for group in optimizer.param_groups]
+
+
+def _frac_floor(total_steps: int, frac: float) -> int:
+    # floor(total * frac), immune to 0.29 * 100 == 28.999999999999996
+    return math.floor(total_steps * frac + 1e-9)
+
+
+def _cosine_factor(progress: float, floor: float) -> float:
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class _Constant:
+    """LR multiplier 1 at every step (a callable object, so ``LambdaLR.state_dict`` keeps it)."""
+
+    def __call__(self, step: int) -> float:
+        return 1.0
+
+
+@dataclass
+class _WarmupCosine:
+    """LR multiplier: linear warm-up over ``warmup_steps``, then a half cosine to ``eta_min_frac``."""
+
+    warmup_steps: int
+    total_steps: int
+    eta_min_frac: float
+
+    def __call__(self, step: int) -> float:
+        w = self.warmup_steps
+        if step < w:
+            return (step + 1) / (w + 1)
+        progress = min(1.0, (step - w) / max(1, self.total_steps - w))
+        return _cosine_factor(progress, self.eta_min_frac)
+
+
+@dataclass
+class _SlantedTriangular:
+    """LR multiplier of ULMFiT's slanted triangular schedule (Howard & Ruder 2018, eq. 3)."""
+
+    total_steps: int
+    cut_frac: float
+    ratio: float
+
+    def __call__(self, step: int) -> float:
+        cut = max(1, _frac_floor(self.total_steps, self.cut_frac))
+        if step < cut:
+            p = step / cut
+        else:
+            p = max(0.0, 1.0 - (step - cut) / (cut * (1.0 / self.cut_frac - 1.0)))
+        return (1.0 + p * (self.ratio - 1.0)) / self.ratio
+
+
+class _RelativeCosineAnnealingLR(CosineAnnealingLR):
+    """:class:`~torch.optim.lr_scheduler.CosineAnnealingLR` whose floor is a fraction of each
+    group's own base LR (torch's ``eta_min`` is one absolute value for all groups, which would
+    *raise* the LR of a group whose base LR is below it)."""
+
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min_frac: float = 0.0) -> None:
+        self.eta_min_frac = eta_min_frac
+        super().__init__(optimizer, T_max=T_max, eta_min=0.0)
+
+    def get_lr(self) -> list[float | torch.Tensor]:
+        factor = _cosine_factor(self.last_epoch / self.T_max, self.eta_min_frac)
+        return [base_lr * factor for base_lr in self.base_lrs]
+
+    _get_closed_form_lr = get_lr
+
+
+class _RelativeCosineAnnealingWarmRestarts(CosineAnnealingWarmRestarts):
+    """:class:`~torch.optim.lr_scheduler.CosineAnnealingWarmRestarts` whose floor is a fraction
+    of each group's own base LR."""
+
+    def __init__(self, optimizer: Optimizer, T_0: int, T_mult: int = 1, eta_min_frac: float = 0.0) -> None:
+        self.eta_min_frac = eta_min_frac
+        super().__init__(optimizer, T_0=T_0, T_mult=T_mult, eta_min=0.0)
+
+    def get_lr(self) -> list[float | torch.Tensor]:
+        factor = _cosine_factor(self.T_cur / self.T_i, self.eta_min_frac)
+        return [base_lr * factor for base_lr in self.base_lrs]
+
+
+def _eta_min_frac_param() -> Param:
+    return Param(0.0, "float", low=0.0, high=1.0, help="floor of the LR, as a fraction of each group's LR")
+
+
+# --------------------------------------------------------------------------- constant
+def _build_constant(optimizer: Optimizer, total_steps: int) -> LambdaLR:
+    return LambdaLR(optimizer, _Constant())
+
+
+register("constant", _build_constant, description="Constant: every group keeps its own LR.")
+
+
+# --------------------------------------------------------------------------- step
+def _resolve_step(total: int, kw: dict[str, Any]) -> dict[str, Any]:
+    if kw["step_size"] is None:
+        kw["step_size"] = max(1, math.ceil(total / 3))
+    _positive("step", kw, "gamma")
+    return kw
+
+
+def _build_step(optimizer: Optimizer, total_steps: int, *, step_size: int, gamma: float) -> StepLR:
+    return StepLR(optimizer, step_size=step_size, gamma=gamma)
+
+
+register(
+    "step",
+    _build_step,
+    description="Step decay: multiply the LR by gamma every step_size steps.",
+    params={
+        "step_size": Param(None, "int", low=1, help="steps between drops (default: ceil(total_steps / 3))"),
+        "gamma": Param(0.1, "float", low=0.0, high=1.0, help="LR multiplier at each drop (> 0)"),
+    },
+    resolve=_resolve_step,
+)
+
+
+# --------------------------------------------------------------------------- multistep
+def _parse_milestones(value: Any) -> list[int]:
+    if isinstance(value, str):
+        parts = [part for part in re.split(r"[\s,;]+", value.strip().strip("[]()")) if part]
+        try:
+            return [int(part) for part in parts]
+        except ValueError:
+            _fail("multistep", "milestones", value, "a list of whole numbers")
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return [int(value)]
+    if not isinstance(value, (list, tuple)):
+        _fail("multistep", "milestones", value, "a list of whole numbers")
+    out: list[int] = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, numbers.Real) or int(item) != item:
+            _fail("multistep", "milestones", value, "a list of whole numbers")
+        out.append(int(item))
+    return out
+
+
+def _resolve_multistep(total: int, kw: dict[str, Any]) -> dict[str, Any]:
+    if kw["milestones"] is None:
+        kw["milestones"] = sorted({m for m in (total // 2, (3 * total) // 4) if 1 <= m < total})
+    else:
+        milestones = _parse_milestones(kw["milestones"])
+        if any(not 1 <= m < total for m in milestones):
+            _fail(
+                "multistep",
+                "milestones",
+                kw["milestones"],
+                f"steps between 1 and total_steps - 1 = {total - 1}",
+            )
+        if len(set(milestones)) != len(milestones):
+            _fail("multistep", "milestones", kw["milestones"], "distinct steps")
+        kw["milestones"] = sorted(milestones)
+    _positive("multistep", kw, "gamma")
+    return kw
+
+
+def _build_multistep(
+    optimizer: Optimizer, total_steps: int, *, milestones: list[int], gamma: float
+) -> MultiStepLR:
+    return MultiStepLR(optimizer, milestones=milestones, gamma=gamma)
+
+
+register(
+    "multistep",
+    _build_multistep,
+    description="Multi-step decay: multiply the LR by gamma at each milestone step.",
+    params={
+        "milestones": Param(
+            None,
+            "any",
+            help="steps where the LR drops, a list of ints (default: 50% and 75% of total_steps)",
+        ),
+        "gamma": Param(0.1, "float", low=0.0, high=1.0, help="LR multiplier at each milestone (> 0)"),
+    },
+    resolve=_resolve_multistep,
+)
+
+
+# --------------------------------------------------------------------------- exponential
+def _resolve_exponential(total: int, kw: dict[str, Any]) -> dict[str, Any]:
+    if kw["gamma"] is None:
+        kw["gamma"] = 0.01 ** (1.0 / total)
+    _positive("exponential", kw, "gamma")
+    return kw
+
+
+def _build_exponential(optimizer: Optimizer, total_steps: int, *, gamma: float) -> ExponentialLR:
+    return ExponentialLR(optimizer, gamma=gamma)
+
+
+register(
+    "exponential",
+    _build_exponential,
+    description="Exponential decay: multiply the LR by gamma every step.",
+    params={
+        "gamma": Param(
+            None,
+            "float",
+            low=0.0,
+            high=1.0,
+            help="LR multiplier per step, > 0 (default: 0.01 ** (1 / total_steps), a 100x fall over the run)",
+        ),
+    },
+    resolve=_resolve_exponential,
+)
+
+
+# --------------------------------------------------------------------------- cosine
+def _resolve_cosine(total: int, kw: dict[str, Any]) -> dict[str, Any]:
+    if kw["T_max"] is None:
+        kw["T_max"] = total
+    return kw
+
+
+def _build_cosine(
+    optimizer: Optimizer, total_steps: int, *, T_max: int, eta_min_frac: float
+) -> CosineAnnealingLR:
+    return _RelativeCosineAnnealingLR(optimizer, T_max=T_max, eta_min_frac=eta_min_frac)
+
+
+register(
+    "cosine",
+    _build_cosine,
+    description="Cosine annealing from each group's LR down to eta_min_frac of it.",
+    params={
+        "T_max": Param(None, "int", low=1, help="steps of the half cosine (default: total_steps)"),
+        "eta_min_frac": _eta_min_frac_param(),
+    },
+    resolve=_resolve_cosine,
+)
+
+
+# --------------------------------------------------------------------------- cosine_warm_restarts
+def _resolve_warm_restarts(total: int, kw: dict[str, Any]) -> dict[str, Any]:
+    if kw["T_0"] is None:
+        kw["T_0"] = max(1, total // 4)
+    return kw
+
+
+def _build_warm_restarts(
+    optimizer: Optimizer, total_steps: int, *, T_0: int, T_mult: int, eta_min_frac: float
+) -> CosineAnnealingWarmRestarts:
+    return _RelativeCosineAnnealingWarmRestarts(optimizer, T_0=T_0, T_mult=T_mult, eta_min_frac=eta_min_frac)
+
+
+register(
+    "cosine_warm_restarts",
+    _build_warm_restarts,
+    description="Cosine annealing with warm restarts (SGDR): the cosine restarts every T_0 steps.",
+    params={
+        "T_0": Param(None, "int", low=1, help="steps of the first cycle (default: max(1, total_steps // 4))"),
+        "T_mult": Param(1, "int", low=1, help="each cycle is T_mult times longer than the one before"),
+        "eta_min_frac": _eta_min_frac_param(),
+    },
+    resolve=_resolve_warm_restarts,
+)
+
+
+# --------------------------------------------------------------------------- one_cycle
+def _resolve_one_cycle(total: int, kw: dict[str, Any]) -> dict[str, Any]:
+    _open_unit("one_cycle", kw, "pct_start")
+    if kw["pct_start"] * total == 1.0:
+        # torch's OneCycleLR divides by zero when its warm-up phase ends at step 0
+        _fail(
+            "one_cycle",
+            "pct_start",
+            kw["pct_start"],
+            f"such that pct_start * total_steps != 1 (total_steps={total})",
+        )
+    _positive("one_cycle", kw, "div_factor")
+    _positive("one_cycle", kw, "final_div_factor")
+    return kw
+
+
+def _build_one_cycle(
+    optimizer: Optimizer,
+    total_steps: int,
+    *,
+    pct_start: float,
+    div_factor: float,
+    final_div_factor: float,
+    anneal_strategy: str,
+    cycle_momentum: bool,
+) -> OneCycleLR:
+    return OneCycleLR(
+        optimizer,
+        max_lr=_group_lrs(optimizer),
+        total_steps=total_steps,
+        pct_start=pct_start,
+        anneal_strategy=anneal_strategy,  # type: ignore[arg-type]
+        cycle_momentum=cycle_momentum,
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+    )
+
+
+register(
+    "one_cycle",
+    _build_one_cycle,
+    description="One cycle (Smith): warm up to each group's LR, then anneal far below it.",
+    params={
+        "pct_start": Param(
+            0.3, "float", low=0.0, high=1.0, help="fraction of the run spent warming up, in (0, 1)"
+        ),
+        "div_factor": Param(25.0, "log", low=0.0, help="start LR = group LR / div_factor"),
+        "final_div_factor": Param(1e4, "log", low=0.0, help="final LR = start LR / final_div_factor"),
+        "anneal_strategy": Param("cos", "choice", choices=("cos", "linear"), help="shape of both phases"),
+        "cycle_momentum": Param(
+            False,
+            "bool",
+            help="also cycle momentum / Adam beta1 between 0.95 and 0.85 (changes the optimizer's momentum)",
+        ),
+    },
+    resolve=_resolve_one_cycle,
+)
+
+
+# --------------------------------------------------------------------------- cyclic
+def _resolve_cyclic(total: int, kw: dict[str, Any]) -> dict[str, Any]:
+    if kw["step_size_up"] is None:
+        kw["step_size_up"] = max(1, total // 8)
+    if kw["step_size_down"] is None:
+        kw["step_size_down"] = kw["step_size_up"]
+    if not 0 < kw["base_frac"] <= 1:
+        _fail("cyclic", "base_frac", kw["base_frac"], "in (0, 1]")
+    if not 0 < kw["gamma"] <= 1:
+        _fail("cyclic", "gamma", kw["gamma"], "in (0, 1]")
+    return kw
+
+
+def _build_cyclic(
+    optimizer: Optimizer,
+    total_steps: int,
+    *,
+    mode: str,
+    base_frac: float,
+    step_size_up: int,
+    step_size_down: int,
+    gamma: float,
+) -> CyclicLR:
+    max_lrs = _group_lrs(optimizer)
+    return CyclicLR(
+        optimizer,
+        base_lr=[lr * base_frac for lr in max_lrs],
+        max_lr=max_lrs,
+        step_size_up=step_size_up,
+        step_size_down=step_size_down,
+        mode=mode,  # type: ignore[arg-type]
+        gamma=gamma,
+        cycle_momentum=False,
+    )
+
+
+register(
+    "cyclic",
+    _build_cyclic,
+    description="Cyclical LR (Smith): triangles between base_frac x LR and each group's LR.",
+    params={
+        "mode": Param(
+            "triangular",
+            "choice",
+            choices=("triangular", "triangular2", "exp_range"),
+            help="triangular2 halves the amplitude each cycle; exp_range scales it by gamma**step",
+        ),
+        "base_frac": Param(
+            0.1, "float", low=0.0, high=1.0, help="bottom of the cycle, as a fraction of each group's LR"
+        ),
+        "step_size_up": Param(
+            None, "int", low=1, help="steps from bottom to top (default: max(1, total_steps // 8))"
+        ),
+        "step_size_down": Param(None, "int", low=1, help="steps from top to bottom (default: step_size_up)"),
+        "gamma": Param(
+            1.0, "float", low=0.0, high=1.0, help="amplitude decay per step in exp_range mode, in (0, 1]"
+        ),
+    },
+    resolve=_resolve_cyclic,
+)
+
+
+# --------------------------------------------------------------------------- warmup_cosine
+def _resolve_warmup_cosine(total: int, kw: dict[str, Any]) -> dict[str, Any]:
+    if not 0 <= kw["warmup_frac"] < 1:
+        _fail("warmup_cosine", "warmup_frac", kw["warmup_frac"], "in [0, 1)")
+    return kw
+
+
+def _build_warmup_cosine(
+    optimizer: Optimizer, total_steps: int, *, warmup_frac: float, eta_min_frac: float
+) -> LambdaLR:
+    warmup = _frac_floor(total_steps, warmup_frac)
+    return LambdaLR(optimizer, _WarmupCosine(warmup, total_steps, eta_min_frac))
+
+
+register(
+    "warmup_cosine",
+    _build_warmup_cosine,
+    description="Linear warm-up from ~0 to each group's LR, then cosine decay.",
+    params={
+        "warmup_frac": Param(
+            0.05, "float", low=0.0, high=1.0, help="fraction of the run spent warming up, in [0, 1)"
+        ),
+        "eta_min_frac": _eta_min_frac_param(),
+    },
+    resolve=_resolve_warmup_cosine,
+)
+
+
+# --------------------------------------------------------------------------- slanted_triangular
+def _resolve_slanted(total: int, kw: dict[str, Any]) -> dict[str, Any]:
+    _open_unit("slanted_triangular", kw, "cut_frac")
+    return kw
+
+
+def _build_slanted(optimizer: Optimizer, total_steps: int, *, cut_frac: float, ratio: float) -> LambdaLR:
+    return LambdaLR(optimizer, _SlantedTriangular(total_steps, cut_frac, ratio))
+
+
+register(
+    "slanted_triangular",
+    _build_slanted,
+    description="ULMFiT slanted triangular: short linear rise to each group's LR, long linear decay.",
+    params={
+        "cut_frac": Param(
+            0.1, "float", low=0.0, high=1.0, help="fraction of the run spent rising, in (0, 1)"
+        ),
+        "ratio": Param(32.0, "float", low=1.0, help="how much smaller the lowest LR is than the peak"),
+    },
+    resolve=_resolve_slanted,
+)
+
+
+# --------------------------------------------------------------------------- reduce_on_plateau
+def _resolve_plateau(total: int, kw: dict[str, Any]) -> dict[str, Any]:
+    _open_unit("reduce_on_plateau", kw, "factor")
+    return kw
+
+
+def _build_plateau(
+    optimizer: Optimizer,
+    total_steps: int,
+    *,
+    mode: str,
+    factor: float,
+    patience: int,
+    threshold: float,
+    cooldown: int,
+    min_lr_frac: float,
+) -> ReduceLROnPlateau:
+    return ReduceLROnPlateau(
+        optimizer,
+        mode=mode,  # type: ignore[arg-type]
+        factor=factor,
+        patience=patience,
+        threshold=threshold,
+        cooldown=cooldown,
+        min_lr=[lr * min_lr_frac for lr in _group_lrs(optimizer)],
+    )
+
+
+register(
+    "reduce_on_plateau",
+    _build_plateau,
+    description="Reduce on plateau: multiply the LR by factor when the validation metric stalls.",
+    params={
+        "mode": Param("min", "choice", choices=("min", "max"), help="min for a loss, max for an accuracy"),
+        "factor": Param(0.1, "float", low=0.0, high=1.0, help="LR multiplier at each drop, in (0, 1)"),
+        "patience": Param(2, "int", low=0, help="validations without improvement before a drop"),
+        "threshold": Param(1e-4, "log", low=0.0, help="relative change that counts as an improvement"),
+        "cooldown": Param(0, "int", low=0, help="validations to wait after a drop"),
+        "min_lr_frac": Param(
+            0.0, "float", low=0.0, high=1.0, help="lowest LR, as a fraction of each group's LR"
+        ),
+    },
+    metric_driven=True,
+    resolve=_resolve_plateau,
+)

@@ -1,0 +1,269 @@
+"""Offline data for the bundled example: scikit-learn's digits and new tasks built on them.
+
+Every task uses the same images and the same fixed stratified 80/20 split
+(``train_test_split(..., test_size=0.2, random_state=0, stratify=y)``: 1437 training and
+360 validation images); only the labels change. Each :class:`Task` also carries an
+``old_val`` loader with the original 10-class labels, to measure forgetting.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+__all__ = [
+    "LOOPS_OF_DIGIT",
+    "SPLIT_RANDOM_STATE",
+    "SPLIT_TEST_SIZE",
+    "Task",
+    "digits_arrays",
+    "digits_loaders",
+    "task",
+    "tasks",
+]
+
+#: Parameters of the fixed train/validation split.
+SPLIT_TEST_SIZE = 0.2
+SPLIT_RANDOM_STATE = 0
+
+#: Closed loops in each written digit 0..9 (the ``"loops"`` task's class of each digit):
+#: 0 loops {1, 2, 3, 5, 7}, 1 loop {0, 4, 6, 9}, 2 loops {8}.
+LOOPS_OF_DIGIT: tuple[int, ...] = (1, 0, 0, 0, 1, 0, 1, 0, 2, 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_arrays() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = digits.images.astype("float32") / 16.0
+    y = digits.target.astype("int64")
+    x_train, x_val, y_train, y_val = train_test_split(
+        x, y, test_size=SPLIT_TEST_SIZE, random_state=SPLIT_RANDOM_STATE, stratify=y
+    )
+    out = []
+    for xs, ys in ((x_train, y_train), (x_val, y_val)):
+        xt = torch.from_numpy(xs.copy()).unsqueeze(1).contiguous()
+        yt = torch.from_numpy(ys.copy())
+        out.extend([xt, yt])
+    return out[0], out[1], out[2], out[3]
+
+
+def digits_arrays() -> dict[str, torch.Tensor]:
+    """Return the fixed stratified split of scikit-learn's digits as tensors.
+
+    The data ship with scikit-learn (no download). Loading and splitting happen once per
+    process; later calls return copies of the cached tensors, so callers may modify them.
+
+    Returns
+    -------
+    dict
+        ``"x_train"`` (1437, 1, 8, 8) and ``"x_val"`` (360, 1, 8, 8): float32 pixel values
+        in ``[0, 1]`` (the raw 0..16 values divided by 16). ``"y_train"`` (1437,) and
+        ``"y_val"`` (360,): int64 digit labels 0..9.
+    """
+    x_train, y_train, x_val, y_val = _cached_arrays()
+    return {
+        "x_train": x_train.clone(),
+        "y_train": y_train.clone(),
+        "x_val": x_val.clone(),
+        "y_val": y_val.clone(),
+    }
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    return seed
+
+
+def _train_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> DataLoader:
+    # A final batch of one sample would make BatchNorm fail in train mode, so such a
+    # tail (and only such a tail) is dropped.
+    return DataLoader(
+        TensorDataset(x, y),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=len(x) % batch_size == 1,
+    )
+
+
+def _eval_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> DataLoader:
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
+
+
+def digits_loaders(batch_size: int = 64, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    """Return ``(train, val)`` loaders for the original 10-class digits task.
+
+    Parameters
+    ----------
+    batch_size
+        Samples per batch (both loaders).
+    seed
+        Seed of the training loader's own :class:`torch.Generator`: loaders built with the
+        same seed give the same batch order, epoch after epoch, independent of the global
+        RNG. (The generator advances with each epoch, so a loader's second epoch differs
+        from its first.)
+
+    Returns
+    -------
+    tuple of DataLoader
+        Batches are ``(x, y)`` tuples: ``x`` float32 ``(B, 1, 8, 8)`` in ``[0, 1]``, ``y``
+        int64 ``(B,)`` digit labels. The training loader shuffles; the validation loader
+        does not. A final training batch of a single sample is dropped (BatchNorm cannot
+        train on it).
+    """
+    batch_size = _check_batch_size(batch_size)
+    seed = _check_seed(seed)
+    x_train, y_train, x_val, y_val = _cached_arrays()
+    return _train_loader(x_train, y_train, batch_size, seed), _eval_loader(x_val, y_val, batch_size)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A new task on the digits images that calls for a different loss.
+
+    Attributes
+    ----------
+    name
+        Key accepted by :func:`task`.
+    title
+        Short human-readable title.
+    description
+        What the targets mean, their dtype, shape and scale.
+    train, val
+        Loaders of ``(x, target)`` batches for the new task (train shuffled, val not).
+    old_val
+        The validation split with the ORIGINAL 10-class labels (int64), to measure how much
+        of the original task is forgotten.
+    losses
+        Suitable loss names from the project's loss registry; the first is the suggestion.
+    head_out
+        Number of outputs the model's head needs for this task.
+    kind
+        ``"binary"``, ``"regression"`` or ``"multiclass"``.
+    """
+
+    name: str
+    title: str
+    description: str
+    train: DataLoader
+    val: DataLoader
+    old_val: DataLoader
+    losses: tuple[str, ...]
+    head_out: int
+    kind: str
+
+
+def _is_seven(y: torch.Tensor) -> torch.Tensor:
+    return (y == 7).to(torch.float32)
+
+
+def _digit_value(y: torch.Tensor) -> torch.Tensor:
+    return y.to(torch.float32)
+
+
+def _loops(y: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(LOOPS_OF_DIGIT, dtype=torch.int64)[y]
+
+
+_TASKS: dict[str, dict] = {
+    "is_seven": {
+        "title": "Is it a seven? (imbalanced binary)",
+        "description": (
+            "Binary detection of the digit 7; about 10 % of the images are positives. "
+            "Targets: float32 0.0/1.0 of shape (N,). Use one output logit (squeeze it to (N,)); "
+            "the imbalance makes focal loss a natural choice over plain BCE."
+        ),
+        "relabel": _is_seven,
+        "losses": ("focal", "bce"),
+        "head_out": 1,
+        "kind": "binary",
+    },
+    "digit_value": {
+        "title": "Digit value (regression)",
+        "description": (
+            "Regression of the written digit's numeric value. Targets: float32 of shape (N,) "
+            "equal to the digit itself, on the raw scale 0.0..9.0 (not normalised: a constant "
+            "prediction of 4.5 has a mean squared error of about 8.25). Use one output "
+            "(squeeze it to (N,)); Huber/smooth-L1 are less swayed by confusions of distant digits."
+        ),
+        "relabel": _digit_value,
+        "losses": ("mse", "huber", "smooth_l1"),
+        "head_out": 1,
+        "kind": "regression",
+    },
+    "loops": {
+        "title": "Closed loops (new 3 classes)",
+        "description": (
+            "A new 3-class split by the number of closed loops in the written digit: "
+            "class 0 = no loop {1, 2, 3, 5, 7}, class 1 = one loop {0, 4, 6, 9}, "
+            "class 2 = two loops {8}. Targets: int64 class indices of shape (N,). "
+            "Classes are imbalanced (about 50 / 40 / 10 %)."
+        ),
+        "relabel": _loops,
+        "losses": ("ce", "label_smoothing", "focal_multiclass"),
+        "head_out": 3,
+        "kind": "multiclass",
+    },
+}
+
+
+def tasks() -> list[str]:
+    """Return the names of the available example tasks."""
+    return list(_TASKS)
+
+
+def task(name: str, batch_size: int = 64, seed: int = 0) -> Task:
+    """Build one example task on the digits images.
+
+    Parameters
+    ----------
+    name
+        One of :func:`tasks`: ``"is_seven"``, ``"digit_value"`` or ``"loops"``.
+    batch_size
+        Samples per batch (all three loaders).
+    seed
+        Seed of the training loader's own generator (same seed, same batch order).
+
+    Returns
+    -------
+    Task
+        Loaders on the same fixed split as :func:`digits_loaders`, relabelled for the task,
+        plus ``old_val`` with the original 10-class labels.
+
+    Raises
+    ------
+    ValueError
+        For an unknown task name (the message lists the available ones) or a bad
+        ``batch_size``/``seed``.
+    """
+    spec = _TASKS.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise ValueError(f"unknown example task {name!r}; available tasks: {', '.join(_TASKS)}")
+    batch_size = _check_batch_size(batch_size)
+    seed = _check_seed(seed)
+    x_train, y_train, x_val, y_val = _cached_arrays()
+    relabel = spec["relabel"]
+    return Task(
+        name=name,
+        title=spec["title"],
+        description=spec["description"],
+        train=_train_loader(x_train, relabel(y_train), batch_size, seed),
+        val=_eval_loader(x_val, relabel(y_val), batch_size),
+        old_val=_eval_loader(x_val, y_val, batch_size),
+        losses=spec["losses"],
+        head_out=spec["head_out"],
+        kind=spec["kind"],
+    )

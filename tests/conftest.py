@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+torch.set_num_threads(1)
+
+
+class BNNet(nn.Module):
+    """A small model with BatchNorm in a body and a Linear head."""
+
+    def __init__(self, n_in: int = 6, n_out: int = 3) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(n_in, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 16),
+                                  nn.BatchNorm1d(16), nn.ReLU())
+        self.head = nn.Linear(16, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+@pytest.fixture
+def bnnet() -> BNNet:
+    torch.manual_seed(0)
+    return BNNet()
+
+
+@pytest.fixture
+def cnn() -> nn.Module:
+    from retrain_widgets.examples import pretrained_digits_cnn
+
+    return pretrained_digits_cnn()
+
+
+def state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_state(module: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = module.state_dict()
+    changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
+    assert not changed, f"changed: {changed}"
