@@ -20,11 +20,13 @@ from .core import (
     LRFinderResult,
     Retrainer,
     RunConfig,
+    RunStore,
     State,
     TrainingFailed,
     check_compatibility,
     default_forward,
     find_head,
+    fingerprint,
     freeze,
     freeze_all_but,
     frozen_names,
@@ -45,7 +47,7 @@ from .core import (
 
 __version__ = "0.1.0"
 
-_LAZY = {}
+_LAZY = {"RetrainStudio": ".widgets", "LayerTreeView": ".widgets", "compare": ".comparison", "Comparison": ".comparison"}
 
 
 def __getattr__(name: str) -> Any:
@@ -62,6 +64,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "RetrainStudio",
+    "compare",
+    "Comparison",
+    "RunStore",
+    "fingerprint",
     "RunConfig",
     "Retrainer",
     "TrainingFailed",

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from retrain_widgets import Event, Retrainer, RunConfig, State, TrainingFailed, examples, losses
+from retrain_widgets import Event, Retrainer, RunConfig, State, TrainingFailed, examples, losses, schedules
 from retrain_widgets.core.tree import is_locked_norm
 
 
@@ -330,7 +330,10 @@ def test_max_steps_and_schedule(cnn, loaders):
     h = r.fit()
     assert r.step == 30
     steps, lrs = h.series("lr")
-    assert lrs[-1] < 1e-3 and steps[-1] == 29
+    assert steps.tolist() == list(range(30))  # the LR of every step
+    assert np.allclose(lrs, schedules.preview("cosine", 30, 1e-2), rtol=1e-5)
+    gsteps, groups, glr = h.layer_series("group_lr")
+    assert groups == tuple(g.name for g in r.groups) and glr.shape == (30, len(groups))
     assert r.progress["step"] == 30 and r.progress["state"] == "finished"
 
 

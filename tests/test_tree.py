@@ -279,3 +279,13 @@ def test_layer_groups_bert():
     names = [g.name for g in layer_groups(model)]
     assert names == ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1", "bert.pooler",
                      "classifier"]
+
+
+def test_names_up_to(cnn):
+    from retrain_widgets.core.tree import names_up_to
+
+    assert names_up_to(cnn, "features.4") == ["features.0", "features.1", "features.3", "features.4"]
+    assert names_up_to(cnn, "features") == ["features"]
+    assert names_up_to(cnn, "classifier.0") == ["features", "classifier.0"]
+    with pytest.raises(ValueError, match="no module named"):
+        names_up_to(cnn, "featurez")

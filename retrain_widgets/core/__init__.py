@@ -14,6 +14,7 @@ from .events import Event, EventInfo, State
 from .history import History, HistorySnapshot
 from .losses import LossMismatchError, check_compatibility
 from .params import make_optimizer, param_groups
+from .store import RunRecord, RunStore, fingerprint
 from .tree import (
     LayerGroup,
     LayerInfo,
@@ -29,6 +30,9 @@ from .tree import (
 )
 
 __all__ = [
+    "RunStore",
+    "RunRecord",
+    "fingerprint",
     "RunConfig",
     "Retrainer",
     "TrainingFailed",

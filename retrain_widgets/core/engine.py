@@ -36,7 +36,7 @@ from .batches import Forward, batch_size, default_forward, logits_of, to_device
 from .config import RunConfig
 from .events import Event, EventInfo, State
 from .history import History
-from .params import group_lrs, make_optimizer
+from .params import make_optimizer
 from .probes import DriftProbe, StepProbes
 from .tree import (
     _set_module,
@@ -210,7 +210,11 @@ class Retrainer:
         # ---- probes and history
         layers = parameterised_layers(net)
         self.layer_names = tuple(name for name, _ in layers)
-        self.probes = StepProbes(layers, self.publish_every, self.device)
+        first_of_group: dict[str, dict[str, Any]] = {}
+        for g in self.optimizer.param_groups:
+            first_of_group.setdefault(g.get("layer_group", g.get("name", str(len(first_of_group)))), g)
+        self.lr_group_names = tuple(first_of_group)
+        self.probes = StepProbes(layers, self.publish_every, self.device, lr_groups=list(first_of_group.values()))
         self.drift = DriftProbe(layers)
         self._l2sp: tuple[list[nn.Parameter], list[torch.Tensor]] | None = None
         if cfg.l2sp > 0:
@@ -484,6 +488,12 @@ class Retrainer:
     # ================================================================== the thread
     def _run(self) -> None:
         try:
+            self._run_guarded()
+        finally:
+            self._sync_guard("default")
+
+    def _run_guarded(self) -> None:
+        try:
             with _cpu_threads(self.device):
                 self._t_start = time.perf_counter()
                 self._last_pub = (self.step, self._t_start)
@@ -515,6 +525,7 @@ class Retrainer:
             if cfg.gradual:
                 self._maybe_next_stage()
             n_batches = 0
+            self._sync_guard("error")
             for batch in self.train_loader:
                 self._boundary()
                 batch = to_device(batch, self.device, non_blocking=True)
@@ -547,6 +558,7 @@ class Retrainer:
                     self._publish()
                 if self.step >= self.total_steps:
                     break
+            self._sync_guard("default")
             if n_batches == 0:
                 raise ValueError("the training loader yielded no batches: check the dataset and batch size")
             self.epoch += 1
@@ -674,19 +686,17 @@ class Retrainer:
         """Move the buffered probes to the history (one host copy); check for divergence.
 
         Drift and the checkpoint are measured when their time budget allows, or ``force``."""
-        sync_check = self._sync_check and self.device.type == "cuda"
-        if sync_check:
-            torch.cuda.set_sync_debug_mode("default")
-        steps, loss, layer_norms = self.probes.flush()
+        mode = self._sync_guard("default")
+        steps, loss, layer_norms, lrs = self.probes.flush()
         now = time.perf_counter()
         if len(steps):
             bad = ~np.isfinite(loss)
             if bad.any():
                 first = int(steps[np.argmax(bad)])
                 n_ok = int(np.argmax(bad))
-                self._record_chunk(steps[:n_ok], loss[:n_ok], layer_norms[:n_ok])
+                self._record_chunk(steps[:n_ok], loss[:n_ok], layer_norms[:n_ok], lrs[:n_ok])
                 self._diverged(first)
-            self._record_chunk(steps, loss, layer_norms)
+            self._record_chunk(steps, loss, layer_norms, lrs)
             last_step, last_t = self._last_pub
             if now > last_t and self.step > last_step:
                 rate = (self.step - last_step) / (now - last_t)
@@ -702,18 +712,24 @@ class Retrainer:
                 self._heavy_at = time.perf_counter()
                 self._heavy_cost = self._heavy_at - t0
             self._fire(Event.PUBLISH)
-        if sync_check:
-            torch.cuda.set_sync_debug_mode("error")
+        self._sync_guard(mode)
 
-    def _record_chunk(self, steps: np.ndarray, loss: np.ndarray, layer_norms: np.ndarray) -> None:
+    def _sync_guard(self, mode: str | int | None) -> str | int | None:
+        """With ``_sync_check`` on CUDA: set the sync debug mode (``"error"`` makes any host sync
+        raise); return the previous one. Used by ``benchmarks/gpu_check.py``."""
+        if not (self._sync_check and self.device.type == "cuda") or mode is None:
+            return None
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode(mode)
+        return previous
+
+    def _record_chunk(self, steps: np.ndarray, loss: np.ndarray, layer_norms: np.ndarray,
+                      lrs: np.ndarray) -> None:
         if not len(steps):
             return
         self.history.append("train_loss", steps, loss)
-        lrs = group_lrs(self.optimizer)
-        # LRs are host numbers already; the chunk shares the LR read now (schedules move slowly
-        # within a chunk of ~50 steps and the lr series is exact at each publish).
-        self.history.append("lr", steps[-1:], [list(lrs.values())[-1]])
-        self.history.append_layers("group_lr", steps[-1:], list(lrs), np.array([list(lrs.values())]))
+        self.history.append("lr", steps, lrs[:, -1])  # the top (head) group's LR
+        self.history.append_layers("group_lr", steps, self.lr_group_names, lrs)
         self.history.append_layers("grad_norm", steps, self.layer_names, layer_norms)
 
     @torch.no_grad()

@@ -32,7 +32,7 @@ class StepProbes:
     """
 
     def __init__(self, layers: Sequence[tuple[str, Sequence[nn.Parameter]]], capacity: int,
-                 device: torch.device) -> None:
+                 device: torch.device, lr_groups: Sequence[dict] = ()) -> None:
         self.layer_names = tuple(name for name, _ in layers)
         self.params: list[nn.Parameter] = [p for _, ps in layers for p in ps]
         owner = np.array([i for i, (_, ps) in enumerate(layers) for _ in ps], dtype=np.int64)
@@ -42,6 +42,9 @@ class StepProbes:
         self.loss = torch.empty(self.capacity, device=device, dtype=torch.float32)
         self.norms = torch.empty(self.capacity, max(1, len(self.params)), device=device, dtype=torch.float32)
         self.steps = np.empty(self.capacity, dtype=np.int64)
+        # one optimizer param group per LR column (host numbers: reading them costs no sync)
+        self.lr_groups = list(lr_groups)
+        self.lrs = np.empty((self.capacity, len(self.lr_groups)), dtype=np.float64)
         self.n = 0
         self._zero = torch.zeros((), device=device)
         self.refresh()
@@ -70,18 +73,22 @@ class StepProbes:
             grads = [p.grad if p.grad is not None else zero for p in self._active_params]
             torch.stack(torch._foreach_norm(grads), out=self.norms[j, : len(grads)])
         self.steps[j] = step
+        if self.lr_groups:
+            self.lrs[j] = [g["lr"] for g in self.lr_groups]
         self.n = j + 1
 
-    def flush(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Move the buffered chunk to the host (one sync); return ``(steps, losses, layer norms)``.
+    def flush(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Move the buffered chunk to the host (one sync); return ``(steps, losses, layer norms,
+        LRs)`` where ``LRs`` has one column per LR group given at construction.
 
         Layer norms are ``sqrt(sum of squared parameter norms)`` over each layer's trainable
         parameters; a layer with none (frozen) is NaN.
         """
         n = self.n
         steps = self.steps[:n].copy()
+        lrs = self.lrs[:n].copy()
         if n == 0:
-            return steps, np.empty(0, np.float32), np.empty((0, len(self.layer_names)), np.float32)
+            return steps, np.empty(0, np.float32), np.empty((0, len(self.layer_names)), np.float32), lrs
         k = len(self.active)
         host = torch.cat([self.loss[:n, None], self.norms[:n, :k]], 1).cpu().numpy()
         losses = host[:, 0].copy()
@@ -94,7 +101,7 @@ class StepProbes:
             has[self._active_owner] = True
             layer[:, has] = np.sqrt(acc[:, has])
         self.n = 0
-        return steps, losses, layer.astype(np.float32)
+        return steps, losses, layer.astype(np.float32), lrs
 
 
 class DriftProbe:

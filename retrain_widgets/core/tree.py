@@ -42,6 +42,8 @@ __all__ = [
     "layer_groups",
     "parameterised_layers",
     "freeze_all_but",
+    "frozen_complement",
+    "names_up_to",
 ]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -449,6 +451,39 @@ def frozen_complement(model: nn.Module, keep: list[str]) -> list[str]:
             return
         for child, m in module.named_children():
             visit(_join(name, child), m)
+
+    for child, m in model.named_children():
+        visit(child, m)
+    return out
+
+
+def names_up_to(model: nn.Module, name: str) -> list[str]:
+    """Module names that freeze everything from the input up to and including ``name``.
+
+    "Up to" follows registration (``named_modules()``) order, which is the forward order for
+    sequential models. Returns the smallest set of modules covering exactly those parameters.
+    """
+    target = get_module(model, name)
+    order = list(model.named_modules())
+    end = next(i for i, (n, m) in enumerate(order) if n == name) + sum(1 for _ in target.modules())
+    chosen: set[int] = set()
+    for n, m in order[:end]:
+        if not n:
+            continue
+        chosen.update(id(p) for p in m.parameters(recurse=False))
+    chosen.update(id(p) for p in target.parameters())
+    out: list[str] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        params = list(module.parameters())
+        if not params:
+            return
+        if all(id(p) in chosen for p in params):
+            out.append(prefix)
+            return
+        if any(id(p) in chosen for p in params):
+            for child, m in module.named_children():
+                visit(_join(prefix, child), m)
 
     for child, m in model.named_children():
         visit(child, m)

@@ -9,6 +9,8 @@ with this package.
 - :func:`task` / :func:`tasks` -- new tasks on the same images that call for a different
   loss (``"is_seven"``, ``"digit_value"``, ``"loops"``), each with an ``old_val`` loader on
   the original labels to measure forgetting.
+- :func:`code` -- the source of ``load_pretrained_model()`` and ``make_loaders()`` for an
+  exported training script (:func:`retrain_widgets.core.export.export_script`).
 - :func:`resnet18_shaped` -- a randomly initialised ResNet-18 with torchvision's module names
   (no torchvision needed), for "bring your own model" examples and benchmarks.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 from .data import (
     LOOPS_OF_DIGIT,
     Task,
+    code,
     digits_arrays,
     digits_loaders,
     task,
@@ -42,6 +45,7 @@ __all__ = [
     "DigitsCNN",
     "ResNet",
     "Task",
+    "code",
     "digits_arrays",
     "digits_loaders",
     "pretrained_digits_cnn",

@@ -20,6 +20,7 @@ __all__ = [
     "SPLIT_TEST_SIZE",
     "Task",
     "digits_arrays",
+    "code",
     "digits_loaders",
     "task",
     "tasks",
@@ -127,7 +128,14 @@ def digits_loaders(batch_size: int = 64, seed: int = 0) -> tuple[DataLoader, Dat
     batch_size = _check_batch_size(batch_size)
     seed = _check_seed(seed)
     x_train, y_train, x_val, y_val = _cached_arrays()
-    return _train_loader(x_train, y_train, batch_size, seed), _eval_loader(x_val, y_val, batch_size)
+    train, val = _train_loader(x_train, y_train, batch_size, seed), _eval_loader(x_val, y_val, batch_size)
+    return _tag(train, None, batch_size, seed), _tag(val, None, batch_size, seed)
+
+
+def _tag(loader: DataLoader, name: str | None, batch_size: int, seed: int) -> DataLoader:
+    # Lets a dashboard find the code that rebuilds this loader (see code()).
+    loader.retrain_example = {"task": name, "batch_size": batch_size, "seed": seed}  # type: ignore[attr-defined]
+    return loader
 
 
 @dataclass(frozen=True)
@@ -260,10 +268,77 @@ def task(name: str, batch_size: int = 64, seed: int = 0) -> Task:
         name=name,
         title=spec["title"],
         description=spec["description"],
-        train=_train_loader(x_train, relabel(y_train), batch_size, seed),
-        val=_eval_loader(x_val, relabel(y_val), batch_size),
-        old_val=_eval_loader(x_val, y_val, batch_size),
+        train=_tag(_train_loader(x_train, relabel(y_train), batch_size, seed), name, batch_size, seed),
+        val=_tag(_eval_loader(x_val, relabel(y_val), batch_size), name, batch_size, seed),
+        old_val=_tag(_eval_loader(x_val, y_val, batch_size), name, batch_size, seed),
         losses=spec["losses"],
         head_out=spec["head_out"],
         kind=spec["kind"],
     )
+
+
+_MODEL_CODE = '''\
+from retrain_widgets.examples import pretrained_digits_cnn
+
+
+def load_pretrained_model():
+    """The bundled DigitsCNN (features -> classifier) with its shipped weights, trained on the
+    10 digit classes of scikit-learn's digits."""
+    return pretrained_digits_cnn()
+'''
+
+_DATA_CODE = '''\
+from retrain_widgets.examples import {function}
+
+
+def make_loaders(batch_size_divisor=1):
+    """{what}.
+
+    Returns (train, val, old_val) DataLoaders; {old_val_note}.
+    The training loader shuffles with its own torch.Generator seeded with {seed}, so every run
+    sees the same batches. Under DDP the script asks for batch_size_divisor=world size: each
+    process gets batches of {batch_size} // world size and the global batch stays {batch_size}.
+    """
+    if {batch_size} % batch_size_divisor:
+        raise ValueError(f"the batch size {batch_size} does not split evenly over {{batch_size_divisor}} processes")
+    {body}
+'''
+
+
+def code(task_name: str | None = None, batch_size: int = 64, seed: int = 0) -> dict[str, str]:
+    """Python source that rebuilds the bundled example, for an exported training script.
+
+    Parameters
+    ----------
+    task_name
+        One of :func:`tasks`, or ``None`` for the original 10-class task.
+    batch_size, seed
+        As for :func:`task` / :func:`digits_loaders`.
+
+    Returns
+    -------
+    dict
+        ``"model_code"`` defines ``load_pretrained_model()`` (the pretrained :class:`DigitsCNN`);
+        ``"data_code"`` defines ``make_loaders(batch_size_divisor=1) -> (train, val, old_val)``,
+        which builds the same loaders as ``task(task_name, batch_size, seed)`` (``old_val`` is
+        ``None`` for the original task), with ``batch_size // batch_size_divisor`` per batch.
+        Both import from ``retrain_widgets.examples``. Pass them to
+        :func:`retrain_widgets.core.export.export_script`.
+    """
+    if task_name is not None and task_name not in _TASKS:
+        raise ValueError(f"unknown example task {task_name!r}; available tasks: {', '.join(_TASKS)}")
+    batch_size = _check_batch_size(batch_size)
+    seed = _check_seed(seed)
+    if task_name is None:
+        body = (f"train, val = digits_loaders(batch_size={batch_size} // batch_size_divisor, seed={seed})\n"
+                f"    return train, val, None")
+        data = _DATA_CODE.format(function="digits_loaders", what="The original 10-class digits task",
+                                 old_val_note="old_val is None (val already measures the original task)",
+                                 seed=seed, batch_size=batch_size, body=body)
+    else:
+        body = (f"t = task(\"{task_name}\", batch_size={batch_size} // batch_size_divisor, seed={seed})\n"
+                f"    return t.train, t.val, t.old_val")
+        data = _DATA_CODE.format(function="task", what=f"The bundled {task_name!r} task: {_TASKS[task_name]['title']}",
+                                 old_val_note="old_val holds the original digit labels",
+                                 seed=seed, batch_size=batch_size, body=body)
+    return {"model_code": _MODEL_CODE, "data_code": data}

@@ -1,0 +1,74 @@
+"""``compare(...)``: several runs side by side, as a table and one overlaid figure.
+
+Works on live :class:`~retrain_widgets.core.engine.Retrainer` objects and on runs kept in a
+:class:`~retrain_widgets.core.store.RunStore` (by record or id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .core.compare import RunSummary, summarize, table, table_html
+from .core.store import RunStore
+
+__all__ = ["Comparison", "compare"]
+
+
+class Comparison:
+    """The result of :func:`compare`: ``columns``/``rows`` (a sortable table), ``plot()`` (PNG).
+
+    In a notebook it shows as the table followed by the figure.
+    """
+
+    def __init__(self, summaries: Sequence[RunSummary], sort_by: str | None = None,
+                 descending: bool | None = None) -> None:
+        self.summaries = list(summaries)
+        self.columns, self.rows = table(self.summaries, sort_by, descending)
+
+    def sort(self, by: str, descending: bool | None = None) -> Comparison:
+        """A copy sorted by column ``by``."""
+        return Comparison(self.summaries, by, descending)
+
+    def plot(self, width_px: int = 1000, height_px: int = 560) -> bytes:
+        """PNG bytes of the overlay figure (losses, metrics, old-task metric, gradients)."""
+        from .plots.compare import comparison_png
+
+        return comparison_png(self.summaries, width_px=width_px, height_px=height_px)
+
+    def to_dataframe(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=["id", *self.columns]).set_index("run")
+
+    def html(self) -> str:
+        return table_html(self.columns, self.rows)
+
+    def _repr_html_(self) -> str:
+        import base64
+
+        png = base64.b64encode(self.plot()).decode()
+        return f"{self.html()}<img src='data:image/png;base64,{png}' style='max-width:100%'/>"
+
+    def __repr__(self) -> str:
+        return f"Comparison({len(self.rows)} runs, columns={self.columns})"
+
+
+def compare(runs: Iterable[Any], store: RunStore | None = None, names: Sequence[str] | None = None,
+            sort_by: str | None = None, descending: bool | None = None) -> Comparison:
+    """Compare runs: the config fields that differ, final metrics, and an overlay figure.
+
+    Parameters
+    ----------
+    runs
+        ``Retrainer`` objects, stored runs (``RunRecord``) or run ids (with ``store``).
+    names
+        Labels for the runs (default: the stored names, or ``run@...``).
+    sort_by, descending
+        Table order (default: validation metric, best first).
+    """
+    runs = list(runs)
+    if names is not None and len(names) != len(runs):
+        raise ValueError(f"got {len(names)} names for {len(runs)} runs")
+    summaries = [summarize(r, store, None if names is None else names[i]) for i, r in enumerate(runs)]
+    return Comparison(summaries, sort_by, descending)

@@ -1,0 +1,176 @@
+"""The studio's "Runs" tab: every run from the same pretrained weights, compared and restorable."""
+
+from __future__ import annotations
+
+import ast
+import html
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as W
+
+from ..core.compare import METRIC_COLUMNS, RunSummary, table, table_html
+from ..plots.compare import comparison_png
+
+if TYPE_CHECKING:
+    from .studio import RetrainStudio
+
+__all__ = ["RunsPanel"]
+
+_GRID_HINT = '{"loss": ["bce", "focal"], "frozen": [["features"], []]}'
+
+
+class RunsPanel(W.VBox):
+    """Table of runs (config fields that differ, final metrics), overlay, restore, delete,
+    export as a script, and the what-if grid."""
+
+    def __init__(self, studio: RetrainStudio) -> None:
+        super().__init__()
+        self.studio = studio
+        self.add_class("rw-runs")
+        self.refresh_button = W.Button(description="Refresh", layout=W.Layout(width="auto"))
+        self.refresh_button.add_class("rw-runs-refresh")
+        self.sort_by = W.Dropdown(options=["val_metric"], description="sort by", layout=W.Layout(width="240px"))
+        self.descending = W.ToggleButton(value=True, description="best first", layout=W.Layout(width="auto"))
+        self.table = W.HTML()
+        self.table.add_class("rw-runs-table")
+        self.select = W.SelectMultiple(options=[], rows=6, description="runs", layout=W.Layout(width="520px"))
+        self.select.add_class("rw-runs-select")
+        self.overlay_button = W.Button(description="Overlay selected", button_style="info",
+                                       layout=W.Layout(width="auto"))
+        self.overlay_button.add_class("rw-runs-overlay")
+        self.restore_button = W.Button(description="Restore", layout=W.Layout(width="auto"),
+                                       tooltip="load the selected run's weights (studio.model) and config")
+        self.restore_button.add_class("rw-runs-restore")
+        self.delete_button = W.Button(description="Delete", button_style="danger", layout=W.Layout(width="auto"))
+        self.delete_button.add_class("rw-runs-delete")
+        self.code_button = W.Button(description="Show code", layout=W.Layout(width="auto"),
+                                    tooltip="the selected run (or the current config) as a plain PyTorch script")
+        self.code_button.add_class("rw-runs-code")
+        self.figure = W.Image(format="png", layout=W.Layout(width="100%", max_width="1000px", display="none"))
+        self.figure.add_class("rw-runs-figure")
+        self.code = W.Textarea(layout=W.Layout(width="100%", height="320px", display="none"))
+        self.code.add_class("rw-runs-code-text")
+        self.grid = W.Textarea(placeholder=_GRID_HINT, layout=W.Layout(width="520px", height="60px"))
+        self.grid.add_class("rw-whatif-grid")
+        self.grid_button = W.Button(description="Run what-ifs", button_style="success", layout=W.Layout(width="auto"))
+        self.grid_button.add_class("rw-whatif-run")
+        self.message = W.HTML()
+        self.message.add_class("rw-runs-message")
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self._refreshing = False
+        self.sort_by.observe(lambda _: None if self._refreshing else self.refresh(), names="value")
+        self.descending.observe(lambda _: self.refresh(), names="value")
+        self.overlay_button.on_click(lambda _: self.overlay())
+        self.restore_button.on_click(lambda _: self._restore())
+        self.delete_button.on_click(lambda _: self._delete())
+        self.code_button.on_click(lambda _: self._show_code())
+        self.grid_button.on_click(lambda _: self._what_if())
+        self.children = [
+            W.HBox([self.refresh_button, self.sort_by, self.descending], layout=W.Layout(align_items="center")),
+            self.table,
+            W.HBox([self.select, W.VBox([self.overlay_button, self.restore_button, self.code_button,
+                                         self.delete_button])]),
+            W.HTML("<b>What if…</b> each field with a list of values; every combination runs from the same "
+                   "pretrained weights, one after another."),
+            W.HBox([self.grid, self.grid_button], layout=W.Layout(align_items="center")),
+            self.message, self.figure, self.code,
+        ]
+        self._summaries: list[RunSummary] = []
+
+    # ------------------------------------------------------------------ data
+    def summaries(self) -> list[RunSummary]:
+        return self.studio.run_summaries()
+
+    def refresh(self, select: list[str] | None = None) -> None:
+        """Re-read the runs and redraw the table."""
+        self._summaries = self.summaries()
+        if not self._summaries:
+            self.table.value = "<i>no runs yet: press Start, or run what-ifs below.</i>"
+            self.select.options = []
+            return
+        columns, _ = table(self._summaries)
+        sortable = [c for c in columns if c != "state"]
+        current = self.sort_by.value if self.sort_by.value in sortable else (
+            "val_metric" if "val_metric" in sortable else sortable[0])
+        self._refreshing = True
+        try:
+            if tuple(self.sort_by.options) != tuple(sortable):
+                self.sort_by.options = sortable
+            self.sort_by.value = current
+        finally:
+            self._refreshing = False
+        descending = self.descending.value if current in ("val_metric", "old_metric") else not self.descending.value
+        if current not in METRIC_COLUMNS:
+            descending = False
+        columns, rows = table(self._summaries, current, descending)
+        self.table.value = table_html(columns, rows)
+        keys = [self._key(s) for s in self._summaries]
+        by_key = {self._key(s): s for s in self._summaries}
+        ordered = [next(k for k in keys if by_key[k].name == r["run"] and (by_key[k].id == r["id"])) for r in rows]
+        options = [(f"{by_key[k].name} · {by_key[k].state}", k) for k in ordered]
+        keep = [k for k in (select if select is not None else self.select.value) if k in keys]
+        self.select.options = options
+        self.select.value = tuple(keep)
+
+    @staticmethod
+    def _key(s: RunSummary) -> str:
+        return s.id if s.id is not None else s.name
+
+    def _selected(self) -> list[RunSummary]:
+        chosen = set(self.select.value)
+        return [s for s in self._summaries if self._key(s) in chosen]
+
+    # ------------------------------------------------------------------ actions
+    def overlay(self, keys: list[str] | None = None) -> bytes | None:
+        """Overlay the selected runs (or ``keys``) in one figure."""
+        if keys is not None:
+            self.refresh(select=keys)
+        chosen = self._selected()
+        if not chosen:
+            self.message.value = "select one or more runs to overlay."
+            return None
+        png = comparison_png(chosen)
+        self.figure.value = png
+        self.figure.layout.display = ""
+        self.message.value = f"overlay of {len(chosen)} run{'s' if len(chosen) > 1 else ''}."
+        return png
+
+    def _restore(self) -> None:
+        chosen = self._selected()
+        if len(chosen) != 1:
+            self.message.value = "select exactly one run to restore."
+            return
+        self.studio.restore(self._key(chosen[0]))
+        self.message.value = (f"restored {html.escape(chosen[0].name)}: its weights are <code>studio.model</code>, "
+                              f"its config is the studio's.")
+
+    def _delete(self) -> None:
+        chosen = self._selected()
+        if not chosen:
+            self.message.value = "select the runs to delete."
+            return
+        for s in chosen:
+            self.studio.delete_run(self._key(s))
+        self.message.value = f"deleted {len(chosen)} run{'s' if len(chosen) > 1 else ''}."
+        self.refresh()
+
+    def _show_code(self) -> None:
+        chosen = self._selected()
+        key = self._key(chosen[0]) if len(chosen) == 1 else None
+        try:
+            self.code.value = self.studio.code(key)
+        except ValueError as exc:
+            self.message.value = f"<span style='color:#cf222e'>✗ {html.escape(str(exc), quote=False)}</span>"
+            return
+        self.code.layout.display = ""
+        what = chosen[0].name if key else "the current config"
+        self.message.value = (f"{html.escape(what)} as a standalone PyTorch script (also runs under "
+                              f"<code>torchrun --nproc_per_node=N</code>).")
+
+    def _what_if(self) -> None:
+        text = self.grid.value.strip() or _GRID_HINT
+        try:
+            grid: Any = ast.literal_eval(text)
+            self.studio.what_if(grid)
+        except (ValueError, SyntaxError) as exc:
+            self.message.value = f"<span style='color:#cf222e'>✗ what-if grid: {html.escape(str(exc), quote=False)}</span>"

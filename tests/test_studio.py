@@ -1,0 +1,250 @@
+"""RetrainStudio without a browser: set values, click buttons, assert on traits, config and engine."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from retrain_widgets import RetrainStudio, RunConfig, State, examples
+
+
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path, monkeypatch):
+    """Studios record runs in .retrain_runs/ of the working directory: keep it out of the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def seven():
+    return examples.task("is_seven", batch_size=64)
+
+
+@pytest.fixture
+def studio(cnn, seven):
+    s = RetrainStudio(cnn, seven.train, seven.val, seven.old_val, config=RunConfig(loss="bce", head_out=1, epochs=2))
+    yield s
+    if s.run is not None and s.run.state.active:
+        s.run.stop()
+        s.run.join(10)
+
+
+def _until(cond, timeout=10.0):
+    deadline = time.time() + timeout
+    while not cond():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_controls_mirror_the_config(studio):
+    assert studio.loss_picker.value == "bce"
+    assert studio.lr.value == pytest.approx(1e-3)
+    studio.lr.value = 3e-3
+    assert studio.config.lr == pytest.approx(3e-3)
+    studio.schedule_picker.value = "cosine"
+    assert studio.config.schedule == "cosine" and studio.config.schedule_kwargs == {}
+    studio.epochs.value = 4
+    assert studio.config.epochs == 4
+    studio.config = RunConfig(loss="focal", loss_kwargs={"gamma": 3.0}, lr=1e-2, schedule="one_cycle",
+                              optimizer="sgd", head_out=1, frozen=["features"])
+    assert studio.loss_picker.value == "focal"
+    assert studio.loss_params.children[0].control("gamma").value == 3.0
+    assert studio.optimizer_picker.value == "sgd" and studio.schedule_picker.value == "one_cycle"
+    assert studio.tree.row("features").check.value is True
+    assert studio.strategy.value == "custom"
+
+
+def test_loss_param_controls_update_config(studio):
+    studio.loss_picker.value = "focal"
+    studio.loss_params.children[0].control("gamma").value = 4.0
+    assert studio.config.loss == "focal" and studio.config.loss_kwargs == {"gamma": 4.0}
+    studio.loss_picker.value = "bce"
+    assert studio.config.loss_kwargs == {}
+
+
+def test_bad_control_value_is_a_message_not_an_exception(studio):
+    editor = studio.schedule_params.children[0]
+    studio.schedule_picker.value = "step"
+    editor = studio.schedule_params.children[0]
+    editor.control("step_size").value = "-3"
+    assert "step_size" in studio.status.value and studio.config.schedule_kwargs == {}
+
+
+def test_tree_freezing_reaches_the_model(studio):
+    row = studio.tree.row("features")
+    row.check.value = True
+    assert studio.config.frozen == ["features"]
+    assert studio.tree.row("features.0").check.disabled  # children follow their parent
+    assert "frozen" in studio.tree.totals.value
+    run = studio.start()
+    assert run is not None
+    run.join(30)
+    assert all(not p.requires_grad for p in run.model.features.parameters())
+    assert torch.equal(run.model.features[0].weight, studio.pretrained.features[0].weight)
+
+
+def test_freeze_up_to_here(studio):
+    studio.tree.row("features.3").upto.click()
+    assert studio.config.frozen == ["features.0", "features.1", "features.3"]
+
+
+def test_strategy_buttons(studio):
+    studio.strategy.value = "head only"
+    assert studio.config.frozen == ["features", "classifier.0"]
+    studio.strategy.value = "full"
+    assert studio.config.frozen == []
+    studio.strategy.value = "gradual"
+    assert studio.config.gradual and studio.unfreeze_every.layout.display == ""
+
+
+def test_focal_on_ten_logits_shows_mismatch_and_replace_head_fixes_it(cnn, seven):
+    s = RetrainStudio(cnn, seven.train, seven.val, seven.old_val)
+    s.loss_picker.value = "focal"
+    assert s.mismatch is not None and s.mismatch.head_out == 1
+    assert "10" in s.loss_check.value and "✗" in s.loss_check.value
+    assert s.replace_head_button.layout.display == "" and "1 output" in s.replace_head_button.description
+    s.replace_head_button.click()
+    assert s.config.head_out == 1 and s.mismatch is None
+    assert "✓" in s.loss_check.value
+    assert s.replace_head_button.layout.display == "none"
+    assert "(replaced)" in s.head_label.value
+    assert cnn.classifier[3].out_features == 10  # the pretrained model is untouched
+    s.restore_head_button.click()
+    assert s.config.head_out is None and s.mismatch is not None
+
+
+def test_schedule_preview_redraws(studio):
+    before = studio.preview.value
+    studio.schedule_picker.value = "cosine"
+    cosine = studio.preview.value
+    assert cosine != before and cosine[:8] == b"\x89PNG\r\n\x1a\n"
+    studio.schedule_picker.value = "reduce_on_plateau"
+    assert "Metric-driven" in studio.preview_note.value
+    studio.schedule_picker.value = "cosine"
+    studio.epochs.value = 5
+    assert studio.preview.value != cosine
+
+
+def test_start_stop_reset(studio):
+    studio.epochs.value = 50
+    studio.start_button.click()
+    run = studio.run
+    assert run is not None and run.state == State.RUNNING
+    assert studio.start_button.disabled and not studio.stop_button.disabled and studio.reset_button.disabled
+    assert _until(lambda: run.step > 5)
+    studio.pause_button.click()
+    assert _until(lambda: run.state == State.PAUSED)
+    assert studio.pause_button.description == "Resume"
+    studio.pause_button.click()
+    assert _until(lambda: run.state == State.RUNNING)
+    t0 = time.time()
+    studio.stop_button.click()
+    assert _until(lambda: run.state == State.STOPPED, 2.0), "Stop took more than 2 s"
+    assert time.time() - t0 < 2.0
+    assert _until(lambda: not studio.start_button.disabled)
+    assert "stopped" in studio.status.value
+    assert 0 < studio.progress.value < studio.progress.max
+    assert studio.plot.value[:8] == b"\x89PNG\r\n\x1a\n"
+    trained = studio.model
+    assert trained is run.model
+    studio.reset_button.click()
+    assert studio.run is None and studio.model is studio.pretrained and studio.progress.value == 0
+
+
+def test_wait_returns_history_and_plots_update(studio):
+    studio.start()
+    first = studio.plot.value
+    history = studio.wait(60)
+    assert studio.run.state == State.FINISHED
+    assert len(history.series("train_loss")[0]) == studio.run.total_steps
+    assert studio.plot.value != first
+    assert studio.bridge.frames >= 1
+    assert studio.progress.value == studio.progress.max
+    assert "finished" in studio.status.value and "accuracy" in studio.status.value
+
+
+def test_live_freeze_during_a_run(studio):
+    studio.epochs.value = 50
+    run = studio.start()
+    assert _until(lambda: run.step > 3)
+    studio.tree.row("features").check.value = True
+    assert _until(lambda: not run.model.features[0].weight.requires_grad)
+    w = run.model.features[0].weight.detach().clone()
+    step = run.step
+    assert _until(lambda: run.step > step + 5)
+    studio.stop()
+    run.join(10)
+    assert torch.equal(run.model.features[0].weight, w)
+    assert "applied to the running run" in studio.status.value or "froze" in str(run.history.markers)
+
+
+def test_training_errors_show_in_the_widget(cnn, seven):
+    def broken(model, batch):
+        x, y = batch
+        if model.training:
+            raise RuntimeError("the data went missing")
+        return model(x), y
+
+    s = RetrainStudio(cnn, seven.train, seven.val, config=RunConfig(loss="bce", head_out=1), forward=broken)
+    s.start()
+    s.wait(30)
+    assert s.run.state == State.FAILED
+    assert "the data went missing" in s.error.value and "traceback" in s.error.value
+    assert "failed" in s.status.value
+
+
+def test_start_with_a_mismatch_shows_it(cnn, seven):
+    s = RetrainStudio(cnn, seven.train, seven.val)  # 'ce' on float 0/1 targets
+    assert s.start() is None
+    assert s.run is None and "LossMismatchError" in s.error.value
+    assert s.tabs.selected_index == 1
+
+
+def test_lr_finder_button(studio):
+    studio.lr_find_button.click()
+    assert studio.lr_find_plot.layout.display == "" and studio.lr_find_plot.value[:4] == b"\x89PNG"
+    assert studio.use_lr_button.layout.display == ""
+    studio.use_lr_button.click()
+    assert studio.config.lr == pytest.approx(min(1.0, studio._lr_suggestion))
+
+
+def test_new_studio_on_the_same_model_stops_the_old_run(cnn, seven):
+    a = RetrainStudio(cnn, seven.train, config=RunConfig(loss="bce", head_out=1, epochs=100))
+    run = a.start()
+    assert _until(lambda: run.step > 2)
+    RetrainStudio(cnn, seven.train, config=RunConfig(loss="bce", head_out=1))
+    assert run.state == State.STOPPED
+
+
+def test_layer_tree_of_a_big_model_opens_lazily():
+    import transformers
+
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=12, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    bert = transformers.BertForSequenceClassification(cfg)
+    from retrain_widgets import LayerTreeView
+
+    t0 = time.perf_counter()
+    view = LayerTreeView(bert, on_change=lambda names: None)
+    elapsed = time.perf_counter() - t0
+    n_modules = len(list(bert.named_modules()))
+    assert n_modules > 200
+    assert len(view._rows) < 10  # only the top level is built
+    view.row("bert.encoder.layer.11.attention.self.query")
+    assert len(view._rows) < 60
+    assert elapsed < 5
+
+
+def test_final_figure_kept_as_static_output(studio, monkeypatch):
+    updates = []
+    import IPython.display
+
+    monkeypatch.setattr(IPython.display, "update_display", lambda obj, display_id: updates.append((obj, display_id)))
+    studio._display_id = "test-id"
+    studio.start()
+    studio.wait(60)
+    assert updates and updates[-1][1] == "test-id"
+    assert updates[-1][0].data[:4] == b"\x89PNG"
