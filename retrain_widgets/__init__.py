@@ -25,6 +25,7 @@ from .core import (
     TrainingFailed,
     check_compatibility,
     default_forward,
+    export_script,
     find_head,
     fingerprint,
     freeze,
@@ -64,6 +65,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "export_script",
     "RetrainStudio",
     "compare",
     "Comparison",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 
@@ -275,10 +276,13 @@ def test_nan_guard_restores_last_finite_weights(cnn, loaders):
     saved = {}
     r.on(Event.PUBLISH, lambda info: saved.update({info.step: state_copy(r.model)}))
     r.start()
-    with pytest.raises(TrainingFailed, match=r"NaN or infinite at step 11 .*restored to step 10"):
+    with pytest.raises(TrainingFailed, match=r"NaN or infinite at step 11 .*restored to step (\d+)") as info:
         r.wait(30)
     assert r.state == State.FAILED and "step 11" in r.message
-    assert_same_state(r.model, saved[10])
+    # checkpoints are taken at publishes (every 5 steps here) when their time budget allows
+    restored = int(re.search(r"restored to step (\d+)", str(info.value)).group(1))
+    assert restored in (5, 10) and restored == r._ckpt_step
+    assert_same_state(r.model, saved[restored])
     # calls: 1 from check() + 12 training steps succeed, the 13th call is step 11 (0-based)
 
 
@@ -375,3 +379,26 @@ def test_bert_retrains_with_embeddings_frozen():
     assert_same_state(r.model.bert.embeddings, emb)
     assert len(h.series("train_loss")[0]) == 16 and r.history.meta["metric"] == "accuracy"
     assert r.history.meta["groups"][0] == "bert.embeddings"
+
+
+def test_out_of_memory_is_a_clear_failure(cnn, loaders):
+    calls = {"n": 0}
+
+    def hungry(model, batch):
+        x, y = batch
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 8:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return model(x), y
+
+    r = Retrainer(cnn, RunConfig(epochs=2, lr=1e-2), loaders[0], forward=hungry, publish_every=5)
+    saved = {}
+    r.on(Event.PUBLISH, lambda info: saved.update({info.step: state_copy(r.model)}))
+    r.start()
+    with pytest.raises(TrainingFailed, match=r"out of memory at step 7 .*lower the batch size.*restored to step \d"):
+        r.wait(30)
+    assert r.state == State.FAILED
+    assert isinstance(r.error.__cause__, torch.OutOfMemoryError)
+    assert r._ckpt_step in (0, 5)
+    assert_same_state(r.model, saved[5] if r._ckpt_step == 5 else state_copy(cnn))  # step 0: the pretrained

@@ -248,3 +248,19 @@ def test_final_figure_kept_as_static_output(studio, monkeypatch):
     studio.wait(60)
     assert updates and updates[-1][1] == "test-id"
     assert updates[-1][0].data[:4] == b"\x89PNG"
+
+
+def test_wait_async(studio):
+    import asyncio
+
+    studio.start()
+    history = asyncio.run(studio.wait_async(60))
+    assert studio.run.state == State.FINISHED and history is studio.run.history
+    with pytest.raises(TimeoutError):
+        studio.epochs.value = 100
+        studio.start()
+        try:
+            asyncio.run(studio.wait_async(0.2))
+        finally:
+            studio.stop()
+            studio.wait(10)

@@ -11,6 +11,7 @@ from .batches import default_forward, logits_of, split_batch
 from .config import RunConfig
 from .engine import LRFinderResult, Retrainer, TrainingFailed, lr_find, resolve_device
 from .events import Event, EventInfo, State
+from .export import export_script
 from .history import History, HistorySnapshot
 from .losses import LossMismatchError, check_compatibility
 from .params import make_optimizer, param_groups
@@ -30,6 +31,7 @@ from .tree import (
 )
 
 __all__ = [
+    "export_script",
     "RunStore",
     "RunRecord",
     "fingerprint",

@@ -232,6 +232,7 @@ class Retrainer:
             "layers": list(self.layer_names), "groups": [g.name for g in self.groups],
             "head": self.head_name, "head_replaced": self.original_head is not None,
             "loss": self.loss_spec.name if self.loss_spec else getattr(cfg.loss, "__name__", "custom"),
+            "has_val": val is not None, "has_old_val": old_val is not None,
         })
         if cfg.amp and self.device.type != "cuda":
             self.history.meta["note"] = f"amp=True has no effect on {self.device.type}; training in float32"
@@ -291,6 +292,8 @@ class Retrainer:
                 logits = logits_of(outputs)
                 losses_mod.check_compatibility(logits, targets, self.loss_spec.name if self.loss_spec else
                                                self.loss_fn, **(self.config.loss_kwargs if self.loss_spec else {}))
+                if self.val_loader is not None:
+                    self._eval_fns(logits.float(), targets, old=False)  # names the metric before training
                 if self.teacher is not None:
                     t_logits = logits_of(self.forward(self.teacher, batch)[0])
                     s_old = self.original_head(self._features) if self.original_head is not None else logits
@@ -303,7 +306,32 @@ class Retrainer:
         finally:
             net.train(was_training)
             self._features = None
+        if self.old_val_loader is not None and self._old is None:
+            self._check_old_task()
         self._checked = True
+
+    @torch.no_grad()
+    def _check_old_task(self) -> None:
+        """One ``old_val`` batch through the original head: a broken old-task loader fails now,
+        not after the first epoch, and the old metric is named before training."""
+        batch = self._first_batch(self.old_val_loader, "old_val")
+        net = self.model
+        was_training = net.training
+        net.eval()
+        swapped = None
+        if self.original_head is not None:
+            assert self.head_name is not None
+            swapped = get_module(net, self.head_name)
+            _set_module(net, self.head_name, self.original_head)
+        try:
+            with self._autocast():
+                outputs, targets = self.forward(net, batch)
+            self._eval_fns(logits_of(outputs).float(), targets, old=True)
+        finally:
+            if swapped is not None:
+                _set_module(net, self.head_name or "", swapped)
+            net.train(was_training)
+            self._features = None
 
     def start(self) -> Retrainer:
         """Check the first batch, then train in a background thread; returns at once."""

@@ -431,7 +431,9 @@ class LiveFigure:
 
         raw_lo, raw_hi = finite_range(ys, d["val_loss"][1])
         sig_lo, sig_hi = finite_range(sm_y, d["val_loss"][1])
-        loss_log = bool(sig_lo > 0 and (sig_hi / sig_lo > 10 ** 1.5 or (prev is not None and prev.loss_log)))
+        # a positive loss is shown on a log scale from the start: a falling loss then stays inside
+        # the axes for decades, and the frame stays a cheap blit (a scale change is a full redraw)
+        loss_log = bool(sig_lo > 0 and (not final or sig_hi / sig_lo > 10 ** 1.5 or (prev is not None and prev.loss_log)))
         if waiting or not math.isfinite(raw_lo):
             loss_log, loss_ylim = False, (0.0, 1.0)
         elif loss_log:
@@ -440,8 +442,14 @@ class LiveFigure:
                 loss_ylim = prev.loss_ylim
             else:
                 f = 1.05 if final else 1.3
-                # a falling loss keeps falling: when it leaves the bottom, leave it room below
-                down = 4.0 if (prev is not None and prev.loss_log and need_lo < prev.loss_ylim[0]) else f
+                # a falling loss keeps falling: start with two decades of room below the first values,
+                # and when it leaves the bottom, leave it more room
+                if final:
+                    down = f
+                elif prev is not None and prev.loss_log and need_lo < prev.loss_ylim[0]:
+                    down = 10.0
+                else:
+                    down = 1000.0
                 loss_ylim = (log_nice_down(need_lo / down), log_nice_up(raw_hi * f))
         else:
             if (prev is not None and not prev.loss_log and prev.loss_ylim[0] <= raw_lo
@@ -454,7 +462,8 @@ class LiveFigure:
         metric_name = str(meta.get("metric") or "")
         has_old = len(d["old_metric"][0]) > 0
         old_name = str(meta.get("old_metric") or (metric_name if has_old else ""))
-        same_axis = (not has_old or old_name == metric_name
+        old_axis = has_old or (bool(meta.get("has_old_val")) and bool(meta.get("old_metric")) and not final)
+        same_axis = (not old_axis or old_name == metric_name
                      or (_unit_metric(old_name) and _unit_metric(metric_name)))
         metric_ylim = self._metric_limits(prev.metric_ylim if prev else None, metric_name,
                                           d["val_metric"][1], None if not same_axis else d["old_metric"][1], final)
@@ -533,10 +542,14 @@ class LiveFigure:
             if pos_vals.size:
                 p_lo, p_hi = np.percentile(pos_vals, [1, 99])
                 p_lo, p_hi = float(p_lo), float(max(p_hi, p_lo * 1.0001))
-                if (prev is None or p_lo < norm[0] or p_hi > norm[1] or norm[0] < p_lo / 1e3
-                        or norm[1] > p_hi * 1e3):
+                # live, the colour scale only widens (a change redraws the colour bar); the final
+                # frame fits it to the data
+                if (prev is None or p_lo < norm[0] or p_hi > norm[1]
+                        or (final and (norm[0] < p_lo / 1e3 or norm[1] > p_hi * 1e3))):
                     k_lo, k_hi = math.floor(math.log10(p_lo)), math.ceil(math.log10(p_hi))
-                    if prev is not None and not final:  # regrowing: one decade of room that way
+                    if prev is None and not final:  # gradients shrink as a run settles: room below
+                        k_lo -= 2
+                    elif prev is not None and not final:  # regrowing: one decade of room that way
                         k_lo -= p_lo < norm[0]
                         k_hi += p_hi > norm[1]
                     norm = (10.0 ** k_lo, 10.0 ** max(k_hi, k_lo + 1))
@@ -568,9 +581,12 @@ class LiveFigure:
             drift_lim = (top / 10 ** _DRIFT_DECADES, top)
 
         markers = tuple(m for m in snap.markers if m[1] in ("stage", "change"))
+        # series the run will have (the engine says so in meta) are laid out from the first frame, so
+        # their first points do not force a full redraw
+        will_val, will_old = bool(meta.get("has_val")) and not final, bool(meta.get("has_old_val")) and not final
         present = frozenset(k for k, ok in (
-            ("val_loss", len(d["val_loss"][0])), ("val_metric", len(d["val_metric"][0])),
-            ("old_metric", has_old), ("drift", len(ds)), ("grad", len(gs))) if ok)
+            ("val_loss", len(d["val_loss"][0]) or will_val), ("val_metric", len(d["val_metric"][0]) or will_val),
+            ("old_metric", has_old or will_old), ("drift", len(ds)), ("grad", len(gs))) if ok)
         title = self.title
         loss_name = meta.get("loss")
         if loss_name:

@@ -9,11 +9,13 @@ between steps within a time budget cost nothing measurable (``../shared/README.m
 Budget: drawing may take at most ``budget`` (5 %) of the wall time since the run started,
 amortised: after frames that took ``D`` seconds in all, the next one waits until ``D / budget``
 seconds have passed since the start, and at least ``min_interval`` after the last frame. A
-cheap blitted frame (~20 ms) thus allows ~2-4 frames a second; an occasional full redraw
-(~0.3 s, when the axes must grow) delays the next few frames instead of halting the plot for
-``0.3 / budget`` seconds. The first ``grace`` seconds of drawing (a run's first, full frame)
-are not held against the budget, so the plot comes alive at once; over a run of a minute that
-is 1 % more. Progress text and bar are cheap trait updates, throttled to ~5/s.
+cheap blitted frame (~20 ms) thus allows a frame every ~0.4 s; an occasional full redraw
+(~0.3 s, when the axes must grow) delays the next frames instead of halting the plot for
+``0.3 / budget`` seconds. The first frame of a run (a full redraw that sets up the axes) is
+not held against the budget, so the plot comes alive at once; over a run of a minute it adds
+about 0.5 %. And the plot never stays still longer than ``max_interval`` (4 s): when full
+redraws come often (a stage change every epoch of gradual unfreezing on a fast model), drawing
+may then take more than the budget. Progress text and bar are cheap trait updates, throttled to ~5 per second.
 """
 
 from __future__ import annotations
@@ -55,19 +57,23 @@ class Bridge:
         Share of wall time that drawing may take.
     min_interval
         Seconds between frames at the least (caps the frame rate at 1 / min_interval).
+    max_interval
+        Seconds between frames at the most, whatever the budget says.
     """
 
     def __init__(self, studio: RetrainStudio, run: Retrainer, figure: LiveFigure, budget: float = 0.05,
-                 min_interval: float = 0.25, progress_interval: float = 0.2, grace: float = 0.6,
+                 min_interval: float = 0.25, max_interval: float = 4.0, progress_interval: float = 0.2,
                  on_end: Callable[[Retrainer], None] | None = None) -> None:
         self.studio, self.run, self.figure = studio, run, figure
         self.budget, self.min_interval, self.progress_interval = budget, min_interval, progress_interval
-        self.grace = grace
+        self.max_interval = max_interval
+        self.first_frame_seconds = 0.0
         self.on_end = on_end
         self.frames = 0
         self.draw_seconds = 0.0
         self.frame_seconds: list[float] = []
         self.step_times = [0.0, 0.0]  # wall clock at step 1 and at the latest step
+        self.step_cpu_times = [0.0, 0.0]  # the training thread's CPU time, likewise
         self._t0 = time.perf_counter()
         self._next_frame = 0.0
         self._next_progress = 0.0
@@ -88,9 +94,10 @@ class Bridge:
             self.run.off(event, handler)
 
     # ------------------------------------------------------------------ numbers
-    def steps_per_second(self) -> float:
-        """Training speed between step 1 and the latest step (what the user experiences)."""
-        first, last = self.step_times
+    def steps_per_second(self, cpu: bool = False) -> float:
+        """Training speed between step 1 and the latest step: per wall-clock second (what the user
+        experiences) or, with ``cpu``, per CPU second of the training thread (frames included)."""
+        first, last = self.step_cpu_times if cpu else self.step_times
         return (self.run.step - 1) / (last - first) if last > first else 0.0
 
     @property
@@ -112,7 +119,9 @@ class Bridge:
     # ------------------------------------------------------------------ event handlers (training thread)
     def _on_step(self, info: EventInfo) -> None:
         now = time.perf_counter()
-        self.step_times[0 if info.step == 1 else 1] = now
+        i = 0 if info.step == 1 else 1
+        self.step_times[i] = now
+        self.step_cpu_times[i] = time.thread_time()
         if now >= self._next_progress:
             self._next_progress = now + self.progress_interval
             self.update_progress()
@@ -158,8 +167,11 @@ class Bridge:
             self.frames += 1
             self.draw_seconds += cost
             self.frame_seconds.append(cost)
-            owed = max(0.0, self.draw_seconds - self.grace)
-            self._next_frame = max(t0 + self.min_interval, self._t0 + owed / self.budget)
+            if self.frames == 1:
+                self.first_frame_seconds = cost
+            owed = self.draw_seconds - self.first_frame_seconds
+            wait = max(self.min_interval, self._t0 + owed / self.budget - t0)
+            self._next_frame = t0 + min(wait, self.max_interval)
 
     def final(self) -> None:
         """The end of the run: a careful last frame, kept as a static output too."""

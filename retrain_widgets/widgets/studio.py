@@ -669,23 +669,37 @@ class RetrainStudio(W.VBox):
         self._show_state(None)
         self._status("reset: the next Start trains from the pretrained weights.")
 
+    def _busy(self) -> bool:
+        queue, run = self._queue, self.run
+        # _done is set after the run's last event handlers (the final frame) have run
+        return (queue is not None and queue.is_alive()) or (run is not None and run._thread is not None
+                                                             and not run._done.is_set())
+
     def wait(self, timeout: float | None = None) -> History | None:
-        """Block until the current run ends, still processing clicks (Stop works while waiting).
+        """Block until the current run (and any queued what-ifs) ends, still handling clicks, so
+        Stop works while a cell waits.
 
         Returns the run's history (``None`` without a run); raises ``TimeoutError`` after
-        ``timeout`` seconds. Errors of the run are shown in the widget, not raised.
+        ``timeout`` seconds. Errors of the run are shown in the widget, not raised. Headless
+        (nbclient, nbval) it simply waits.
         """
-        def busy() -> bool:
-            queue, run = self._queue, self.run
-            # _done is set after the run's last event handlers (the final frame) have run
-            return (queue is not None and queue.is_alive()) or (run is not None and run._thread is not None
-                                                                 and not run._done.is_set())
-
         if self.run is None and self._queue is None:
             return None
-        if not wait_while(busy, timeout):
+        if not wait_while(self._busy, timeout):
             run = self.run
             raise TimeoutError(f"still running after {timeout} s" + (f" (step {run.step})" if run else ""))
+        return self.run.history if self.run is not None else None
+
+    async def wait_async(self, timeout: float | None = None) -> History | None:
+        """``await studio.wait_async()``: the same as :meth:`wait` for async cells, where the kernel
+        handles clicks by itself while the cell awaits."""
+        import asyncio
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._busy():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"still running after {timeout} s")
+            await asyncio.sleep(0.05)
         return self.run.history if self.run is not None else None
 
     @property

@@ -464,10 +464,14 @@ class NotebookPage:
             time.sleep(0.05)
 
     # -- evidence --------------------------------------------------------------------------------
-    def screenshot(self, step: str) -> Path:
+    def screenshot(self, step: str, css_class: str | None = None) -> Path:
+        """Screenshot of the page, or of the whole widget with ``css_class`` (even beyond the viewport)."""
         ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS_DIR / f"{self.name}-{len(self.screenshots):02d}-{_slug(step)}.png"
-        self.page.screenshot(path=str(path))
+        if css_class is None:
+            self.page.screenshot(path=str(path))
+        else:
+            self.page.locator(f".{css_class}").first.screenshot(path=str(path))
         self.screenshots.append(path)
         return path
 

@@ -88,6 +88,12 @@ def test_studio_freeze_loss_schedule_start_stop(notebook_file, open_notebook, fr
     assert 0 < p1 < p2 < 100, (p1, p2)
     nb.wait_widget_text("rw-progress-label", r"steps/s", timeout=5)
     nb.screenshot("training")
+    _tab(nb, "Layers")
+    nb.page.set_viewport_size({"width": 1280, "height": 2000})  # the whole dashboard in one picture
+    nb.page.locator(".rw-studio").first.scroll_into_view_if_needed()
+    time.sleep(2.0)
+    nb.screenshot("dashboard", css_class="rw-studio")
+    nb.page.set_viewport_size({"width": 1280, "height": 900})
 
     # Stop: training stops within 2 s of the click
     clicked = nb.click_widget("rw-stop")
