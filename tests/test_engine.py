@@ -402,3 +402,26 @@ def test_out_of_memory_is_a_clear_failure(cnn, loaders):
     assert isinstance(r.error.__cause__, torch.OutOfMemoryError)
     assert r._ckpt_step in (0, 5)
     assert_same_state(r.model, saved[5] if r._ckpt_step == 5 else state_copy(cnn))  # step 0: the pretrained
+
+
+def test_runs_are_reproducible_and_measuring_changes_nothing(cnn, seven):
+    """Same seed, same loader object reused: same batches and dropout; old_val or not: same weights."""
+    cfg = RunConfig(loss="bce", head_out=1, epochs=2, lr=1e-2)
+    a = Retrainer(cnn, cfg, seven.train, seven.val, seven.old_val)
+    a.fit()
+    b = Retrainer(cnn, cfg, seven.train)  # the loader's generator has moved on since: reseeded at start
+    b.fit()
+    assert_same_state(b.model, state_copy(a.model))
+    c = Retrainer(cnn, cfg.replace(seed=1), seven.train)
+    c.fit()
+    assert not torch.equal(c.model.classifier[3].weight, a.model.classifier[3].weight)
+
+
+def test_old_task_through_a_head_that_does_not_fit_is_refused_early(cnn, seven):
+    first = Retrainer(cnn, RunConfig(loss="bce", head_out=1, max_steps=5), seven.train)
+    first.fit()
+    # the trained model's head now has 1 output: the 10-class old task cannot be read through it
+    second = Retrainer(first.model, RunConfig(loss="focal", max_steps=5), seven.train, seven.val, seven.old_val)
+    with pytest.raises(ValueError, match=r"old_val cannot be measured through the head 'classifier.3'.*old_val=None"):
+        second.start()
+    assert second.state == State.IDLE and second.step == 0

@@ -12,10 +12,7 @@ from retrain_widgets import Retrainer, RetrainStudio, RunConfig, State, compare,
 from retrain_widgets.core.compare import differing_fields, grid_variants, table
 from retrain_widgets.core.store import RunStore
 
-
-@pytest.fixture(autouse=True)
-def _runs_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("runs_in_tmp")
 
 
 @pytest.fixture(scope="module")

@@ -97,6 +97,9 @@ def test_derived_defaults_are_documented_and_resolved() -> None:
     assert schedules.resolve_kwargs("exponential", 100)["gamma"] == pytest.approx(0.01 ** (1 / 100))
     assert schedules.resolve_kwargs("cosine", 100)["T_max"] == 100
     assert schedules.resolve_kwargs("cosine_warm_restarts", 100)["T_0"] == 25
+    assert schedules.resolve_kwargs("cosine_warm_restarts", 69)["T_0"] == 18  # 17 would restart on the last step
+    lrs = schedules.preview("cosine_warm_restarts", 69, 1.0)
+    assert lrs[-1] < 0.2 and lrs[-1] < lrs[-2]  # the run ends late in a cycle, not on a restart
     assert schedules.resolve_kwargs("cosine_warm_restarts", 3)["T_0"] == 1
     cyc = schedules.resolve_kwargs("cyclic", 100)
     assert (cyc["step_size_up"], cyc["step_size_down"]) == (12, 12)
@@ -263,7 +266,7 @@ TORCH_CASES: list[tuple[str, dict[str, Any], Callable[[torch.optim.Optimizer], A
     ("cosine", {}, lambda o: tls.CosineAnnealingLR(o, T_max=T)),
     ("cosine", {"T_max": 40}, lambda o: tls.CosineAnnealingLR(o, T_max=40)),
     ("cosine", {"eta_min_frac": 0.1}, lambda o: tls.CosineAnnealingLR(o, T_max=T, eta_min=0.1 * LR)),
-    ("cosine_warm_restarts", {}, lambda o: tls.CosineAnnealingWarmRestarts(o, T_0=24)),
+    ("cosine_warm_restarts", {}, lambda o: tls.CosineAnnealingWarmRestarts(o, T_0=25)),  # ceil(97 / 4)
     ("cosine_warm_restarts", {"T_0": 7, "T_mult": 2}, lambda o: tls.CosineAnnealingWarmRestarts(o, 7, 2)),
     (
         "cosine_warm_restarts",

@@ -9,11 +9,7 @@ import torch
 
 from retrain_widgets import RetrainStudio, RunConfig, State, examples
 
-
-@pytest.fixture(autouse=True)
-def _runs_in_tmp(tmp_path, monkeypatch):
-    """Studios record runs in .retrain_runs/ of the working directory: keep it out of the repo."""
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("runs_in_tmp")
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +260,34 @@ def test_wait_async(studio):
         finally:
             studio.stop()
             studio.wait(10)
+
+
+def test_drawing_stays_within_its_budget(cnn, seven):
+    """A frame that costs 50 ms: after the first, frames are spaced so drawing stays within the budget."""
+
+    from retrain_widgets.core.history import History
+    from retrain_widgets.plots import LiveFigure
+
+    class SlowFigure:
+        png = LiveFigure().render(History().snapshot())
+
+        def render(self, snapshot, frozen=()):
+            time.sleep(0.05)
+            return self.png
+
+        render_final = render
+
+        def reset(self):
+            pass
+
+    s = RetrainStudio(cnn, seven.train, config=RunConfig(loss="bce", head_out=1, epochs=400), store=False)
+    s.figure = SlowFigure()
+    run = s.start()
+    time.sleep(4.0)
+    s.stop()
+    s.wait(10)
+    b = s.bridge
+    wall = b.step_times[1] - b._t0
+    assert b.frames >= 2  # live, not only the first frame
+    assert b.draw_seconds - b.first_frame_seconds <= b.budget * wall + 0.06  # at most one frame of slack
+    assert run.state == State.STOPPED

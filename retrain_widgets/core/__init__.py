@@ -15,6 +15,7 @@ from .export import export_script
 from .history import History, HistorySnapshot
 from .losses import LossMismatchError, check_compatibility
 from .params import make_optimizer, param_groups
+from .registry import Param
 from .store import RunRecord, RunStore, fingerprint
 from .tree import (
     LayerGroup,
@@ -31,6 +32,7 @@ from .tree import (
 )
 
 __all__ = [
+    "Param",
     "export_script",
     "RunStore",
     "RunRecord",

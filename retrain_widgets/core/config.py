@@ -79,7 +79,9 @@ class RunConfig:
         Length of the run: ``epochs`` passes over the training loader, cut at ``max_steps``
         optimizer steps when given.
     seed
-        Seeds torch's RNGs (and the new head's initialisation) for reproducible runs.
+        Seeds the new head's initialisation and, when training starts, torch's global RNG (dropout)
+        and the training loader's generator (its batch order, when it has a generator): runs with
+        the same seed see the same batches, whatever ran before. Evaluation never draws from them.
     device
         ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda"`` or ``"mps"``.
     head, head_out

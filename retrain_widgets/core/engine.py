@@ -326,7 +326,20 @@ class Retrainer:
         try:
             with self._autocast():
                 outputs, targets = self.forward(net, batch)
-            self._eval_fns(logits_of(outputs).float(), targets, old=True)
+            logits = logits_of(outputs).float()
+            try:
+                loss_fn, metric = self._eval_fns(logits, targets, old=True)
+                loss_fn(logits, targets)
+                metric.fn(logits, targets)
+            except ValueError as exc:
+                self._old = None
+                head = "the original head" if self.original_head is not None else f"the head {self.head_name!r}"
+                raise ValueError(
+                    f"old_val cannot be measured through {head}: it gives {tuple(logits.shape)} outputs for targets "
+                    f"{tuple(targets.shape)} {targets.dtype} ({exc}). The old task is measured through the head "
+                    f"the model had for it: pass the model that still has that head, with RunConfig.head_out "
+                    f"for the new task (the engine keeps the original head), or old_val=None"
+                ) from exc
         finally:
             if swapped is not None:
                 _set_module(net, self.head_name or "", swapped)
@@ -520,8 +533,18 @@ class Retrainer:
         finally:
             self._sync_guard("default")
 
+    def _seed_run(self) -> None:
+        """The run's randomness starts here, the same on every rerun: dropout and the order of the
+        training batches (the loader's generator, when it has one) come from ``config.seed``, whatever
+        was drawn since the Retrainer was made (the check, other runs sharing the loader)."""
+        torch.manual_seed(self.config.seed)
+        for gen in _loader_generators(self.train_loader):
+            gen.manual_seed(self.config.seed)
+
     def _run_guarded(self) -> None:
         try:
+            if self.step == 0:
+                self._seed_run()
             with _cpu_threads(self.device):
                 self._t_start = time.perf_counter()
                 self._last_pub = (self.step, self._t_start)
@@ -799,6 +822,15 @@ class Retrainer:
 
     @torch.no_grad()
     def _evaluate(self, loader: Iterable[Any], old: bool) -> tuple[float, float]:
+        # measuring must not change training: iterating a loader without a generator of its own
+        # draws a seed from the global RNG, which would shift every later dropout mask
+        rng = torch.get_rng_state()
+        try:
+            return self._evaluate_batches(loader, old)
+        finally:
+            torch.set_rng_state(rng)
+
+    def _evaluate_batches(self, loader: Iterable[Any], old: bool) -> tuple[float, float]:
         net = self.model
         was_training = net.training
         net.eval()
@@ -908,6 +940,18 @@ class Retrainer:
     def __repr__(self) -> str:
         return (f"Retrainer(state={self.state.value}, step={self.step}/{self.total_steps}, "
                 f"loss={self.history.meta.get('loss')!r}, device={self.device})")
+
+
+def _loader_generators(loader: Any) -> list[torch.Generator]:
+    """The torch generators that decide a loader's order (its own, its sampler's), each once."""
+    found: dict[int, torch.Generator] = {}
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for owner in (loader, sampler, getattr(batch_sampler, "sampler", None)):
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator):
+            found[id(gen)] = gen
+    return list(found.values())
 
 
 def _cycle(loader: Iterable[Any]) -> Iterator[Any]:

@@ -266,7 +266,7 @@ def _schedule_code(name: str, kw: dict[str, Any]) -> str:
         return _block(f'''
             # Cosine annealing with warm restarts (SGDR): the cosine starts again every cycle, and each
             # cycle is T_MULT times longer than the one before. Relative to each group's own LR.
-            T_0 = {given("T_0", "max(1, total_steps // 4)")}
+            T_0 = {given("T_0", "max(1, math.ceil(total_steps / 4))")}
             T_MULT = {kw["T_mult"]!r}
             ETA_MIN_FRAC = {kw["eta_min_frac"]!r}
 
@@ -967,6 +967,7 @@ Run it with
 def evaluate(loader, old=False):
     \"\"\"Mean loss and metric over `loader` in eval mode, all ranks together. {doc_old}\"\"\"
     model.eval()  # dropout off, BatchNorm on its running statistics
+    rng = torch.get_rng_state()  # iterating a loader draws a seed: measuring must not change training
 {swap_in}
     loss_sum = torch.zeros((), device=device)
     metric_sum = torch.zeros((), device=device)
@@ -984,6 +985,7 @@ def evaluate(loader, old=False):
         count += batch_count
 {swap_out}
     model.train()
+    torch.set_rng_state(rng)
     totals = torch.stack([loss_sum, metric_sum, torch.tensor(float(n), device=device),
                           torch.tensor(float(count), device=device)])
     if DDP:
@@ -1013,6 +1015,13 @@ def evaluate(loader, old=False):
         model.eval()
         with torch.no_grad():
             loss_fn(*run(model, next(iter(train))))
+
+        # The run's own randomness starts here, the same on every rerun: dropout, and the order of the
+        # training batches (the loader's generator, when it has one; under DDP the sampler's seed).
+        torch.manual_seed(SEED)
+        for owner in (train, train.sampler, getattr(train.batch_sampler, "sampler", None)):
+            if isinstance(getattr(owner, "generator", None), torch.Generator):
+                owner.generator.manual_seed(SEED)
     ''')))
 
     # ------------------------------------------------------------------ the loop

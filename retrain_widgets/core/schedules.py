@@ -537,7 +537,7 @@ register(
 # --------------------------------------------------------------------------- cosine_warm_restarts
 def _resolve_warm_restarts(total: int, kw: dict[str, Any]) -> dict[str, Any]:
     if kw["T_0"] is None:
-        kw["T_0"] = max(1, total // 4)
+        kw["T_0"] = max(1, math.ceil(total / 4))  # four cycles; total // 4 can put a restart (the peak LR) on the last step
     return kw
 
 
@@ -552,7 +552,7 @@ register(
     _build_warm_restarts,
     description="Cosine annealing with warm restarts (SGDR): the cosine restarts every T_0 steps.",
     params={
-        "T_0": Param(None, "int", low=1, help="steps of the first cycle (default: max(1, total_steps // 4))"),
+        "T_0": Param(None, "int", low=1, help="steps of the first cycle (default: ceil(total_steps / 4), four cycles)"),
         "T_mult": Param(1, "int", low=1, help="each cycle is T_mult times longer than the one before"),
         "eta_min_frac": _eta_min_frac_param(),
     },

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, NullLocator
 
-from ._util import encode_png
+from ._util import encode_png, short_name
 
 __all__ = ["comparison_png"]
 
@@ -46,18 +47,18 @@ def comparison_png(summaries: Sequence[Any], width_px: int = 1000, height_px: in
     with _LOCK:
         fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, facecolor="white")
         FigureCanvasAgg(fig)
-        grid = fig.add_gridspec(2, 3, left=0.06, right=0.985, bottom=0.1, top=0.84, wspace=0.28, hspace=0.45)
+        grid = fig.add_gridspec(2, 2, left=0.06, right=0.56, bottom=0.1, top=0.84, wspace=0.3, hspace=0.45)
         ax_loss = fig.add_subplot(grid[0, 0])
         ax_val = fig.add_subplot(grid[0, 1])
         ax_metric = fig.add_subplot(grid[1, 0])
         ax_old = fig.add_subplot(grid[1, 1])
-        ax_grad = fig.add_subplot(grid[:, 2])
+        ax_grad = fig.add_axes((0.74, 0.1, 0.245, 0.74))  # room on its left for layer names
         metric = next((s.metrics.get("metric") for s in summaries if s.metrics.get("metric")), "metric")
         old_metric = next((s.metrics.get("old_metric_name") for s in summaries if s.metrics.get("old_metric_name")),
                           "metric")
         for ax, title in ((ax_loss, "train loss (smoothed)"), (ax_val, "validation loss"),
                           (ax_metric, f"validation {metric}"), (ax_old, f"old task {old_metric} (forgetting)"),
-                          (ax_grad, "median gradient norm per layer")):
+                          (ax_grad, "median ‖grad‖ per layer")):
             ax.set_title(title, fontsize=10, loc="left", fontweight="bold")
             ax.grid(True, color="#e4e4e4", linewidth=0.8)
             ax.tick_params(labelsize=8)
@@ -92,9 +93,17 @@ def comparison_png(summaries: Sequence[Any], width_px: int = 1000, height_px: in
             if "accuracy" in (metric, old_metric):
                 ax.set_ylim(-0.02, 1.02)
         ax_grad.set_xscale("log")
+        ax_grad.xaxis.set_major_locator(LogLocator(numticks=6))
+        ax_grad.xaxis.set_minor_locator(NullLocator())
+        ax_grad.xaxis.set_minor_formatter(NullFormatter())
         ax_grad.set_yticks(np.arange(len(layer_names)))
-        ax_grad.set_yticklabels(layer_names, fontsize=7 if len(layer_names) < 30 else 5)
+        # long dotted names (bert.encoder.layer.0.attention.self.query) keep their informative end
+        ax_grad.set_yticklabels([short_name(n, 24) for n in layer_names], fontsize=7 if len(layer_names) < 30 else 5)
         ax_grad.set_xlabel("‖grad‖ (frozen layers absent)", fontsize=8)
+        for ax in (ax_val, ax_metric, ax_old):
+            if not ax.get_lines():
+                ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes,
+                        color="#6b6b6b", fontsize=9)
         if handles:
             fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 5), fontsize=9, frameon=False,
                        bbox_to_anchor=(0.5, 0.99))
