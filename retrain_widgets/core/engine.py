@@ -139,7 +139,7 @@ class Retrainer:
     >>> history = r.wait()
     """
 
-    HEAVY_BUDGET = 0.01  # share of wall time for drift + checkpoint
+    HEAVY_BUDGET = 0.005  # share of wall time for drift + checkpoint
 
     def __init__(self, model: nn.Module, config: RunConfig | None = None, train: Iterable[Any] | None = None,
                  val: Iterable[Any] | None = None, old_val: Iterable[Any] | None = None, *,
@@ -753,7 +753,7 @@ class Retrainer:
                 rate = (self.step - last_step) / (now - last_t)
                 self.steps_per_second = rate if self.steps_per_second == 0 else 0.7 * self.steps_per_second + 0.3 * rate
             self._last_pub = (self.step, now)
-            # Drift and the NaN-guard checkpoint read every weight: keep them under ~1 % of
+            # Drift and the NaN-guard checkpoint read every weight: keep them under ~0.5 % of
             # wall time (a ResNet-18 on a CPU pays ~40 ms for both; the bundled CNN ~0.2 ms).
             if force or (now - self._heavy_at) * self.HEAVY_BUDGET >= self._heavy_cost:
                 t0 = time.perf_counter()

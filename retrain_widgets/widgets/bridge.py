@@ -6,10 +6,10 @@ Drawing happens in the training thread on purpose: on a 2-core machine a separat
 thread slowed a small CNN's training about 3x at 5 frames/s (GIL hand-offs), while drawing
 between steps within a time budget cost nothing measurable (``../shared/README.md``).
 
-Budget: drawing may take at most ``budget`` (3 %) of the wall time since the run started,
+Budget: drawing may take at most ``budget`` (2 %) of the wall time since the run started,
 amortised: after frames that took ``D`` seconds in all, the next one waits until ``D / budget``
 seconds have passed since the start, and at least ``min_interval`` after the last frame. A
-cheap blitted frame (~20 ms) thus allows a frame every ~0.7 s; an occasional full redraw
+cheap blitted frame (~20 ms) thus allows about one frame a second; an occasional full redraw
 (~0.3 s, when the axes must grow) delays the next frames instead of halting the plot for
 ``0.3 / budget`` seconds. The first frame of a run (a full redraw that sets up the axes) is
 not held against the budget, so the plot comes alive at once; over a run of a minute it adds
@@ -54,15 +54,16 @@ class Bridge:
     figure
         The reused live figure.
     budget
-        Share of wall time that drawing may take (3 %: on a 2-core CPU the engine's own probes cost
-        ~4 %, and the dashboard as a whole aims at 8 %).
+        Share of wall time that drawing may take (2 %: on a 2-core CPU the engine's own probes cost
+        ~4 %, the first frame of a run ~1-2 % more, and the dashboard as a whole aims at 8 %, measured
+        by ``benchmarks/dashboard.py``).
     min_interval
         Seconds between frames at the least (caps the frame rate at 1 / min_interval).
     max_interval
         Seconds between frames at the most, whatever the budget says.
     """
 
-    def __init__(self, studio: RetrainStudio, run: Retrainer, figure: LiveFigure, budget: float = 0.03,
+    def __init__(self, studio: RetrainStudio, run: Retrainer, figure: LiveFigure, budget: float = 0.02,
                  min_interval: float = 0.25, max_interval: float = 4.0, progress_interval: float = 0.2,
                  on_end: Callable[[Retrainer], None] | None = None) -> None:
         self.studio, self.run, self.figure = studio, run, figure
