@@ -246,20 +246,27 @@ def test_final_figure_kept_as_static_output(studio, monkeypatch):
     assert updates[-1][0].data[:4] == b"\x89PNG"
 
 
-def test_wait_async(studio):
+def _run_coroutine(coro):
+    """asyncio.run in a thread of its own: this thread may already run an event loop (Playwright's)."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def test_wait_async(studio):
     studio.start()
-    history = asyncio.run(studio.wait_async(60))
+    history = _run_coroutine(studio.wait_async(60))
     assert studio.run.state == State.FINISHED and history is studio.run.history
-    with pytest.raises(TimeoutError):
-        studio.epochs.value = 100
-        studio.start()
-        try:
-            asyncio.run(studio.wait_async(0.2))
-        finally:
-            studio.stop()
-            studio.wait(10)
+    studio.epochs.value = 100
+    studio.start()
+    try:
+        with pytest.raises(TimeoutError):
+            _run_coroutine(studio.wait_async(0.2))
+    finally:
+        studio.stop()
+        studio.wait(10)
 
 
 def test_drawing_stays_within_its_budget(cnn, seven):

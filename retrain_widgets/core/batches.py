@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["split_batch", "logits_of", "default_forward", "to_device", "Forward", "batch_size"]
+__all__ = ["split_batch", "logits_of", "default_forward", "to_device", "first_batch", "Forward", "batch_size"]
 
 Forward = Callable[[nn.Module, Any], tuple[Any, torch.Tensor]]
 
@@ -88,6 +88,15 @@ def default_forward(model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
     """Run ``model`` on a batch; return ``(logits, targets)``."""
     args, kwargs, targets = split_batch(batch)
     return logits_of(model(*args, **kwargs)), targets
+
+
+def first_batch(loader: Any, device: torch.device | str, name: str = "training") -> Any:
+    """The loader's first batch on ``device``; a ``ValueError`` that says so for an empty loader."""
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise ValueError(f"the {name} loader yields no batches: check the dataset and the batch size") from None
+    return to_device(batch, device)
 
 
 def batch_size(targets: Any) -> int:

@@ -32,7 +32,7 @@ from torch import nn
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import schedules as schedules_mod
-from .batches import Forward, batch_size, default_forward, logits_of, to_device
+from .batches import Forward, batch_size, default_forward, first_batch, logits_of, to_device
 from .config import RunConfig
 from .events import Event, EventInfo, State
 from .history import History
@@ -282,7 +282,7 @@ class Retrainer:
         and loss do not fit, ``ValueError`` for an empty loader or teacher/student outputs of
         different shapes. Nothing is trained and the model's state is unchanged.
         """
-        batch = self._first_batch(self.train_loader, "train")
+        batch = first_batch(self.train_loader, self.device, "train")
         net = self.model
         was_training = net.training
         net.eval()
@@ -314,7 +314,7 @@ class Retrainer:
     def _check_old_task(self) -> None:
         """One ``old_val`` batch through the original head: a broken old-task loader fails now,
         not after the first epoch, and the old metric is named before training."""
-        batch = self._first_batch(self.old_val_loader, "old_val")
+        batch = first_batch(self.old_val_loader, self.device, "old_val")
         net = self.model
         was_training = net.training
         net.eval()
@@ -915,13 +915,6 @@ class Retrainer:
                 warnings.warn(text, RuntimeWarning, stacklevel=2)
 
     # ================================================================== helpers
-    def _first_batch(self, loader: Iterable[Any], name: str) -> Any:
-        try:
-            batch = next(iter(loader))
-        except StopIteration:
-            raise ValueError(f"the {name} loader yields no batches: check the dataset and the batch size") from None
-        return to_device(batch, self.device)
-
     def _count_steps(self) -> int:
         cfg = self.config
         try:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..core import losses, schedules
-from ..core.batches import Forward, default_forward, logits_of, to_device
+from ..core.batches import Forward, default_forward, first_batch, logits_of
 from ..core.compare import RunSummary, grid_variants, summarize
 from ..core.config import OPTIMIZERS, RunConfig
 from ..core.engine import Retrainer
@@ -479,12 +479,8 @@ class RetrainStudio(W.VBox):
     # ================================================================== loss check and head
     def _first_batch(self) -> Any:
         if self._probe_batch is None:
-            try:
-                batch = next(iter(self.train_loader))
-            except StopIteration:
-                raise ValueError("the training loader yields no batches: check the dataset and batch size") from None
             device = next((p.device for p in self.pretrained.parameters()), torch.device("cpu"))
-            self._probe_batch = to_device(batch, device)
+            self._probe_batch = first_batch(self.train_loader, device)
         return self._probe_batch
 
     def check_loss(self) -> LossMismatchError | None:
