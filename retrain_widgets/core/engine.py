@@ -414,6 +414,21 @@ class Retrainer:
         self.start()
         return self.wait()
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The training thread of the last :meth:`start` (``None`` before the first)."""
+        return self._thread
+
+    @property
+    def running(self) -> bool:
+        """True from :meth:`start` until the run's last event handlers (the final frame) have run."""
+        return self._thread is not None and not self._done.is_set()
+
+    @property
+    def started_at(self) -> float:
+        """``time.perf_counter()`` when training began (0.0 before)."""
+        return self._t_start
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` s for the thread to end, without raising; True when it has."""
         return self._done.wait(timeout) if self._thread is not None else True

@@ -545,7 +545,7 @@ class _Recorder:
     def _end(self) -> None:
         self.detach()
         self.store._forget(self)
-        if threading.current_thread() is getattr(self.run, "_thread", None):
+        if threading.current_thread() is self.run.thread:
             self.store._drop_conn()  # the training thread is about to end
 
 
@@ -737,7 +737,7 @@ class RunStore:
         state = run.state
         started = None
         if state != State.IDLE:
-            t_start = getattr(run, "_t_start", 0.0)
+            t_start = run.started_at
             started = now - (time.perf_counter() - t_start) if t_start else now
         blob = _encode_history(run.history, 1) if run.step > 0 else None
         row = (name, state.value, "" if state.final else note, now, started, now if run.step > 0 else None, now,

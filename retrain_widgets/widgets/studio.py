@@ -667,9 +667,7 @@ class RetrainStudio(W.VBox):
 
     def _busy(self) -> bool:
         queue, run = self._queue, self.run
-        # _done is set after the run's last event handlers (the final frame) have run
-        return (queue is not None and queue.is_alive()) or (run is not None and run._thread is not None
-                                                             and not run._done.is_set())
+        return (queue is not None and queue.is_alive()) or (run is not None and run.running)
 
     def wait(self, timeout: float | None = None) -> History | None:
         """Block until the current run (and any queued what-ifs) ends, still handling clicks, so
