@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import os
 import pathlib
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -17,8 +18,7 @@ from conftest import assert_same_state, state_copy
 from torch.nn import functional as F
 
 from retrain_widgets import Retrainer, RunConfig, State, examples
-from retrain_widgets.core import store as store_mod
-from retrain_widgets.core.store import SCHEMA_VERSION, RunStore, UnknownRun, fingerprint
+from retrain_widgets.core.store import SCHEMA_VERSION, RunStore, UnknownRun, fingerprint, fingerprints, schema
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HELPER = pathlib.Path(__file__).resolve().parent / "store_helpers" / "record_runs.py"
@@ -334,10 +334,46 @@ def test_paused_run_is_saved_and_keeps_a_heartbeat(tmp_path, monkeypatch, pretra
 
 def test_newer_schema_is_refused(tmp_path):
     RunStore(tmp_path).close()
+    assert db_rows(tmp_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     with sqlite3.connect(tmp_path / "runs.sqlite") as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(ValueError, match=rf"schema version 99, newer .*schema version {SCHEMA_VERSION}.*upgrade"):
+        RunStore(tmp_path)
+
+
+def test_newer_schema_of_the_meta_table_is_refused(tmp_path):
+    """A store as retrain_widgets 0.1.0 wrote it (user_version 0) is read at meta's version."""
+    RunStore(tmp_path).close()
+    with sqlite3.connect(tmp_path / "runs.sqlite") as conn:
+        conn.execute("PRAGMA user_version = 0")
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(ValueError, match=rf"schema version 99, newer .*schema version {SCHEMA_VERSION}.*upgrade"):
         RunStore(tmp_path)
+
+
+def test_store_of_schema_1_opens_and_keeps_its_runs(tmp_path, seven):
+    """tests/data/store_schema1 was written by retrain_widgets 0.1.0 (version in meta only)."""
+    folder = tmp_path / "old"
+    shutil.copytree(ROOT / "tests" / "data" / "store_schema1", folder)
+    assert db_rows(folder, "PRAGMA user_version") == [(0,)]
+    pretrained = examples.pretrained_digits_cnn()
+    with RunStore(folder) as store:
+        finished, idle = store.runs()
+        assert (finished.name, finished.state, finished.has_weights) == ("made by schema 1", "finished", True)
+        assert finished.config_obj() == RunConfig(loss="bce", head_out=1, max_steps=4, device="cpu")
+        assert finished.metrics["steps"] == 4 and finished.metrics["val_metric"] == 0.28125
+        assert finished.pretrained_id == idle.pretrained_id == fingerprint(pretrained)
+        assert idle.name == "never started" and idle.state == "interrupted"  # its process is long gone
+        assert len(store.history(finished.id).series("train_loss")[0]) == 4
+        restored = store.restore(finished.id, pretrained)
+        assert_same_state(restored, store.load_weights(finished.id))
+        assert restored(next(iter(seven.val))[0]).shape[1] == 1
+        run = make_run(pretrained, seven, short_config(max_steps=2))
+        new_id = store.record(run)
+        run.fit()
+        assert store.get(new_id).state == "finished" and len(store.runs()) == 3
+    assert db_rows(folder, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert db_rows(folder, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
 
 
 def test_migration_is_applied_in_order_and_rolled_back_on_error(tmp_path, monkeypatch, pretrained, seven):
@@ -345,6 +381,8 @@ def test_migration_is_applied_in_order_and_rolled_back_on_error(tmp_path, monkey
         run = make_run(pretrained, seven, short_config(max_steps=5))
         run_id = store.record(run)
         run.fit()
+    first = list(schema.MIGRATIONS)
+    assert len(first) == SCHEMA_VERSION == 1
 
     def add_tags(conn):
         conn.execute("ALTER TABLE runs ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'")
@@ -353,24 +391,27 @@ def test_migration_is_applied_in_order_and_rolled_back_on_error(tmp_path, monkey
         conn.execute("ALTER TABLE runs ADD COLUMN half TEXT")
         raise RuntimeError("migration bug")
 
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(store_mod, "_MIGRATIONS", {1: add_tags, 2: broken})
+    monkeypatch.setattr(schema, "MIGRATIONS", [*first, add_tags, broken])
     with pytest.raises(RuntimeError, match="migration bug"):
         RunStore(tmp_path)
+    assert db_rows(tmp_path, "PRAGMA user_version") == [(1,)]
     assert db_rows(tmp_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("1",)]
     assert "tags" not in [c[1] for c in db_rows(tmp_path, "PRAGMA table_info(runs)")]
 
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(store_mod, "_MIGRATIONS", {1: add_tags})
+    monkeypatch.setattr(schema, "MIGRATIONS", [*first, add_tags])
     with RunStore(tmp_path) as migrated:
         assert migrated.get(run_id).state == "finished"
+    assert db_rows(tmp_path, "PRAGMA user_version") == [(2,)]
     assert db_rows(tmp_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
     assert db_rows(tmp_path, "SELECT tags FROM runs") == [("[]",)]
 
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 3)
-    with pytest.raises(ValueError, match="no migration from it to version 3"):
-        RunStore(tmp_path)
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(schema, "MIGRATIONS", [*first, add_tags])
+    with RunStore(tmp_path / "new") as new:  # a new store is laid out by the same steps
+        assert new.runs() == []
+    assert db_rows(tmp_path / "new", "PRAGMA user_version") == [(2,)]
+    assert "tags" in [c[1] for c in db_rows(tmp_path / "new", "PRAGMA table_info(runs)")]
+
+    monkeypatch.setattr(schema, "MIGRATIONS", first)
     with pytest.raises(ValueError, match="schema version 2, newer"):
         RunStore(tmp_path)
 
@@ -399,8 +440,8 @@ def test_fingerprint(monkeypatch):
     assert len(first) == 32 and fingerprint(copy.deepcopy(model)) == first
 
     hashed = []
-    real = store_mod._hash_state
-    monkeypatch.setattr(store_mod, "_hash_state", lambda state: hashed.append(1) or real(state))
+    real = fingerprints.hash_state
+    monkeypatch.setattr(fingerprints, "hash_state", lambda state: hashed.append(1) or real(state))
     t0 = time.perf_counter()
     assert fingerprint(model) == first
     assert hashed == [] and time.perf_counter() - t0 < 0.1  # cached: no bytes read
@@ -423,6 +464,5 @@ def test_store_threads_end(tmp_path, pretrained, seven):
         store.record(run, save_every=0)
         run.fit()
         run.join(5)
-        training = [k for k in store._conns if k[1] == run._thread.ident]
-        assert training == [] and store._recorders == {}
+        assert run.thread.ident not in store.connections.threads() and store.recording() == []
     assert {t.name for t in set(threading.enumerate()) - before} <= {"retrain_widgets-store-heartbeat"}

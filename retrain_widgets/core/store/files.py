@@ -1,0 +1,139 @@
+"""The store's two kinds of files: the SQLite database (one connection per thread) and the
+weights folder (one ``torch.save`` file per run, written atomically)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from .records import check_id
+
+__all__ = ["Connections", "WeightsFolder", "BUSY_TIMEOUT_S"]
+
+BUSY_TIMEOUT_S = 10.0
+
+
+class Connections:
+    """This process's connections to one database, one per thread (sqlite3 connections must not
+    cross threads), in WAL mode with a busy timeout; :meth:`tx` is one write transaction."""
+
+    def __init__(self, db_path: str) -> None:
+        self.db_path = db_path
+        self._lock = threading.Lock()
+        self._conns: dict[tuple[int, int], sqlite3.Connection] = {}
+
+    def get(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        key = (os.getpid(), threading.get_ident())
+        with self._lock:
+            conn = self._conns.get(key)
+        if conn is not None:
+            return conn
+        conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            self._prune()
+            self._conns[key] = conn
+        return conn
+
+    def threads(self) -> list[int]:
+        """Idents of this process's threads that hold a connection."""
+        with self._lock:
+            return [key[1] for key in self._conns if key[0] == os.getpid()]
+
+    def _prune(self) -> None:
+        """Close connections of threads that ended; forget those of a parent process."""
+        alive = {t.ident for t in threading.enumerate()}
+        pid = os.getpid()
+        for key in list(self._conns):
+            if key[0] != pid:
+                del self._conns[key]  # inherited through fork: never use or close it here
+            elif key[1] not in alive:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conns.pop(key).close()
+
+    def drop(self) -> None:
+        """Close the calling thread's connection."""
+        with self._lock:
+            conn = self._conns.pop((os.getpid(), threading.get_ident()), None)
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def close_idle(self) -> None:
+        """Close the calling thread's connection and those of threads that ended; other threads'
+        (runs still recording) stay open."""
+        me = threading.get_ident()
+        alive = {t.ident for t in threading.enumerate()}
+        with self._lock:
+            for key in list(self._conns):
+                if key[0] == os.getpid() and (key[1] == me or key[1] not in alive):
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conns.pop(key).close()
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``: waits up to the busy timeout for the lock)."""
+        conn = self.get()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+class WeightsFolder:
+    """``<folder>/<run id>.pt`` files: written to a temporary file then moved into place
+    (``os.replace``, atomic), read with ``weights_only=True`` on the CPU. A path is derived from
+    the validated run id, never read from the database."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def path(self, run_id: str) -> str:
+        return os.path.join(self.folder, f"{check_id(run_id)}.pt")
+
+    def write(self, run_id: str, model: nn.Module) -> None:
+        final = self.path(run_id)
+        state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
+        tmp = f"{final}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+
+    def read(self, run_id: str) -> dict[str, torch.Tensor]:
+        path = self.path(run_id)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"the weights file of run {run_id} is missing: {path}")
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} does not hold a state_dict (found {type(state).__name__})")
+        return state
+
+    def remove(self, run_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path(run_id))

@@ -1,0 +1,351 @@
+"""``RunStore``: a folder of runs (their database and weights files) and their recording."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..events import State
+from ..history import History
+from ..tree import find_head_or_none, replace_head
+from . import schema
+from .files import Connections, WeightsFolder
+from .fingerprints import fingerprint
+from .liveness import HOST, death_note, process_token
+from .recorder import HISTORY_CODEC, Recorder, config_of, decode_history, encode_history, run_metrics
+from .records import RECORD_COLUMNS, RunRecord, UnknownRun, check_name, is_id, new_id, record_of_row
+
+if TYPE_CHECKING:
+    from ..engine import Retrainer
+
+__all__ = ["RunStore", "DEFAULT_DIR", "INTERRUPTED", "ACTIVE_STATES"]
+
+#: Folder used by ``RunStore()`` without a path.
+DEFAULT_DIR = ".retrain_runs"
+DB_NAME = "runs.sqlite"
+WEIGHTS_DIR = "weights"
+ACTIVE_STATES = (State.IDLE.value, State.RUNNING.value, State.PAUSED.value)
+INTERRUPTED = "interrupted"
+
+_ACTIVE_SQL = "(" + ", ".join(f"'{s}'" for s in ACTIVE_STATES) + ")"
+
+
+class RunStore:
+    """An embedded store of runs in a folder (see :mod:`retrain_widgets.core.store`).
+
+    Parameters
+    ----------
+    path
+        The store's folder (``.retrain_runs`` by default): ``runs.sqlite`` and ``weights/``
+        inside it are created when missing.
+
+    Raises
+    ------
+    ValueError
+        When ``runs.sqlite`` is not a SQLite database or not a run store, or was written by a
+        newer retrain_widgets (schema version above
+        :data:`~retrain_widgets.core.store.SCHEMA_VERSION`).
+
+    Examples
+    --------
+    >>> store = RunStore()                      # ./.retrain_runs
+    >>> run_id = store.record(run)              # before or after run.start()
+    >>> run.fit()
+    >>> [(r.name, r.state, r.metrics.get("val_metric")) for r in store.runs()]
+    >>> model = store.restore(run_id, pretrained_model)
+
+    ``close()`` ends the use of the store by the calling code; runs being recorded keep
+    saving until they end, each through its own connection.
+    """
+
+    #: A run of another host without a heartbeat for this long (seconds) is interrupted.
+    DEAD_AFTER = 600.0
+    #: Seconds between heartbeats of runs recorded by this process (also while paused).
+    HEARTBEAT_EVERY = 30.0
+
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_DIR) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ValueError(f"RunStore takes a folder, but {self.path} is a file")
+        self.db_path = os.path.join(self.path, DB_NAME)
+        self.weights_dir = os.path.join(self.path, WEIGHTS_DIR)
+        os.makedirs(self.path, exist_ok=True)
+        self._lock = threading.RLock()
+        #: This process's connections to the database, one per thread.
+        self.connections = Connections(self.db_path)
+        self._weights = WeightsFolder(self.weights_dir)
+        self._recorders: dict[str, Recorder] = {}
+        self._heartbeat: threading.Thread | None = None
+        self._closed = False
+        schema.check_sqlite_file(self.db_path)
+        try:
+            with self.connections.tx() as conn:
+                schema.migrate(conn, self.path)
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            if schema.is_not_a_database(exc):
+                raise ValueError(f"{self.db_path} is not a SQLite database ({exc}), so not a retrain_widgets "
+                                 f"run store; move it away or open another folder") from exc
+            raise
+        except BaseException:
+            self.close()
+            raise
+        os.makedirs(self.weights_dir, exist_ok=True)
+
+    # ------------------------------------------------------------------ recording
+    def record(self, run: Retrainer, name: str | None = None, save_every: float = 5.0) -> str:
+        """Store ``run`` and keep it up to date as it trains; returns its id.
+
+        Saves the run now (state, config, pretrained :func:`fingerprint`, pid and host), then
+        from its events: history, state, step and metrics at most every ``save_every``
+        seconds while it trains (and when it pauses; a slow save widens that interval so saving
+        takes at most ~5 % of the training time), plus a heartbeat; the final history,
+        metrics, message and trained weights when it ends. Works before ``run.start()``,
+        while it runs, and after it ended. Recording the same run twice returns the same id.
+        """
+        from ..engine import Retrainer
+
+        self._check_open()
+        if not isinstance(run, Retrainer):
+            raise ValueError(f"record() takes a Retrainer, got {type(run).__name__}")
+        if isinstance(save_every, bool) or not isinstance(save_every, (int, float)) or not save_every >= 0:
+            raise ValueError(f"save_every must be a number of seconds >= 0, got {save_every!r}")
+        with self._lock:
+            for rec in self._recorders.values():
+                if rec.run is run:
+                    return rec.id
+        config, note = config_of(run)
+        run_id = self._insert(run, name, config, note)
+        rec = Recorder(self.connections, self._weights, run, run_id, float(save_every), note, self._forget)
+        with self._lock:
+            self._recorders[run_id] = rec
+        rec.attach()
+        self._start_heartbeat()
+        if run.state.final:  # it ended before (or while) we subscribed
+            rec.save_final()
+        return run_id
+
+    def _insert(self, run: Retrainer, name: str | None, config: dict[str, Any], note: str) -> str:
+        """Insert the run's row (and its history so far) under a new id; return the id."""
+        loss_name = run.history.meta.get("loss") or config.get("loss", "run")
+        name = check_name(name) if name is not None else f"{loss_name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        head_out = run.config.head_out if getattr(run, "original_head", None) is not None else None
+        now = time.time()
+        state = run.state
+        started = None
+        if state != State.IDLE:
+            t_start = run.started_at
+            started = now - (time.perf_counter() - t_start) if t_start else now
+        blob = encode_history(run.history, 1) if run.step > 0 else None
+        row = (name, state.value, "" if state.final else note, now, started, now if run.step > 0 else None, now,
+               os.getpid(), HOST, process_token(os.getpid()), int(run.step), int(run.total_steps),
+               json.dumps(config), json.dumps(run_metrics(run)), fingerprint(run.pretrained), run.head_name, head_out)
+        for _ in range(20):
+            run_id = new_id()
+            try:
+                with self.connections.tx() as conn:
+                    conn.execute(
+                        "INSERT INTO runs (id, name, state, message, created, started, saved, heartbeat, pid, host, "
+                        "proc, step, total_steps, config, metrics, pretrained_id, head, head_out) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (run_id, *row))
+                    if blob is not None:
+                        conn.execute("INSERT INTO histories (run_id, codec, data) VALUES (?, ?, ?)",
+                                     (run_id, HISTORY_CODEC, blob))
+                return run_id
+            except sqlite3.IntegrityError:
+                continue  # the same id drawn in the same millisecond: draw again
+        raise RuntimeError("could not draw a new run id")  # pragma: no cover - 20 collisions in a row
+
+    def recording(self) -> list[str]:
+        """Ids of the runs this store object is recording now."""
+        with self._lock:
+            return list(self._recorders)
+
+    def _forget(self, rec: Recorder) -> None:
+        with self._lock:
+            if self._recorders.get(rec.id) is rec:
+                del self._recorders[rec.id]
+
+    def _start_heartbeat(self) -> None:
+        with self._lock:
+            if self._heartbeat is None and self._recorders:
+                self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="retrain_widgets-store-heartbeat",
+                                                   daemon=True)
+                self._heartbeat.start()
+
+    def _heartbeat_loop(self) -> None:
+        """Tell other processes that this one's recorded runs are alive (also while paused)."""
+        try:
+            while True:
+                time.sleep(self.HEARTBEAT_EVERY)
+                with self._lock:
+                    ids = [rid for rid, rec in self._recorders.items() if not rec.done]
+                    if not ids:
+                        self._heartbeat = None
+                        return
+                now = time.time()
+                with contextlib.suppress(sqlite3.Error), self.connections.tx() as conn:
+                    conn.executemany(f"UPDATE runs SET heartbeat = ? WHERE id = ? AND state IN {_ACTIVE_SQL}",
+                                     [(now, rid) for rid in ids])
+        finally:
+            with self._lock:
+                if self._heartbeat is threading.current_thread():
+                    self._heartbeat = None
+            self.connections.drop()
+
+    # ------------------------------------------------------------------ reading
+    def _conn(self) -> sqlite3.Connection:
+        return self.connections.get()
+
+    def runs(self, pretrained_id: str | None = None) -> list[RunRecord]:
+        """All runs, oldest first (newest last); only those from the pretrained weights with
+        this :func:`fingerprint` when ``pretrained_id`` is given. Runs whose process died are
+        marked ``interrupted`` first."""
+        self._check_open()
+        self._mark_dead()
+        sql = f"SELECT {RECORD_COLUMNS} FROM runs"
+        args: tuple[Any, ...] = ()
+        if pretrained_id is not None:
+            sql += " WHERE pretrained_id = ?"
+            args = (pretrained_id,)
+        rows = self._conn().execute(sql + " ORDER BY created, id", args).fetchall()
+        return [record_of_row(row) for row in rows]
+
+    def get(self, run_id: str) -> RunRecord:
+        """The run ``run_id``; ``KeyError`` (:class:`UnknownRun`) when there is none."""
+        self._check_open()
+        self._known(run_id)
+        self._mark_dead()
+        row = self._conn().execute(f"SELECT {RECORD_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise self._unknown(run_id)
+        return record_of_row(row)
+
+    def history(self, run_id: str) -> History:
+        """The run's history as last saved (empty before its first save)."""
+        self._check_open()
+        self._known(run_id)
+        row = self._conn().execute("SELECT codec, data FROM histories WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            self.get(run_id)  # unknown id -> KeyError
+            return History()
+        try:
+            return decode_history(row[0], row[1])
+        except (ValueError, zlib.error, KeyError, TypeError) as exc:
+            raise ValueError(f"the history of run {run_id} cannot be read: {type(exc).__name__}: {exc}") from exc
+
+    def load_weights(self, run_id: str) -> dict[str, torch.Tensor]:
+        """The run's trained weights (a ``state_dict`` on the CPU), loaded with ``weights_only=True``."""
+        rec = self.get(run_id)
+        if not rec.has_weights:
+            raise ValueError(f"run {run_id} ({rec.state}) has no saved weights: they are saved when a recorded "
+                             f"run ends (finished, stopped or failed)")
+        return self._weights.read(run_id)
+
+    def restore(self, run_id: str, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` (the pretrained model the run started from) with the run's head
+        replacement and trained weights. ``model`` itself is not modified, nor torch's RNG."""
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"restore() takes the pretrained torch.nn.Module, got {type(model).__name__}")
+        weights = self.load_weights(run_id)
+        head, head_out = self._conn().execute("SELECT head, head_out FROM runs WHERE id = ?", (run_id,)).fetchone()
+        net = copy.deepcopy(model)
+        if head_out is not None:
+            name = head or find_head_or_none(net)
+            if name is None:
+                raise ValueError(f"run {run_id} replaced the head ({head!r}) but this model has no nn.Linear head")
+            devices = sorted({p.device.index or 0 for p in net.parameters() if p.device.type == "cuda"})
+            with torch.random.fork_rng(devices=devices):  # the new head's init must not move the user's RNG
+                replace_head(net, int(head_out), name, bias=f"{name}.bias" in weights)
+        try:
+            net.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise ValueError(f"the weights of run {run_id} do not fit this model (is it the pretrained model the "
+                             f"run started from? its fingerprint is {self.get(run_id).pretrained_id}): {exc}") from exc
+        return net
+
+    # ------------------------------------------------------------------ editing
+    def delete(self, run_id: str) -> None:
+        """Remove the run: its row, history and weights file."""
+        self._check_open()
+        self._known(run_id)
+        with self.connections.tx() as conn:
+            conn.execute("DELETE FROM histories WHERE run_id = ?", (run_id,))
+            if conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount == 0:
+                raise self._unknown(run_id)
+        self._weights.remove(run_id)
+
+    def rename(self, run_id: str, name: str) -> None:
+        """Give the run a new name."""
+        self._check_open()
+        self._known(run_id)
+        name = check_name(name)
+        with self.connections.tx() as conn:
+            if conn.execute("UPDATE runs SET name = ? WHERE id = ?", (name, run_id)).rowcount == 0:
+                raise self._unknown(run_id)
+
+    # ------------------------------------------------------------------ dead runs
+    def _mark_dead(self) -> None:
+        """Mark ``interrupted`` the active runs whose writing process is gone."""
+        rows = self._conn().execute(
+            f"SELECT id, pid, host, proc, heartbeat, saved, step, total_steps, message FROM runs "
+            f"WHERE state IN {_ACTIVE_SQL}").fetchall()
+        now = time.time()
+        dead = []
+        for run_id, pid, host, proc, heartbeat, saved, step, total, message in rows:
+            where = f"at step {step} of {total if total is not None else '?'}; recorded up to its last save at " \
+                    f"{_when(saved)}"
+            text = death_note(host, pid, proc, heartbeat, now, self.DEAD_AFTER, where)
+            if text is not None:
+                dead.append((run_id, heartbeat, "; ".join([text, message]) if message else text,
+                             saved if saved is not None else heartbeat))
+        if not dead:
+            return
+        with self.connections.tx() as conn:
+            for run_id, heartbeat, text, ended in dead:
+                # unchanged heartbeat: a process that saved meanwhile is alive after all
+                conn.execute(f"UPDATE runs SET state = '{INTERRUPTED}', message = ?, ended = COALESCE(?, created) "
+                             f"WHERE id = ? AND state IN {_ACTIVE_SQL} AND heartbeat IS ?",
+                             (text, ended, run_id, heartbeat))
+
+    # ------------------------------------------------------------------ errors, life cycle
+    def _known(self, run_id: str) -> None:
+        if not is_id(run_id):
+            raise self._unknown(run_id)
+
+    def _unknown(self, run_id: Any) -> UnknownRun:
+        ids = [r[0] for r in self._conn().execute("SELECT id FROM runs ORDER BY created DESC, id DESC LIMIT 5")]
+        listing = f"latest ids: {', '.join(ids)}" if ids else "the store is empty"
+        return UnknownRun(f"no run {run_id!r} in the store {self.path} ({listing})")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"this RunStore ({self.path}) is closed; open it again: RunStore({self.path!r})")
+
+    def close(self) -> None:
+        """Close this store's connections. Runs being recorded go on saving until they end."""
+        self._closed = True
+        self.connections.close_idle()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RunStore({self.path!r}{', closed' if self._closed else ''})"
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "(never saved)"
