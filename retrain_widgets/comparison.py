@@ -1,18 +1,46 @@
 """``compare(...)``: several runs side by side, as a table and one overlaid figure.
 
 Works on live :class:`~retrain_widgets.core.engine.Retrainer` objects and on runs kept in a
-:class:`~retrain_widgets.core.store.RunStore` (by record or id).
+:class:`~retrain_widgets.core.store.RunStore` (by record or id). The table's content comes
+from :mod:`retrain_widgets.core.comparison`, the figure from
+:mod:`retrain_widgets.plots.comparison`; :func:`table_html` (here) writes the table as HTML
+for notebooks and the Runs tab.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .core.compare import RunSummary, summarize, table, table_html
+from .core.comparison import RunSummary, summarize, table
 from .core.store import RunStore
 
-__all__ = ["Comparison", "compare"]
+__all__ = ["Comparison", "compare", "table_html"]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return html.escape(", ".join(f"{k}={v}" for k, v in value.items()) or "{}")
+    if isinstance(value, list):
+        return html.escape(", ".join(map(str, value)) or "[]")
+    return html.escape(str(value))
+
+
+def table_html(columns: Sequence[str], rows: Sequence[dict[str, Any]], highlight: str | None = None) -> str:
+    """An HTML table (for notebooks and the Runs tab)."""
+    head = "".join(f"<th style='text-align:left;padding:2px 8px'>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for r in rows:
+        style = " style='background:#f3f8ff'" if highlight is not None and r.get("id") == highlight else ""
+        cells = "".join(f"<td style='padding:2px 8px'>{_cell(r.get(c))}</td>" for c in columns)
+        body.append(f"<tr{style}>{cells}</tr>")
+    return (f"<table style='border-collapse:collapse;font-size:12px'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")
 
 
 class Comparison:
@@ -32,7 +60,7 @@ class Comparison:
 
     def plot(self, width_px: int = 1000, height_px: int = 560) -> bytes:
         """PNG bytes of the overlay figure (losses, metrics, old-task metric, gradients)."""
-        from .plots.compare import comparison_png
+        from .plots.comparison import comparison_png
 
         return comparison_png(self.summaries, width_px=width_px, height_px=height_px)
 

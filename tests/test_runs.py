@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from retrain_widgets import Retrainer, RetrainStudio, RunConfig, State, compare, examples
-from retrain_widgets.core.compare import differing_fields, grid_variants, table
+from retrain_widgets.core.comparison import differing_fields, grid_variants, table
 from retrain_widgets.core.store import RunStore
 
 pytestmark = pytest.mark.usefixtures("runs_in_tmp")
@@ -154,10 +154,24 @@ def test_show_code_for_a_run(cnn, seven):
 
 
 def test_table_without_metrics_keeps_order():
-    from retrain_widgets.core.compare import RunSummary
+    from retrain_widgets.core.comparison import RunSummary
 
     a = RunSummary(None, "a", "stopped", {"loss": "ce"}, {"steps": 3}, None)
     b = RunSummary(None, "b", "stopped", {"loss": "mse"}, {"steps": 1}, None)
     cols, rows = table([a, b])
     assert cols == ["run", "state", "loss", "steps"] and [r["run"] for r in rows] == ["a", "b"]
     assert np.isfinite(rows[0]["steps"])
+
+
+def test_comparison_modules_and_their_old_paths():
+    """One module per level is called comparison; the old paths are aliases of the same objects."""
+    import retrain_widgets.comparison as top
+    import retrain_widgets.core.compare as old_core
+    import retrain_widgets.core.comparison as core
+    import retrain_widgets.plots.compare as old_plots
+    import retrain_widgets.plots.comparison as plots
+
+    assert old_core.table is core.table and old_core.grid_variants is core.grid_variants
+    assert old_core.table_html is top.table_html and old_plots.comparison_png is plots.comparison_png
+    html = top.table_html(["run", "lr"], [{"run": "<a>", "id": "x", "lr": 0.001234567}], highlight="x")
+    assert "&lt;a&gt;" in html and "0.001235" in html and "background:#f3f8ff" in html

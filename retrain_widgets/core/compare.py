@@ -1,143 +1,19 @@
-"""Comparing runs: which config fields differ, and their final metrics, as a sortable table."""
+"""Deprecated alias of :mod:`retrain_widgets.core.comparison` (and of
+:func:`retrain_widgets.comparison.table_html`, which builds HTML and so left the core).
+Kept only until the widgets import the new paths; do not use in new code."""
 
 from __future__ import annotations
 
-import html
-import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import importlib
 from typing import Any
 
-from .engine import Retrainer
-from .history import History
-from .store import RunRecord, RunStore, run_metrics
+from .comparison import *  # noqa: F403
+from .comparison import __all__ as _names
 
-__all__ = ["RunSummary", "summarize", "differing_fields", "table", "table_html", "METRIC_COLUMNS", "grid_variants"]
-
-METRIC_COLUMNS = ("val_metric", "old_metric", "val_loss", "old_loss", "train_loss", "steps")
+__all__ = [*_names, "table_html"]  # noqa: F405 - table_html: module __getattr__
 
 
-@dataclass(frozen=True)
-class RunSummary:
-    """What a comparison needs of one run, wherever it comes from (a live run or the store)."""
-
-    id: str | None
-    name: str
-    state: str
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    history: History | None
-
-
-def summarize(run: Retrainer | RunRecord | RunSummary | str, store: RunStore | None = None,
-              name: str | None = None) -> RunSummary:
-    """A :class:`RunSummary` of a live :class:`Retrainer`, a stored run (record or id) or a summary."""
-    if isinstance(run, RunSummary):
-        return run
-    if isinstance(run, Retrainer):
-        try:
-            config = run.config.to_dict()
-        except ValueError:
-            config = {"loss": getattr(run.config.loss, "__name__", "custom")}
-        return RunSummary(None, name or f"run@{id(run):x}", run.state.value, config, run_metrics(run), run.history)
-    if isinstance(run, str):
-        if store is None:
-            raise ValueError(f"run id {run!r} given without a store: pass store=RunStore(...)")
-        run = store.get(run)
-    if isinstance(run, RunRecord):
-        history = store.history(run.id) if store is not None else None
-        return RunSummary(run.id, name or run.name, run.state, dict(run.config), dict(run.metrics), history)
-    raise ValueError(f"cannot compare a {type(run).__name__}: give Retrainer objects, stored runs or run ids")
-
-
-def _canon(value: Any) -> str:
-    return repr(value)
-
-
-def differing_fields(configs: Sequence[dict[str, Any]]) -> list[str]:
-    """Config fields whose values are not the same in every config (in field order)."""
-    if len(configs) < 2:
-        return []
-    keys: list[str] = []
-    for c in configs:
-        keys.extend(k for k in c if k not in keys)
-    return [k for k in keys if len({_canon(c.get(k)) for c in configs}) > 1]
-
-
-def _sort_key(value: Any, descending: bool) -> tuple[int, Any]:
-    if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
-        return (0, -value if descending else value)
-    return (1, str(value))
-
-
-def table(summaries: Sequence[RunSummary], sort_by: str | None = None,
-          descending: bool | None = None) -> tuple[list[str], list[dict[str, Any]]]:
-    """Columns and rows: run, state, the config fields that differ, then the final metrics.
-
-    ``sort_by`` defaults to ``val_metric`` (best first, using the metric's direction), or the
-    order given when no run has a validation metric.
-    """
-    diff = differing_fields([s.config for s in summaries])
-    metric_cols = [m for m in METRIC_COLUMNS if any(m in s.metrics for s in summaries)]
-    columns = ["run", "state", *diff, *metric_cols]
-    rows = []
-    for s in summaries:
-        row: dict[str, Any] = {"run": s.name, "id": s.id, "state": s.state}
-        for k in diff:
-            row[k] = s.config.get(k)
-        for m in metric_cols:
-            row[m] = s.metrics.get(m)
-        rows.append(row)
-    if sort_by is None and "val_metric" in metric_cols:
-        sort_by = "val_metric"
-    if sort_by is not None:
-        if sort_by not in columns:
-            raise ValueError(f"cannot sort by {sort_by!r}: the columns are {columns}")
-        if descending is None:
-            higher = next((s.metrics.get("higher_is_better") for s in summaries
-                           if s.metrics.get("higher_is_better") is not None), True)
-            descending = bool(higher) if sort_by in ("val_metric", "old_metric") else False
-        present = [r for r in rows if r.get(sort_by) is not None]
-        absent = [r for r in rows if r.get(sort_by) is None]
-        rows = sorted(present, key=lambda r: _sort_key(r[sort_by], bool(descending))) + absent
-    return columns, rows
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dict):
-        return html.escape(", ".join(f"{k}={v}" for k, v in value.items()) or "{}")
-    if isinstance(value, list):
-        return html.escape(", ".join(map(str, value)) or "[]")
-    return html.escape(str(value))
-
-
-def table_html(columns: Sequence[str], rows: Sequence[dict[str, Any]], highlight: str | None = None) -> str:
-    """An HTML table (for notebooks and the Runs tab)."""
-    head = "".join(f"<th style='text-align:left;padding:2px 8px'>{html.escape(c)}</th>" for c in columns)
-    body = []
-    for r in rows:
-        style = " style='background:#f3f8ff'" if highlight is not None and r.get("id") == highlight else ""
-        cells = "".join(f"<td style='padding:2px 8px'>{_cell(r.get(c))}</td>" for c in columns)
-        body.append(f"<tr{style}>{cells}</tr>")
-    return (f"<table style='border-collapse:collapse;font-size:12px'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>")
-
-
-def grid_variants(grid: dict[str, Iterable[Any]]) -> list[dict[str, Any]]:
-    """The cartesian product of a what-if grid: ``{"loss": ["bce", "focal"], "lr": [1e-3, 1e-2]}``
-    gives four dicts of changes, in order (the last key varies fastest)."""
-    if not isinstance(grid, dict) or not grid:
-        raise ValueError(f"a what-if grid is a dict of field -> list of values, got {grid!r}")
-    variants: list[dict[str, Any]] = [{}]
-    for key, values in grid.items():
-        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-            raise ValueError(f"what-if field {key!r} needs a list of values, got {values!r}")
-        values = list(values)
-        if not values:
-            raise ValueError(f"what-if field {key!r} has an empty list of values")
-        variants = [{**v, key: value} for v in variants for value in values]
-    return variants
+def __getattr__(name: str) -> Any:
+    if name == "table_html":
+        return importlib.import_module("retrain_widgets.comparison").table_html
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,8 @@ from collections.abc import Callable
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+from ..core.smoothing import ema  # noqa: F401 - the one EMA, used by the plots through here
+
 # One colour per meaning, used by every panel: blue = training, orange = new-task validation,
 # purple = old task (forgetting), green = learning rate, brown = weight drift.
 C_TRAIN = "#1f77b4"
@@ -223,22 +225,6 @@ def envelope(steps: np.ndarray, values: np.ndarray, x0: float, width: float,
     keep[1::2] = starts != ends
     centres = 0.5 * (steps[starts] + steps[ends])
     return xs[keep], ys[keep], centres, means
-
-
-def ema(values: np.ndarray, smooth: float) -> np.ndarray:
-    """Exponential moving average with bias correction (as TensorBoard's smoothing); NaNs are
-    skipped (the average holds)."""
-    out = np.empty(len(values))
-    e = 0.0
-    w = 0.0
-    a = float(smooth)
-    b = 1.0 - a
-    for i, x in enumerate(np.asarray(values, np.float64).tolist()):
-        if x == x:
-            e = a * e + b * x
-            w = a * w + b
-        out[i] = e / w if w > 0 else math.nan
-    return out
 
 
 def stride(n: int, most: int) -> slice:
