@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from retrain_widgets import RunConfig, losses
 
@@ -80,3 +81,24 @@ def test_replace_validates_and_diff():
         cfg.replace(lrr=1)
     with pytest.raises(ValueError, match="lr must be > 0"):
         cfg.replace(lr=0)
+
+
+def test_name_lists_come_from_their_registries():
+    """The optimizer and metric names a RunConfig accepts are those of the registries, once."""
+    from retrain_widgets.core import config, metrics
+    from retrain_widgets.core.params import OPTIMIZER_REGISTRY
+
+    assert config.OPTIMIZERS == tuple(OPTIMIZER_REGISTRY) == ("adamw", "adam", "sgd")
+    OPTIMIZER_REGISTRY.register("test_rmsprop", lambda groups, c: torch.optim.RMSprop(groups, lr=c.lr))
+    try:
+        assert RunConfig(optimizer="test_rmsprop").optimizer == "test_rmsprop"
+        assert "test_rmsprop" in config.OPTIMIZERS
+    finally:
+        OPTIMIZER_REGISTRY.remove("test_rmsprop")
+    assert "test_rmsprop" not in config.OPTIMIZERS
+    for name in metrics.NAMES:
+        assert RunConfig(metric=name).metric == name
+    with pytest.raises(ValueError, match=r"metric must be one of \['auto', 'accuracy', 'mae'\]"):
+        RunConfig(metric="f1")
+    with pytest.raises(ValueError, match=r"unknown metric 'f1'.*'auto', 'accuracy', 'mae'"):
+        metrics.select("f1")

@@ -232,3 +232,13 @@ def test_task_losses_are_registered():
 
     for name in tasks():
         assert set(task(name).losses) <= set(losses.available())
+
+
+def test_task_kinds_are_metric_tasks_and_match_their_losses():
+    from retrain_widgets import losses
+    from retrain_widgets.core import metrics
+
+    for name in tasks():
+        t = task(name)
+        assert t.kind in metrics.TASKS
+        assert {losses.get(loss).task for loss in t.losses} == {t.kind}, name

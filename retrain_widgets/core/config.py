@@ -10,11 +10,17 @@ from typing import Any
 
 from .registry import closest
 
-__all__ = ["RunConfig", "OPTIMIZERS", "DEVICES"]
+__all__ = ["RunConfig", "OPTIMIZERS", "DEVICES"]  # noqa: F822 - OPTIMIZERS: module __getattr__
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-METRICS = ("auto", "accuracy", "mae")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OPTIMIZERS":  # the optimizer registry's names (it imports this module: read late)
+        from .params import OPTIMIZER_REGISTRY
+
+        return tuple(OPTIMIZER_REGISTRY)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -137,7 +143,7 @@ class RunConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> RunConfig:
         """Check every field; raise ``ValueError`` naming the first bad one. Returns ``self``."""
-        from . import losses, schedules  # late import: the registries import nothing from here
+        from . import losses, metrics, params, schedules  # late: params imports this module
 
         if isinstance(self.loss, str):
             losses.get(self.loss)
@@ -153,7 +159,7 @@ class RunConfig:
         self.frozen = list(self.frozen)
         if not isinstance(self.train_bn, bool):
             raise ValueError(f"RunConfig.train_bn must be True or False, got {self.train_bn!r}")
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("optimizer", self.optimizer, tuple(params.OPTIMIZER_REGISTRY))
         self.lr = _number("lr", self.lr, low=0.0, low_open=True, high=10.0)
         self.weight_decay = _number("weight_decay", self.weight_decay, low=0.0, high=10.0)
         self.momentum = _number("momentum", self.momentum, low=0.0, high=1.0)
@@ -195,7 +201,7 @@ class RunConfig:
         if not isinstance(self.amp, bool):
             raise ValueError(f"RunConfig.amp must be True or False, got {self.amp!r}")
         self.grad_clip = _number("grad_clip", self.grad_clip, low=0.0, low_open=True, optional=True)
-        _choice("metric", self.metric, METRICS)
+        _choice("metric", self.metric, metrics.NAMES)
         return self
 
     # ------------------------------------------------------------------ JSON

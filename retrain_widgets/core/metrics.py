@@ -28,9 +28,8 @@ from torch import Tensor
 
 from .registry import closest
 
-__all__ = ["Metric", "MULTICLASS_ACCURACY", "BINARY_ACCURACY", "MAE", "for_task", "select", "infer_task"]
-
-_TASKS = ("multiclass", "binary", "regression")
+__all__ = ["Metric", "MULTICLASS_ACCURACY", "BINARY_ACCURACY", "MAE", "TASKS", "NAMES", "for_task", "select",
+           "infer_task"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +98,10 @@ MAE = Metric("mae", False, _mae)
 
 _BY_TASK = {"multiclass": MULTICLASS_ACCURACY, "binary": BINARY_ACCURACY, "regression": MAE}
 
+#: The tasks a metric (and a loss) can be for.
+TASKS = tuple(_BY_TASK)
+_TASK_LIST = ", ".join(repr(t) for t in TASKS)
+
 
 def _zero_one(t: Tensor) -> bool:
     return t.numel() > 0 and bool(((t == 0) | (t == 1)).all())
@@ -136,7 +139,7 @@ def infer_task(outputs: Tensor, targets: Tensor) -> str:
     except ValueError:
         raise ValueError(
             f"cannot tell which metric fits outputs of shape {tuple(o.shape)} and targets of shape "
-            f"{tuple(t.shape)} {t.dtype}: pass task='multiclass', 'binary' or 'regression'"
+            f"{tuple(t.shape)} {t.dtype}: pass task= one of {_TASK_LIST}"
         ) from None
     return "binary" if _zero_one(t) else "regression"
 
@@ -154,37 +157,48 @@ def for_task(task: str | None, outputs: Tensor | None = None, targets: Tensor | 
     """
     if task is None or task == "any":
         if outputs is None or targets is None:
-            raise ValueError("for_task(None) needs one batch of outputs and targets to infer the metric, "
-                             "or a task: 'multiclass', 'binary' or 'regression'")
+            raise ValueError(f"for_task(None) needs one batch of outputs and targets to infer the metric, "
+                             f"or a task: one of {_TASK_LIST}")
         task = infer_task(outputs, targets)
     if task not in _BY_TASK:
-        hint = closest(str(task), list(_TASKS))
+        hint = closest(str(task), list(TASKS))
         extra = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ValueError(f"unknown task {task!r}{extra} (tasks: {', '.join(_TASKS)}, or None to infer it)")
+        raise ValueError(f"unknown task {task!r}{extra} (tasks: {', '.join(TASKS)}, or None to infer it)")
     return _BY_TASK[task]
+
+
+def _accuracy(task: str | None, outputs: Tensor | None, targets: Tensor | None) -> Metric:
+    if task is None or task == "any":
+        if outputs is not None and targets is not None and infer_task(outputs, targets) == "binary":
+            return BINARY_ACCURACY
+        return MULTICLASS_ACCURACY
+    if task == "regression":
+        raise ValueError("metric 'accuracy' needs a classification loss; a regression loss is measured "
+                         "with metric='mae' (or 'auto')")
+    return BINARY_ACCURACY if task == "binary" else for_task(task)
+
+
+_BY_NAME: dict[str, Callable[[str | None, Tensor | None, Tensor | None], Metric]] = {
+    "auto": for_task,
+    "accuracy": _accuracy,
+    "mae": lambda task, outputs, targets: MAE,
+}
+
+#: The metric names a run configuration may give (``RunConfig.metric``).
+NAMES = tuple(_BY_NAME)
 
 
 def select(metric: str = "auto", task: str | None = None, outputs: Tensor | None = None,
            targets: Tensor | None = None) -> Metric:
-    """The metric a run configuration names: ``"auto"``, ``"accuracy"`` or ``"mae"``.
+    """The metric a run configuration names: ``"auto"``, ``"accuracy"`` or ``"mae"`` (:data:`NAMES`).
 
     ``"auto"`` is :func:`for_task`; ``"accuracy"`` is binary accuracy for a binary task and
     multi-class accuracy otherwise (inferred from the batch when ``task`` is unknown);
     ``"mae"`` is MAE whatever the task.
     """
-    if metric == "auto":
-        return for_task(task, outputs, targets)
-    if metric == "mae":
-        return MAE
-    if metric == "accuracy":
-        if task is None or task == "any":
-            if outputs is not None and targets is not None and infer_task(outputs, targets) == "binary":
-                return BINARY_ACCURACY
-            return MULTICLASS_ACCURACY
-        if task == "regression":
-            raise ValueError("metric 'accuracy' needs a classification loss; a regression loss is measured "
-                             "with metric='mae' (or 'auto')")
-        return BINARY_ACCURACY if task == "binary" else for_task(task)
-    hint = closest(str(metric), ["auto", "accuracy", "mae"])
-    extra = f"; did you mean {hint[0]!r}?" if hint else ""
-    raise ValueError(f"unknown metric {metric!r}{extra} (metrics: 'auto', 'accuracy', 'mae')")
+    choose = _BY_NAME.get(metric) if isinstance(metric, str) else None
+    if choose is None:
+        hint = closest(str(metric), list(NAMES))
+        extra = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ValueError(f"unknown metric {metric!r}{extra} (metrics: {', '.join(repr(n) for n in NAMES)})")
+    return choose(task, outputs, targets)
