@@ -18,3 +18,39 @@ def test_gpu_check_without_cuda_says_so_and_exits_0():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "no CUDA device here" in out.stdout
+
+
+def _paired():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import paired
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return paired
+
+
+def test_pairs_run_interleaved_in_abba_order():
+    order = []
+    pairs = _paired().interleave(lambda: order.append("a") or len(order), lambda: order.append("b") or len(order), 4)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert pairs == [(1, 2), (4, 3), (5, 6), (8, 7)]  # each pair is (a's result, b's result)
+
+
+def test_headline_is_the_median_of_paired_ratios_and_best_runs_apart():
+    ratios = _paired().ratios
+    rates = [(100.0, 50.0), (90.0, 90.0), (80.0, 100.0)]  # paired ratios 2.0, 1.0, 0.8
+    median, best = ratios(rates)
+    assert median == 1.0 and best == 1.0  # best: 100 / 100
+    assert ratios([(110.0, 100.0), (50.0, 100.0), (104.0, 100.0)]) == (1.04, 1.1)
+
+
+def test_each_benchmark_prints_its_headline_and_best_runs_lines():
+    """The ``... overhead ratio`` line is the paired median, the best-runs ratio has its own line."""
+    for script, headline, best in (("overhead.py", 'f"overhead ratio {name}: {median:.3f}"',
+                                    'f"best-runs ratio {name}: {best:.3f}"'),
+                                   ("dashboard.py", 'f"dashboard overhead ratio: {median:.3f}"',
+                                    'f"dashboard best-runs ratio: {best:.3f}"'),
+                                   ("gpu_check.py", 'f"gpu overhead ratio {case}: {median:.3f}"',
+                                    'f"gpu best-runs ratio {case}: {best:.3f}"')):
+        source = (ROOT / "benchmarks" / script).read_text()
+        assert "from paired import interleave, ratios" in source and headline in source and best in source, script
