@@ -28,6 +28,59 @@ def _series(summary: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     return h.series(name)
 
 
+def _median_grad(history: Any) -> tuple[list[str], np.ndarray] | None:
+    """(layer names, median gradient norm of each; NaN for frozen layers), or None without any."""
+    if history is None:
+        return None
+    _, cols, g = history.layer_series("grad_norm")
+    if not len(cols) or not g.size:
+        return None
+    finite = np.where(np.isfinite(g), g, np.nan)
+    has = np.isfinite(finite).any(axis=0)  # frozen layers have no gradient at all
+    med = np.full(len(cols), np.nan)
+    med[has] = np.nanmedian(finite[:, has], axis=0)
+    return list(cols), med
+
+
+def _axes(fig: Figure, metric: str, old_metric: str) -> tuple[Any, Any, Any, Any, Any]:
+    """The five panels, titled: train loss, validation loss, metric, old-task metric, gradients."""
+    grid = fig.add_gridspec(2, 2, left=0.06, right=0.56, bottom=0.1, top=0.84, wspace=0.3, hspace=0.45)
+    panels = (fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 0]),
+              fig.add_subplot(grid[1, 1]), fig.add_axes((0.74, 0.1, 0.245, 0.74)))  # room for layer names
+    titles = ("train loss (smoothed)", "validation loss", f"validation {metric}",
+              f"old task {old_metric} (forgetting)", "median ‖grad‖ per layer")
+    for ax, title in zip(panels, titles):
+        ax.set_title(title, fontsize=10, loc="left", fontweight="bold")
+        ax.grid(True, color="#e4e4e4", linewidth=0.8)
+        ax.tick_params(labelsize=8)
+    return panels
+
+
+def _scale_and_label(panels: tuple[Any, ...], metric: str, old_metric: str, layer_names: list[str]) -> None:
+    ax_loss, ax_val, ax_metric, ax_old, ax_grad = panels
+    for ax in (ax_loss, ax_val):
+        lo_hi = [v for line in ax.get_lines() for v in np.asarray(line.get_ydata(), float) if np.isfinite(v)
+                 and v > 0]
+        if lo_hi and max(lo_hi) / min(lo_hi) > 30:
+            ax.set_yscale("log")
+    for ax in (ax_metric, ax_old):
+        ax.set_xlabel("step", fontsize=8)
+        if "accuracy" in (metric, old_metric):
+            ax.set_ylim(-0.02, 1.02)
+    ax_grad.set_xscale("log")
+    ax_grad.xaxis.set_major_locator(LogLocator(numticks=6))
+    ax_grad.xaxis.set_minor_locator(NullLocator())
+    ax_grad.xaxis.set_minor_formatter(NullFormatter())
+    ax_grad.set_yticks(np.arange(len(layer_names)))
+    # long dotted names (bert.encoder.layer.0.attention.self.query) keep their informative end
+    ax_grad.set_yticklabels([short_name(n, 24) for n in layer_names], fontsize=7 if len(layer_names) < 30 else 5)
+    ax_grad.set_xlabel("‖grad‖ (frozen layers absent)", fontsize=8)
+    for ax in (ax_val, ax_metric, ax_old):
+        if not ax.get_lines():
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes,
+                    color="#6b6b6b", fontsize=9)
+
+
 def comparison_png(summaries: Sequence[Any], width_px: int = 1000, height_px: int = 560, dpi: int = 100) -> bytes:
     """PNG of train loss (smoothed), validation loss, validation metric, old-task metric and
     the median gradient norm per layer, one colour per run, one legend for all panels.
@@ -38,21 +91,11 @@ def comparison_png(summaries: Sequence[Any], width_px: int = 1000, height_px: in
     with _LOCK:
         fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, facecolor="white")
         FigureCanvasAgg(fig)
-        grid = fig.add_gridspec(2, 2, left=0.06, right=0.56, bottom=0.1, top=0.84, wspace=0.3, hspace=0.45)
-        ax_loss = fig.add_subplot(grid[0, 0])
-        ax_val = fig.add_subplot(grid[0, 1])
-        ax_metric = fig.add_subplot(grid[1, 0])
-        ax_old = fig.add_subplot(grid[1, 1])
-        ax_grad = fig.add_axes((0.74, 0.1, 0.245, 0.74))  # room on its left for layer names
         metric = next((s.metrics.get("metric") for s in summaries if s.metrics.get("metric")), "metric")
         old_metric = next((s.metrics.get("old_metric_name") for s in summaries if s.metrics.get("old_metric_name")),
                           "metric")
-        for ax, title in ((ax_loss, "train loss (smoothed)"), (ax_val, "validation loss"),
-                          (ax_metric, f"validation {metric}"), (ax_old, f"old task {old_metric} (forgetting)"),
-                          (ax_grad, "median ‖grad‖ per layer")):
-            ax.set_title(title, fontsize=10, loc="left", fontweight="bold")
-            ax.grid(True, color="#e4e4e4", linewidth=0.8)
-            ax.tick_params(labelsize=8)
+        panels = _axes(fig, metric, old_metric)
+        ax_loss, ax_val, ax_metric, ax_old, ax_grad = panels
         handles = []
         layer_names: list[str] = []
         for i, s in enumerate(summaries):
@@ -64,37 +107,12 @@ def comparison_png(summaries: Sequence[Any], width_px: int = 1000, height_px: in
                 st, v = _series(s, name)
                 if len(st):
                     ax.plot(st, v, color=colour, marker="o", markersize=3.5, linewidth=1.4)
-            h = s.history
-            if h is not None:
-                _, cols, g = h.layer_series("grad_norm")
-                if len(cols) and g.size:
-                    finite = np.where(np.isfinite(g), g, np.nan)
-                    has = np.isfinite(finite).any(axis=0)  # frozen layers have no gradient at all
-                    med = np.full(len(cols), np.nan)
-                    med[has] = np.nanmedian(finite[:, has], axis=0)
-                    layer_names = list(cols) if len(cols) > len(layer_names) else layer_names
-                    ax_grad.plot(med, np.arange(len(cols)), color=colour, marker="o", markersize=3, linewidth=1.2)
-        for ax in (ax_loss, ax_val):
-            lo_hi = [v for line in ax.get_lines() for v in np.asarray(line.get_ydata(), float) if np.isfinite(v)
-                     and v > 0]
-            if lo_hi and max(lo_hi) / min(lo_hi) > 30:
-                ax.set_yscale("log")
-        for ax in (ax_metric, ax_old):
-            ax.set_xlabel("step", fontsize=8)
-            if "accuracy" in (metric, old_metric):
-                ax.set_ylim(-0.02, 1.02)
-        ax_grad.set_xscale("log")
-        ax_grad.xaxis.set_major_locator(LogLocator(numticks=6))
-        ax_grad.xaxis.set_minor_locator(NullLocator())
-        ax_grad.xaxis.set_minor_formatter(NullFormatter())
-        ax_grad.set_yticks(np.arange(len(layer_names)))
-        # long dotted names (bert.encoder.layer.0.attention.self.query) keep their informative end
-        ax_grad.set_yticklabels([short_name(n, 24) for n in layer_names], fontsize=7 if len(layer_names) < 30 else 5)
-        ax_grad.set_xlabel("‖grad‖ (frozen layers absent)", fontsize=8)
-        for ax in (ax_val, ax_metric, ax_old):
-            if not ax.get_lines():
-                ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes,
-                        color="#6b6b6b", fontsize=9)
+            grads = _median_grad(s.history)
+            if grads is not None:
+                cols, med = grads
+                layer_names = cols if len(cols) > len(layer_names) else layer_names
+                ax_grad.plot(med, np.arange(len(cols)), color=colour, marker="o", markersize=3, linewidth=1.2)
+        _scale_and_label(panels, metric, old_metric, layer_names)
         if handles:
             fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 5), fontsize=9, frameon=False,
                        bbox_to_anchor=(0.5, 0.99))
