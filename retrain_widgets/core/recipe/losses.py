@@ -79,11 +79,11 @@ def binary_cross_entropy(logits, targets, pos_weight=None):
     return (pos_weight * targets * F.softplus(-x) + (1 - targets) * F.softplus(x)).mean()
 
 
-def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0, reduction="mean"):
+def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="mean"):
     """Sigmoid focal loss (Lin et al. 2017; torchvision.ops.sigmoid_focal_loss's formula): BCE
     scaled by (1 - p_t) ** gamma, so the many easy negatives of an imbalanced task stop drowning
     the few positives. Positives weigh alpha and negatives 1 - alpha (alpha < 0: no weighting)."""
-    x = align(logits, targets)
+    x = align(inputs, targets)
     p = torch.sigmoid(x)
     ce = F.binary_cross_entropy_with_logits(x, targets, reduction="none")
     p_t = p * targets + (1 - p) * (1 - targets)  # the probability given to the right answer
