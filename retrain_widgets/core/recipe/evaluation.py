@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .losses import binary_cross_entropy, cross_entropy, mean_squared_error
+from .training import autocast
 
 
 def paired(outputs, targets, what):
@@ -100,12 +101,12 @@ def batch_size(targets):
 
 
 @torch.no_grad()
-def evaluation_sums(model, loader, run, choose, device):
+def evaluation_sums(model, loader, run, choose, device, amp_dtype=None):
     """Loss and metric summed over ``loader`` in eval mode, as one tensor: (loss sum, metric sum,
     samples, metric count); divide, after summing them across processes under DDP.
 
     ``run(model, batch) -> (logits, targets)``; ``choose(logits, targets) -> (loss, metric)``
-    on the first batch. Dropout is off and BatchNorm uses its running statistics; the model's
+    on the first batch; ``amp_dtype``: see autocast. Dropout is off and BatchNorm uses its running statistics; the model's
     mode and torch's RNG are as they were afterwards (iterating a loader draws a seed, and
     measuring must not change training)."""
     rng = torch.get_rng_state()
@@ -117,7 +118,8 @@ def evaluation_sums(model, loader, run, choose, device):
     loss_of = metric_of = None
     try:
         for batch in loader:
-            logits, targets = run(model, batch)
+            with autocast(amp_dtype):
+                logits, targets = run(model, batch)
             logits = logits.float()
             if loss_of is None:
                 loss_of, metric_of = choose(logits, targets)
