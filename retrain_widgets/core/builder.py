@@ -23,7 +23,7 @@ from .config import RunConfig
 from .device import amp_settings
 from .params import make_optimizer, module_names
 from .recipe import freezing as recipe_freezing
-from .recipe.training import HeadSwap, OldAnswer
+from .recipe.training import Distillation, HeadSwap
 from .tree import LayerGroup, find_head_or_none, freeze, get_module, layer_groups, replace_head, unfreeze
 
 __all__ = ["BuiltModel", "RunParts", "build_model", "build_run", "count_steps", "apply_stage"]
@@ -68,8 +68,7 @@ class RunParts:
     loss_fn: Callable[..., torch.Tensor]
     loss_spec: losses_mod.LossSpec | None
     task: str | None
-    teacher: nn.Module | None
-    old_answer: OldAnswer | None
+    distillation: Distillation | None
     amp_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None
 
@@ -146,14 +145,15 @@ def build_run(model: nn.Module, config: RunConfig, train: Iterable[Any], device:
     total_steps = count_steps(train, config)
     scheduler = schedules_mod.make(config.schedule, optimizer, total_steps, **config.schedule_kwargs)
     loss_fn, loss_spec = losses_mod.resolve(config.loss, **config.loss_kwargs)
-    copy_teacher = old_answer = None
+    distillation = None
     if config.distill is not None:
         copy_teacher = copy.deepcopy(teacher if teacher is not None else model).to(device)
         copy_teacher.eval().requires_grad_(False)
-        old_answer = OldAnswer(built.model, built.head_name or "", built.original_head)
+        distillation = Distillation(built.model, built.head_name or "", built.original_head, copy_teacher,
+                                    config.distill["alpha"], config.distill["temperature"])
     amp_dtype, scaler = amp_settings(config.amp, device)
     return RunParts(
         built=built, optimizer=optimizer, total_steps=total_steps, scheduler=scheduler,
         metric_driven=schedules_mod.get(config.schedule).metric_driven, loss_fn=loss_fn, loss_spec=loss_spec,
-        task=losses_mod.task_of(loss_spec.name if loss_spec else config.loss), teacher=copy_teacher,
-        old_answer=old_answer, amp_dtype=amp_dtype, scaler=scaler)
+        task=losses_mod.task_of(loss_spec.name if loss_spec else config.loss), distillation=distillation,
+        amp_dtype=amp_dtype, scaler=scaler)

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import torch
 
+from .recipe.training import mixed_precision
+
 __all__ = ["resolve_device", "cpu_threads", "amp_settings"]
 
 
@@ -46,10 +48,6 @@ def cpu_threads(device: torch.device) -> Iterator[None]:
 
 
 def amp_settings(amp: bool, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
-    """``(autocast dtype, grad scaler)`` of ``RunConfig.amp`` on ``device``: on CUDA bf16 where the GPU
-    has it, else fp16 with a GradScaler (small fp16 gradients underflow to 0 without loss scaling);
-    ``(None, None)`` elsewhere (float32)."""
-    if not (amp and device.type == "cuda"):
-        return None, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return dtype, torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    """``(autocast dtype, grad scaler)`` of ``RunConfig.amp`` on ``device`` (see
+    :func:`retrain_widgets.core.recipe.training.mixed_precision`)."""
+    return mixed_precision(amp, device)

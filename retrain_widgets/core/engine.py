@@ -115,9 +115,8 @@ class Retrainer:
         self.optimizer, self.total_steps, self.scheduler = parts.optimizer, parts.total_steps, parts.scheduler
         self._metric_driven = parts.metric_driven
         self.loss_fn, self.loss_spec, self.task = parts.loss_fn, parts.loss_spec, parts.task
-        self.teacher, self.amp_dtype, self.scaler = parts.teacher, parts.amp_dtype, parts.scaler
-        self._distill = None if self.teacher is None else (
-            self.teacher, parts.old_answer, cfg.distill["alpha"], cfg.distill["temperature"])  # type: ignore[index]
+        self.amp_dtype, self.scaler, self._distill = parts.amp_dtype, parts.scaler, parts.distillation
+        self.teacher = self._distill.teacher if self._distill is not None else None
         self._init_probes()
         self._init_state()
 
@@ -204,8 +203,8 @@ class Retrainer:
                 if self.val_loader is not None:
                     self._eval_fns(logits.float(), targets, old=False)  # names the metric before training
                 if self._distill is not None:
-                    teacher, old_answer = self._distill[:2]
-                    self._check_teacher(self._run_batch(teacher, batch)[0], old_answer(logits))
+                    self._check_teacher(self._run_batch(self._distill.teacher, batch)[0],
+                                        self._distill.old_answer(logits))
         finally:
             net.train(was_training)
         if self.old_val_loader is not None and self._old is None:
@@ -639,8 +638,8 @@ class Retrainer:
 
     def _eval_batch(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
         logits, targets = self._run_batch(net, to_device(batch, self.device, non_blocking=True))
-        if self._distill is not None and self._distill[1] is not None:
-            self._distill[1].features = None  # what the new head saw is not needed for measuring
+        if self._distill is not None:
+            self._distill.features = None  # what the new head saw is not needed for measuring
         return logits, targets
 
     def _eval_fns(self, logits: torch.Tensor, targets: Any, old: bool) -> tuple[Callable[..., torch.Tensor],

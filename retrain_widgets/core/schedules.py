@@ -48,6 +48,7 @@ __all__ = [
     "resolve_kwargs",
     "make",
     "preview",
+    "parse_milestones",
 ]
 
 # The warning torch gives when a scheduler is stepped before its optimizer ever was.
@@ -319,7 +320,8 @@ register(
 
 
 # --------------------------------------------------------------------------- multistep
-def _parse_milestones(value: Any) -> list[int]:
+def parse_milestones(value: Any) -> list[int]:
+    """Milestones given as a list, a number or a string ("20, 80") as a list of ints."""
     if isinstance(value, str):
         parts = [part for part in re.split(r"[\s,;]+", value.strip().strip("[]()")) if part]
         try:
@@ -342,7 +344,7 @@ def _resolve_multistep(total: int, kw: dict[str, Any]) -> dict[str, Any]:
     if kw["milestones"] is None:
         kw["milestones"] = sorted({m for m in (total // 2, (3 * total) // 4) if 1 <= m < total})
     else:
-        milestones = _parse_milestones(kw["milestones"])
+        milestones = parse_milestones(kw["milestones"])
         if any(not 1 <= m < total for m in milestones):
             _fail(
                 "multistep",

@@ -106,9 +106,9 @@ def evaluation_sums(model, loader, run, choose, device, amp_dtype=None):
     samples, metric count); divide, after summing them across processes under DDP.
 
     ``run(model, batch) -> (logits, targets)``; ``choose(logits, targets) -> (loss, metric)``
-    on the first batch; ``amp_dtype``: see autocast. Dropout is off and BatchNorm uses its running statistics; the model's
-    mode and torch's RNG are as they were afterwards (iterating a loader draws a seed, and
-    measuring must not change training)."""
+    on the first batch; ``amp_dtype``: see autocast. Dropout is off and BatchNorm uses its
+    running statistics; the model's mode and torch's RNG are as they were afterwards (iterating
+    a loader draws a seed, and measuring must not change training)."""
     rng = torch.get_rng_state()
     was_training = model.training
     model.eval()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
 
 
 def frac_floor(total_steps, frac):
@@ -27,7 +26,7 @@ def cosine_factor(progress, eta_min_frac):
 
 class ConstantFactor:
     """LR factor 1 at every step. The factors are callable objects rather than lambdas, so that
-    LambdaLR.state_dict() keeps them."""
+    LambdaLR's state_dict() keeps them."""
 
     def __call__(self, step):
         return 1.0
@@ -95,7 +94,7 @@ def group_lrs(optimizer):
 
 def constant_lr(optimizer, total_steps):
     """Every group keeps its own LR."""
-    return LambdaLR(optimizer, ConstantFactor())
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, ConstantFactor())
 
 
 def step_decay(optimizer, total_steps, step_size=None, gamma=0.1):
@@ -122,7 +121,7 @@ def exponential_decay(optimizer, total_steps, gamma=None):
 def cosine(optimizer, total_steps, T_max=None, eta_min_frac=0.0):
     """Cosine annealing from each group's own LR down to eta_min_frac of it over T_max steps
     (default: the run)."""
-    return LambdaLR(optimizer, CosineFactor(T_max or total_steps, eta_min_frac))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, CosineFactor(T_max or total_steps, eta_min_frac))
 
 
 def cosine_warm_restarts(optimizer, total_steps, T_0=None, T_mult=1, eta_min_frac=0.0):
@@ -130,7 +129,7 @@ def cosine_warm_restarts(optimizer, total_steps, T_0=None, T_mult=1, eta_min_fra
     cycles, ceil(total_steps / 4) (total_steps // 4 can put a restart, the peak LR, on the last step)."""
     if T_0 is None:
         T_0 = max(1, math.ceil(total_steps / 4))
-    return LambdaLR(optimizer, WarmRestartsFactor(T_0, T_mult, eta_min_frac))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmRestartsFactor(T_0, T_mult, eta_min_frac))
 
 
 def one_cycle(optimizer, total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4,
@@ -159,12 +158,12 @@ def warmup_cosine(optimizer, total_steps, warmup_frac=0.05, eta_min_frac=0.0):
     """A linear warm-up over the first warmup_frac of the run (large early updates would wreck
     the pretrained weights before the new head settles), then a cosine to eta_min_frac of each
     group's LR."""
-    return LambdaLR(optimizer, WarmupCosineFactor(frac_floor(total_steps, warmup_frac), total_steps, eta_min_frac))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosineFactor(frac_floor(total_steps, warmup_frac), total_steps, eta_min_frac))
 
 
 def slanted_triangular(optimizer, total_steps, cut_frac=0.1, ratio=32.0):
     """ULMFiT's slanted triangular LR: a short rise, a long decay."""
-    return LambdaLR(optimizer, SlantedTriangularFactor(total_steps, cut_frac, ratio))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, SlantedTriangularFactor(total_steps, cut_frac, ratio))
 
 
 def reduce_on_plateau(optimizer, total_steps, mode="min", factor=0.1, patience=2, threshold=1e-4, cooldown=0,

@@ -76,6 +76,16 @@ def autocast(amp_dtype):
     return FullPrecision() if amp_dtype is None else torch.autocast("cuda", dtype=amp_dtype)
 
 
+def mixed_precision(amp, device):
+    """(autocast dtype, loss scaler) of mixed precision on ``device``: on CUDA bf16 where the GPU
+    has it, else fp16 with a GradScaler (small fp16 gradients underflow to 0 without loss
+    scaling); (None, None), float32, elsewhere or when ``amp`` is off."""
+    if not (amp and device.type == "cuda"):
+        return None, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return dtype, torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+
 class HeadSwap:
     """``with HeadSwap(model, head_name, original_head):`` runs the block with the original head
     in the new head's place (the old task is measured through the head that was trained for it),
@@ -104,40 +114,45 @@ class HeadSwap:
         return False
 
 
-class OldAnswer:
-    """The student's answer to the OLD task, for distillation: with a new head, the original head
-    applied to the features the new head receives (a forward pre-hook catches them); with the
-    original head, the logits themselves."""
+class Distillation:
+    """Distillation from the original model (Hinton et al. 2015): learn the new task and keep the
+    answers to the old one close to the teacher's, ``alpha * loss + (1 - alpha) * T^2 * KL``.
 
-    def __init__(self, model, head_name, original_head):
-        self.original_head, self.features = original_head, None
+    The student's answer to the OLD task: with a new head, the original head applied to the
+    features the new head receives (a forward pre-hook catches them); with the original head,
+    the logits themselves."""
+
+    def __init__(self, model, head_name, original_head, teacher, alpha, temperature):
+        self.original_head, self.teacher = original_head, teacher
+        self.alpha, self.temperature = alpha, temperature
+        self.features = None
         if original_head is not None:
             model.get_submodule(head_name).register_forward_pre_hook(self.catch)
 
     def catch(self, module, args):
         self.features = args[0]
 
-    def __call__(self, logits):
+    def old_answer(self, logits):
         if self.original_head is None:
             return logits
         features, self.features = self.features, None
         return self.original_head(features)
 
+    def __call__(self, loss, logits, batch, run):
+        with torch.no_grad():
+            teacher_logits, _ = run(self.teacher, batch)
+        kd = distillation_loss(self.old_answer(logits).float(), teacher_logits.float(), self.temperature)
+        return self.alpha * loss + (1 - self.alpha) * kd
+
 
 def training_loss(model, batch, run, loss_fn, amp_dtype=None, distill=None):
-    """The loss of one training batch. ``run(model, batch) -> (logits, targets)``.
-
-    ``distill = (teacher, old_answer, alpha, temperature)``: learn the new task and keep the
-    answers to the old one close to the teacher's, alpha * loss + (1 - alpha) * T^2 * KL."""
+    """The loss of one training batch. ``run(model, batch) -> (logits, targets)``; ``distill``:
+    a Distillation, or None. With mixed precision the loss is computed in float32."""
     with autocast(amp_dtype):
         logits, targets = run(model, batch)
         loss = loss_fn(logits.float() if amp_dtype is not None else logits, targets)
         if distill is not None:
-            teacher, old_answer, alpha, temperature = distill
-            with torch.no_grad():
-                teacher_logits, _ = run(teacher, batch)
-            kd = distillation_loss(old_answer(logits).float(), teacher_logits.float(), temperature)
-            loss = alpha * loss + (1 - alpha) * kd
+            loss = distill(loss, logits, batch, run)
     return loss
 
 
