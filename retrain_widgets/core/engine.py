@@ -19,7 +19,6 @@ import math
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -27,20 +26,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import losses as losses_mod
-from . import metrics as metrics_mod
-from .batches import Forward, default_forward, first_batch, logits_of, to_device
+from .batches import Forward, default_forward, logits_of, to_device
 from .builder import apply_stage, build_run
 from .checkpoint import Checkpoint
 from .config import RunConfig
 from .device import cpu_threads, resolve_device
-from .events import Event, EventInfo, State
+from .events import Event, EventInfo, Handlers, State
 from .history import History
 from .lr_finder import LRFinderResult, lr_find, run_lr_finder
+from .params import scale_lrs
 from .probes import DriftProbe, StepProbes
-from .recipe import evaluation as recipe_eval
 from .recipe import training as recipe
 from .tree import freeze, get_module, parameterised_layers, unfreeze
+from .validation import Validation
 
 __all__ = ["Retrainer", "TrainingFailed", "LRFinderResult", "resolve_device", "lr_find"]
 
@@ -115,8 +113,8 @@ class Retrainer:
         self.optimizer, self.total_steps, self.scheduler = parts.optimizer, parts.total_steps, parts.scheduler
         self._metric_driven = parts.metric_driven
         self.loss_fn, self.loss_spec, self.task = parts.loss_fn, parts.loss_spec, parts.task
-        self.amp_dtype, self.scaler, self._distill = parts.amp_dtype, parts.scaler, parts.distillation
-        self.teacher = self._distill.teacher if self._distill is not None else None
+        self.amp_dtype, self.scaler, self.distillation = parts.amp_dtype, parts.scaler, parts.distillation
+        self.teacher = self.distillation.teacher if self.distillation is not None else None
         self._init_probes()
         self._init_state()
 
@@ -152,8 +150,8 @@ class Retrainer:
         self.state = State.IDLE
         self.error: BaseException | None = None
         self.message = ""
-        self.handler_errors: list[str] = []
-        self._handlers: dict[Event, list[Callable[[EventInfo], Any]]] = {e: [] for e in Event}
+        self.handlers = Handlers()
+        self.handler_errors = self.handlers.errors
         self._lock = threading.Lock()
         self._pending: list[Callable[[], None]] = []
         self._stop_flag = threading.Event()
@@ -166,9 +164,7 @@ class Retrainer:
         self._t_start = 0.0
         self._last_pub = (0, 0.0)
         self.steps_per_second = 0.0
-        self.metric_name: str | None = None
-        self._val_metric: metrics_mod.Metric | None = None
-        self._old: tuple[Callable[..., torch.Tensor], Callable[..., Any]] | None = None
+        self.validation = Validation(self)
 
     # ================================================================== public control
     def on(self, event: Event | str, handler: Callable[[EventInfo], Any]) -> Callable[[EventInfo], Any]:
@@ -177,12 +173,10 @@ class Retrainer:
         A handler that raises is reported in :attr:`handler_errors` and with a warning; the run
         goes on.
         """
-        self._handlers[Event(event)].append(handler)
-        return handler
+        return self.handlers.on(event, handler)
 
     def off(self, event: Event | str, handler: Callable[[EventInfo], Any]) -> None:
-        with contextlib.suppress(ValueError):
-            self._handlers[Event(event)].remove(handler)
+        self.handlers.off(event, handler)
 
     def check(self) -> None:
         """Run one batch through the model and the loss before training.
@@ -191,24 +185,7 @@ class Retrainer:
         and loss do not fit, ``ValueError`` for an empty loader or teacher/student outputs of
         different shapes. Nothing is trained and the model's state is unchanged.
         """
-        batch = first_batch(self.train_loader, self.device, "train")
-        net = self.model
-        was_training = net.training
-        net.eval()
-        try:
-            with torch.no_grad(), recipe.autocast(self.amp_dtype):
-                logits, targets = self._run_batch(net, batch)
-                losses_mod.check_compatibility(logits, targets, self.loss_spec.name if self.loss_spec else
-                                               self.loss_fn, **(self.config.loss_kwargs if self.loss_spec else {}))
-                if self.val_loader is not None:
-                    self._eval_fns(logits.float(), targets, old=False)  # names the metric before training
-                if self._distill is not None:
-                    self._check_teacher(self._run_batch(self._distill.teacher, batch)[0],
-                                        self._distill.old_answer(logits))
-        finally:
-            net.train(was_training)
-        if self.old_val_loader is not None and self._old is None:
-            self._check_old_task()
+        self.validation.check()
         self._checked = True
 
     @property
@@ -216,43 +193,10 @@ class Retrainer:
         """Whether :meth:`check` has passed."""
         return self._checked
 
-    @staticmethod
-    def _check_teacher(t_logits: torch.Tensor, s_old: torch.Tensor) -> None:
-        if tuple(t_logits.shape) != tuple(s_old.shape):
-            raise ValueError(
-                f"distillation needs teacher and student outputs of the same shape: the teacher gives "
-                f"{tuple(t_logits.shape)}, the student {tuple(s_old.shape)}. Give a teacher whose "
-                f"outputs match, or turn distillation off"
-            )
-
-    @torch.no_grad()
-    def _check_old_task(self) -> None:
-        """One ``old_val`` batch through the original head: a broken old-task loader fails now,
-        not after the first epoch, and the old metric is named before training."""
-        batch = first_batch(self.old_val_loader, self.device, "old_val")
-        net = self.model
-        was_training = net.training
-        net.eval()
-        try:
-            with self.built.original_head_in():
-                with recipe.autocast(self.amp_dtype):
-                    logits, targets = self._run_batch(net, batch)
-                logits = logits.float()
-            try:
-                loss_fn, metric = self._eval_fns(logits, targets, old=True)
-                loss_fn(logits, targets)
-                metric(logits, targets)
-            except ValueError as exc:
-                self._old = None
-                head = "the original head" if self.original_head is not None else f"the head {self.head_name!r}"
-                raise ValueError(
-                    f"old_val cannot be measured through {head}: it gives {tuple(logits.shape)} outputs for targets "
-                    f"{tuple(targets.shape)} {targets.dtype} ({exc}). The old task is measured through the head "
-                    f"the model had for it: pass the model that still has that head, with RunConfig.head_out "
-                    f"for the new task (the engine keeps the original head), or old_val=None"
-                ) from exc
-        finally:
-            net.train(was_training)
+    @property
+    def metric_name(self) -> str | None:
+        """The validation metric's name, once chosen (by :meth:`check` or the first validation)."""
+        return self.validation.metric.name if self.validation.metric is not None else None
 
     def start(self) -> Retrainer:
         """Check the first batch, then train in a background thread; returns at once."""
@@ -359,7 +303,7 @@ class Retrainer:
         """Scale every group's LR (and the schedule) so the top group's LR is ``lr`` now."""
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise ValueError(f"lr must be a positive number, got {lr!r}")
-        self._change(lambda: self._scale_lr(float(lr)), f"lr set to {lr:g}", trainable_changes=False)
+        self._change(lambda: scale_lrs(self.optimizer, self.scheduler, float(lr)), f"lr set to {lr:g}", trainable_changes=False)
 
     def snapshot(self) -> Any:
         """An immutable snapshot of the history (see :class:`~retrain_widgets.core.history.History`)."""
@@ -467,11 +411,12 @@ class Retrainer:
     def batch_loss(self, batch: Any) -> torch.Tensor:
         """The training loss of one batch (already on the device), distillation included, as the
         training step computes it (:func:`retrain_widgets.core.recipe.training.training_loss`)."""
-        return recipe.training_loss(self.model, batch, self._run_batch, self.loss_fn, self.amp_dtype, self._distill)
+        return recipe.training_loss(self.model, batch, self.run_batch, self.loss_fn, self.amp_dtype, self.distillation)
 
     _loss = batch_loss
 
-    def _run_batch(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
+    def run_batch(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
+        """``(logits, targets)`` of a batch already on the device, through this run's ``forward``."""
         outputs, targets = self.forward(net, batch)
         return logits_of(outputs), targets
 
@@ -512,19 +457,6 @@ class Retrainer:
             todo, self._pending = self._pending, []
         for action in todo:
             action()
-
-    def _scale_lr(self, lr: float) -> None:
-        top = self.optimizer.param_groups[-1]["lr"]
-        f = lr / top if top > 0 else 1.0
-        for g in self.optimizer.param_groups:
-            g["lr"] *= f
-            for key in ("initial_lr", "max_lr", "min_lr"):
-                if key in g:
-                    g[key] *= f
-        for attr in ("base_lrs", "max_lrs", "min_lrs"):
-            values = getattr(self.scheduler, attr, None)
-            if isinstance(values, list):
-                setattr(self.scheduler, attr, [v * f for v in values])
 
     # ================================================================== gradual unfreezing
     def _maybe_next_stage(self) -> None:
@@ -611,10 +543,10 @@ class Retrainer:
     def _validate(self) -> None:
         data: dict[str, float] = {}
         if self.val_loader is not None:
-            vloss, vmetric = self._evaluate(self.val_loader, old=False)
+            vloss, vmetric = self.validation.evaluate(self.val_loader, old=False)
             data.update(val_loss=vloss, val_metric=vmetric)
         if self.old_val_loader is not None:
-            oloss, ometric = self._evaluate(self.old_val_loader, old=True)
+            oloss, ometric = self.validation.evaluate(self.old_val_loader, old=True)
             data.update(old_loss=oloss, old_metric=ometric)
         for name, value in data.items():
             self.history.append(name, [self.step], [value])
@@ -625,39 +557,6 @@ class Retrainer:
             stages.append({"stage": self.stage, "epoch": self.epoch, "step": self.step,
                            "group": self.groups[len(self.groups) - 1 - self.stage].name, **data})
         self._fire(Event.EPOCH_END, **data)
-
-    def _evaluate(self, loader: Iterable[Any], old: bool) -> tuple[float, float]:
-        """Mean loss and metric over ``loader``; ``old``: the original task, through the original head."""
-        with self.built.original_head_in() if old else contextlib.nullcontext():
-            totals = recipe_eval.evaluation_sums(self.model, loader, self._eval_batch,
-                                                 lambda logits, targets: self._eval_fns(logits, targets, old),
-                                                 self.device, self.amp_dtype)
-        if float(totals[2]) == 0:
-            raise ValueError(f"the {'old_val' if old else 'val'} loader yielded no batches")
-        return recipe_eval.means(totals)
-
-    def _eval_batch(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
-        logits, targets = self._run_batch(net, to_device(batch, self.device, non_blocking=True))
-        if self._distill is not None:
-            self._distill.features = None  # what the new head saw is not needed for measuring
-        return logits, targets
-
-    def _eval_fns(self, logits: torch.Tensor, targets: Any, old: bool) -> tuple[Callable[..., torch.Tensor],
-                                                                               Callable[..., Any]]:
-        if old:
-            if self._old is None:
-                # the recipe's old-task loss of the task (recipe.evaluation.OLD_TASK), with its shape checks
-                task = metrics_mod.infer_task(logits, targets)
-                loss_name = {"multiclass": "ce", "binary": "bce", "regression": "mse"}[task]
-                self._old = (losses_mod.make(loss_name), metrics_mod.for_task(task))
-                self.history.meta["old_metric"] = self._old[1].name
-            return self._old
-        if self._val_metric is None:
-            self._val_metric = metrics_mod.select(self.config.metric, self.task, logits, targets)
-            self.metric_name = self._val_metric.name
-            self.history.meta["metric"] = self._val_metric.name
-            self.history.meta["higher_is_better"] = self._val_metric.higher_is_better
-        return self.loss_fn, self._val_metric
 
     # ================================================================== state and events
     def _set_state(self, state: State) -> None:
@@ -681,17 +580,7 @@ class Retrainer:
         self._done.set()
 
     def _fire(self, event: Event, **data: Any) -> None:
-        handlers = self._handlers[event]
-        if not handlers:
-            return
-        info = EventInfo(event, self.step, self.epoch, data)
-        for handler in list(handlers):
-            try:
-                handler(info)
-            except Exception as exc:  # noqa: BLE001 - a handler must not kill the run
-                text = f"{event.value} handler {getattr(handler, '__name__', handler)!r} raised {type(exc).__name__}: {exc}"
-                self.handler_errors.append(text)
-                warnings.warn(text, RuntimeWarning, stacklevel=2)
+        self.handlers.fire(event, self.step, self.epoch, data)
 
     # ================================================================== helpers
     def __repr__(self) -> str:

@@ -23,7 +23,7 @@ from .recipe import training as recipe_training
 from .registry import Registry
 from .tree import LayerGroup, layer_groups
 
-__all__ = ["param_groups", "module_names", "make_optimizer", "OPTIMIZER_REGISTRY", "group_lrs"]
+__all__ = ["param_groups", "module_names", "make_optimizer", "OPTIMIZER_REGISTRY", "group_lrs", "scale_lrs"]
 
 
 def param_groups(model: nn.Module, config: RunConfig, groups: list[LayerGroup] | None = None) -> list[dict[str, Any]]:
@@ -75,3 +75,19 @@ def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     for g in optimizer.param_groups:
         out.setdefault(g.get("layer_group", g.get("name", str(len(out)))), float(g["lr"]))
     return out
+
+
+def scale_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:
+    """Scale every group's LR, and the schedule's base LRs, so that the top group's LR is ``lr``
+    (the groups keep their ratios; the schedule goes on from where it is)."""
+    top = optimizer.param_groups[-1]["lr"]
+    f = lr / top if top > 0 else 1.0
+    for g in optimizer.param_groups:
+        g["lr"] *= f
+        for key in ("initial_lr", "max_lr", "min_lr"):
+            if key in g:
+                g[key] *= f
+    for attr in ("base_lrs", "max_lrs", "min_lrs"):
+        values = getattr(scheduler, attr, None)
+        if isinstance(values, list):
+            setattr(scheduler, attr, [v * f for v in values])
