@@ -28,14 +28,14 @@ from torch import nn
 
 from .batches import Forward, default_forward, logits_of, to_device
 from .builder import apply_stage, build_run
-from .checkpoint import Checkpoint
+from .checkpoint import HeavyProbes
 from .config import RunConfig
 from .device import cpu_threads, resolve_device
 from .events import Event, EventInfo, Handlers, State
 from .history import History
 from .lr_finder import LRFinderResult, lr_find, run_lr_finder
 from .params import scale_lrs
-from .probes import DriftProbe, StepProbes
+from .probes import StepProbes
 from .recipe import training as recipe
 from .tree import freeze, get_module, parameterised_layers, unfreeze
 from .validation import Validation
@@ -128,21 +128,10 @@ class Retrainer:
             first_of_group.setdefault(g.get("layer_group", g.get("name", str(len(first_of_group)))), g)
         self.lr_group_names = tuple(first_of_group)
         self.probes = StepProbes(layers, self.publish_every, self.device, lr_groups=list(first_of_group.values()))
-        self.drift = DriftProbe(layers)
+        self.heavy = HeavyProbes(net, layers, self.HEAVY_BUDGET)
+        self.drift, self.checkpoint = self.heavy.drift, self.heavy.checkpoint
         self._l2sp = recipe.pretrained_reference(net, self.head_name) if cfg.l2sp > 0 else None
-        self.checkpoint = Checkpoint(net)
-        self._heavy_at = 0.0
-        self._heavy_cost = 0.0
-        self.history = History()
-        self.history.meta.update({
-            "config": _config_meta(cfg), "device": str(self.device), "total_steps": self.total_steps,
-            "layers": list(self.layer_names), "groups": [g.name for g in self.groups],
-            "head": self.head_name, "head_replaced": self.original_head is not None,
-            "loss": self.loss_spec.name if self.loss_spec else getattr(cfg.loss, "__name__", "custom"),
-            "has_val": self.val_loader is not None, "has_old_val": self.old_val_loader is not None,
-        })
-        if cfg.amp and self.device.type != "cuda":
-            self.history.meta["note"] = f"amp=True has no effect on {self.device.type}; training in float32"
+        self.history = _new_history(self)
 
     def _init_state(self) -> None:
         self.step = 0
@@ -472,6 +461,9 @@ class Retrainer:
         self._fire(Event.STAGE_CHANGE, stage=stage, group=group)
 
     # ================================================================== publishing
+    def _record(self, *chunk: np.ndarray) -> None:
+        _record_probes(self.history, self.layer_names, self.lr_group_names, *chunk)
+
     def _flush_probes(self) -> None:
         if self.probes.n:
             self._publish()
@@ -488,43 +480,24 @@ class Retrainer:
             if bad.any():
                 first = int(steps[np.argmax(bad)])
                 n_ok = int(np.argmax(bad))
-                self._record_chunk(steps[:n_ok], loss[:n_ok], layer_norms[:n_ok], lrs[:n_ok])
+                self._record(steps[:n_ok], loss[:n_ok], layer_norms[:n_ok], lrs[:n_ok])
                 self._diverged(first)
-            self._record_chunk(steps, loss, layer_norms, lrs)
+            self._record(steps, loss, layer_norms, lrs)
             last_step, last_t = self._last_pub
             if now > last_t and self.step > last_step:
                 rate = (self.step - last_step) / (now - last_t)
                 self.steps_per_second = rate if self.steps_per_second == 0 else 0.7 * self.steps_per_second + 0.3 * rate
             self._last_pub = (self.step, now)
-            # Drift and the NaN-guard checkpoint read every weight: keep them under ~0.5 % of
-            # wall time (a ResNet-18 on a CPU pays ~40 ms for both; the bundled CNN ~0.2 ms).
-            if force or (now - self._heavy_at) * self.HEAVY_BUDGET >= self._heavy_cost:
-                t0 = time.perf_counter()
-                drift = self.drift.to_layers(self.drift.measure_device().cpu().numpy())
+            drift = self.heavy.measure(self.step, now, force)
+            if drift is not None:
                 self.history.append_layers("drift", [self.step], self.layer_names, drift[None, :])
-                self.checkpoint.save(self.step)
-                self._heavy_at = time.perf_counter()
-                self._heavy_cost = self._heavy_at - t0
             self._fire(Event.PUBLISH)
         self._sync_guard(mode)
 
     def _sync_guard(self, mode: str | int | None) -> str | int | None:
         """With ``_sync_check`` on CUDA: set the sync debug mode (``"error"`` makes any host sync
         raise); return the previous one. Used by ``benchmarks/gpu_check.py``."""
-        if not (self._sync_check and self.device.type == "cuda") or mode is None:
-            return None
-        previous = torch.cuda.get_sync_debug_mode()
-        torch.cuda.set_sync_debug_mode(mode)
-        return previous
-
-    def _record_chunk(self, steps: np.ndarray, loss: np.ndarray, layer_norms: np.ndarray,
-                      lrs: np.ndarray) -> None:
-        if not len(steps):
-            return
-        self.history.append("train_loss", steps, loss)
-        self.history.append("lr", steps, lrs[:, -1])  # the top (head) group's LR
-        self.history.append_layers("group_lr", steps, self.lr_group_names, lrs)
-        self.history.append_layers("grad_norm", steps, self.layer_names, layer_norms)
+        return _set_sync_mode(mode) if self._sync_check and self.device.type == "cuda" else None
 
     @property
     def _ckpt_step(self) -> int:
@@ -586,6 +559,40 @@ class Retrainer:
     def __repr__(self) -> str:
         return (f"Retrainer(state={self.state.value}, step={self.step}/{self.total_steps}, "
                 f"loss={self.history.meta.get('loss')!r}, device={self.device})")
+
+
+def _set_sync_mode(mode: str | int | None) -> str | int | None:
+    if mode is None:
+        return None
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(mode)
+    return previous
+
+
+def _new_history(run: Retrainer) -> History:
+    """An empty history whose meta describe the run."""
+    cfg, history = run.config, History()
+    history.meta.update({
+        "config": _config_meta(cfg), "device": str(run.device), "total_steps": run.total_steps,
+        "layers": list(run.layer_names), "groups": [g.name for g in run.groups],
+        "head": run.head_name, "head_replaced": run.original_head is not None,
+        "loss": run.loss_spec.name if run.loss_spec else getattr(cfg.loss, "__name__", "custom"),
+        "has_val": run.val_loader is not None, "has_old_val": run.old_val_loader is not None,
+    })
+    if cfg.amp and run.device.type != "cuda":
+        history.meta["note"] = f"amp=True has no effect on {run.device.type}; training in float32"
+    return history
+
+
+def _record_probes(history: History, layer_names: tuple[str, ...], lr_group_names: tuple[str, ...],
+                   steps: np.ndarray, loss: np.ndarray, layer_norms: np.ndarray, lrs: np.ndarray) -> None:
+    """One published chunk of per-step probes into the history."""
+    if not len(steps):
+        return
+    history.append("train_loss", steps, loss)
+    history.append("lr", steps, lrs[:, -1])  # the top (head) group's LR
+    history.append_layers("group_lr", steps, lr_group_names, lrs)
+    history.append_layers("grad_norm", steps, layer_names, layer_norms)
 
 
 def _config_meta(cfg: RunConfig) -> dict[str, Any]:
