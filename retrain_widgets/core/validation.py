@@ -4,7 +4,8 @@ and the old task's loss named for the history)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,6 +21,17 @@ if TYPE_CHECKING:
     from .engine import Retrainer
 
 __all__ = ["Validation"]
+
+
+@contextlib.contextmanager
+def _eval_mode(net: nn.Module) -> Iterator[None]:
+    """The model in eval mode inside the block, in its own mode again after."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield
+    finally:
+        net.train(was_training)
 
 #: The registered loss the old task is measured with, per task (the recipe's
 #: ``evaluation.OLD_TASK`` formulas, with their shape checks).
@@ -40,21 +52,15 @@ class Validation:
         in eval mode; then one ``old_val`` batch through the original head."""
         run = self.run
         batch = first_batch(run.train_loader, run.device, "train")
-        net = run.model
-        was_training = net.training
-        net.eval()
-        try:
-            with torch.no_grad(), recipe.autocast(run.amp_dtype):
-                logits, targets = run.run_batch(net, batch)
-                losses_mod.check_compatibility(logits, targets, run.loss_spec.name if run.loss_spec else
-                                               run.loss_fn, **(run.config.loss_kwargs if run.loss_spec else {}))
-                if run.val_loader is not None:
-                    self.fns(logits.float(), targets, old=False)  # names the metric before training
-                if run.distillation is not None:
-                    self._check_teacher(run.run_batch(run.distillation.teacher, batch)[0],
-                                        run.distillation.old_answer(logits))
-        finally:
-            net.train(was_training)
+        with _eval_mode(run.model), torch.no_grad(), recipe.autocast(run.amp_dtype):
+            logits, targets = run.run_batch(run.model, batch)
+            losses_mod.check_compatibility(logits, targets, run.loss_spec.name if run.loss_spec else
+                                           run.loss_fn, **(run.config.loss_kwargs if run.loss_spec else {}))
+            if run.val_loader is not None:
+                self.fns(logits.float(), targets, old=False)  # names the metric before training
+            if run.distillation is not None:
+                self._check_teacher(run.run_batch(run.distillation.teacher, batch)[0],
+                                    run.distillation.old_answer(logits))
         if run.old_val_loader is not None and self.old is None:
             self._check_old_task()
 
@@ -73,12 +79,9 @@ class Validation:
         not after the first epoch, and the old metric is named before training."""
         run = self.run
         batch = first_batch(run.old_val_loader, run.device, "old_val")
-        net = run.model
-        was_training = net.training
-        net.eval()
-        try:
+        with _eval_mode(run.model):
             with run.built.original_head_in(), recipe.autocast(run.amp_dtype):
-                logits, targets = run.run_batch(net, batch)
+                logits, targets = run.run_batch(run.model, batch)
             logits = logits.float()
             try:
                 loss_fn, metric = self.fns(logits, targets, old=True)
@@ -93,8 +96,6 @@ class Validation:
                     f"the model had for it: pass the model that still has that head, with RunConfig.head_out "
                     f"for the new task (the engine keeps the original head), or old_val=None"
                 ) from exc
-        finally:
-            net.train(was_training)
 
     # ------------------------------------------------------------------ measuring
     def evaluate(self, loader: Iterable[Any], old: bool) -> tuple[float, float]:
