@@ -454,9 +454,17 @@ class _Plan:
         return "freeze_keep_norms" if self.cfg.train_bn else "freeze"
 
 
-def _call(fn: Callable[..., Any], args: str, kwargs: dict[str, Any]) -> str:
-    given = ", ".join(f"{k}={json.dumps(v) if isinstance(v, str) else repr(v)}" for k, v in kwargs.items())
-    return f"{fn.__name__}({args}{', ' + given if given else ''})"
+def _call(fn: Callable[..., Any], args: str, kwargs: dict[str, Any], prefix: str = "", width: int = 100) -> str:
+    """``prefix + fn(args, key=value, ...)`` as source, the arguments wrapped under the parenthesis."""
+    items = [args, *(f"{k}={json.dumps(v) if isinstance(v, str) else repr(v)}" for k, v in kwargs.items())]
+    lines, indent = [f"{prefix}{fn.__name__}("], " " * (len(prefix) + len(fn.__name__) + 1)
+    for i, item in enumerate(items):
+        text = item + (", " if i < len(items) - 1 else ")")
+        if len(lines[-1]) + len(text.rstrip()) > width and lines[-1].strip():
+            lines[-1] = lines[-1].rstrip()
+            lines.append(indent)
+        lines[-1] += text
+    return "\n".join(lines)
 
 
 def _plan(config: RunConfig) -> _Plan:
@@ -489,7 +497,7 @@ def _plan(config: RunConfig) -> _Plan:
         given["milestones"] = sorted(schedules_mod.parse_milestones(given["milestones"]))
     given = {k: v for k, v in given.items() if v is not None}  # None: derived from total_steps by the builder
     return _Plan(cfg, _call(formula, "outputs, targets", getattr(loss, "keywords", {})), metric.fn, metric.name,
-                 _call(spec.build, "optimizer, total_steps", given), spec.metric_driven)
+                 _call(spec.build, "optimizer, total_steps", given, "scheduler = "), spec.metric_driven)
 
 
 # ============================================================================== the script's sections
@@ -547,7 +555,7 @@ def _freezing_sections(plan: _Plan) -> list[str]:
         title = ("freezing and layer groups" if cfg.frozen else "layer groups") if plan.groups else "freezing"
         out.append(_section(title, *frz))
     note = _DDP_NOTE_GRADUAL if plan.gradual else _DDP_NOTE
-    unused = ",\n" + " " * 50 + "find_unused_parameters=True" if plan.gradual else ""
+    unused = ",\n" + " " * 42 + "find_unused_parameters=True" if plan.gradual else ""
     out.append(_section("DistributedDataParallel", note + "\n" + _DDP_WRAP.replace("@UNUSED@", unused)))
     if plan.gradual:
         out.append(_section("gradual unfreezing (ULMFiT)", f"stage = 0\napply_stage(model, groups, stage, FROZEN, "
@@ -567,7 +575,7 @@ def _optimizer_section(plan: _Plan) -> str:
     if cfg.l2sp > 0:
         lines.append("l2sp_params, l2sp_start = pretrained_reference(model, head_name)  # L2SP's reference")
     steps = "min(EPOCHS * steps_per_epoch, MAX_STEPS)" if cfg.max_steps is not None else "EPOCHS * steps_per_epoch"
-    sched = [f"steps_per_epoch = len(train)\ntotal_steps = {steps}", f"scheduler = {plan.schedule_call}"]
+    sched = [f"steps_per_epoch = len(train)\ntotal_steps = {steps}", plan.schedule_call]
     if cfg.amp:
         sched.append("amp_dtype, scaler = mixed_precision(AMP, device)")
     return _section("optimizer and schedule", _join(lines), *sched)
@@ -587,8 +595,8 @@ def _evaluation_section(plan: _Plan) -> str:
     body = f"totals = evaluation_sums(model, loader, run, choose, device{amp})"
     if plan.new_head:
         body = f"with HeadSwap(model, head_name, original_head if old else None):\n        {body}"
-    doc = ("old=True: the original task, through the original head." if plan.new_head
-           else "old=True: the original task.")
+    doc = ("old=True: the original\n    task, through the original head." if plan.new_head
+           else "old=True: the original\n    task.")
     return _section("evaluation", f'''def evaluate(loader, old=False):
     """Mean loss and metric over `loader`, all ranks together. {doc}"""
     choose = old_task if old else (lambda logits, targets: (loss_fn, metric))

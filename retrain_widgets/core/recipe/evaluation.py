@@ -1,5 +1,6 @@
-"""Evaluation in plain PyTorch: the metrics, the old task's loss and metric, and the loop
-that sums them over a validation loader without a host sync per batch.
+"""The metrics, the old task and the evaluation loop, in plain PyTorch.
+
+The loop sums the loss and the metric over a validation loader without a host sync per batch.
 
 A metric returns ``(sum, count)``: a 0-d float32 tensor on the outputs' device and the number
 of items it sums over. The engine (``retrain_widgets.core.metrics`` names these) and an
