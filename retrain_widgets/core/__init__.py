@@ -1,13 +1,16 @@
 """Pure-PyTorch core of retrain_widgets: no widget or plotting import here (a test enforces it).
 
 Everything the widgets do is callable from here: freezing, parameter groups, losses and
-their compatibility checks, scheduler shapes, the training engine and its history.
+their compatibility checks, scheduler shapes, the run builder, the training engine and its
+history. The recipe itself (:mod:`.recipe`) is plain PyTorch, run by the engine and copied into
+exported scripts.
 """
 
 from __future__ import annotations
 
-from . import losses, metrics, schedules
+from . import losses, metrics, recipe, schedules
 from .batches import default_forward, logits_of, split_batch
+from .builder import BuiltModel, build_model, build_run, count_steps
 from .config import RunConfig
 from .engine import LRFinderResult, Retrainer, TrainingFailed, lr_find, resolve_device
 from .events import Event, EventInfo, State
@@ -33,6 +36,11 @@ from .tree import (
 
 __all__ = [
     "Param",
+    "BuiltModel",
+    "build_model",
+    "build_run",
+    "count_steps",
+    "recipe",
     "export_script",
     "RunStore",
     "RunRecord",

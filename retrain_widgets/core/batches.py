@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .recipe.evaluation import batch_size
+
 __all__ = ["split_batch", "logits_of", "default_forward", "to_device", "first_batch", "Forward", "batch_size"]
 
 Forward = Callable[[nn.Module, Any], tuple[Any, torch.Tensor]]
@@ -97,13 +99,3 @@ def first_batch(loader: Any, device: torch.device | str, name: str = "training")
     except StopIteration:
         raise ValueError(f"the {name} loader yields no batches: check the dataset and the batch size") from None
     return to_device(batch, device)
-
-
-def batch_size(targets: Any) -> int:
-    """Number of samples in a batch, from its targets."""
-    if isinstance(targets, torch.Tensor):
-        return int(targets.shape[0]) if targets.ndim else 1
-    try:
-        return len(targets)
-    except TypeError:
-        return 1

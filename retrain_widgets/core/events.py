@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Event", "State", "EventInfo"]
+__all__ = ["Event", "State", "EventInfo", "Handlers"]
 
 
 class State(str, enum.Enum):
@@ -60,3 +63,35 @@ class EventInfo:
     step: int
     epoch: int
     data: dict[str, Any] = field(default_factory=dict)
+
+
+class Handlers:
+    """Event handlers of a run: ``on`` / ``off`` from any thread, ``fire`` from the training thread.
+
+    A handler that raises is recorded in :attr:`errors` and warned about; the run goes on.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[Event, list[Callable[[EventInfo], Any]]] = {e: [] for e in Event}
+        self.errors: list[str] = []
+
+    def on(self, event: Event | str, handler: Callable[[EventInfo], Any]) -> Callable[[EventInfo], Any]:
+        self._handlers[Event(event)].append(handler)
+        return handler
+
+    def off(self, event: Event | str, handler: Callable[[EventInfo], Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._handlers[Event(event)].remove(handler)
+
+    def fire(self, event: Event, step: int, epoch: int, data: dict[str, Any]) -> None:
+        handlers = self._handlers[event]
+        if not handlers:
+            return
+        info = EventInfo(event, step, epoch, data)
+        for handler in list(handlers):
+            try:
+                handler(info)
+            except Exception as exc:  # noqa: BLE001 - a handler must not kill the run
+                text = f"{event.value} handler {getattr(handler, '__name__', handler)!r} raised {type(exc).__name__}: {exc}"
+                self.errors.append(text)
+                warnings.warn(text, RuntimeWarning, stacklevel=3)

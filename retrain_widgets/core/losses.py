@@ -55,9 +55,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .recipe import losses as recipe_losses
 from .registry import Param, Registry, closest
 
 __all__ = [
@@ -161,109 +161,12 @@ REGISTRY: Registry[LossSpec] = Registry(kind="loss")
 
 
 # --------------------------------------------------------------------------- formulas
+# The formulas are the recipe's plain-PyTorch functions (an exported script contains the same
+# source); here they are registered, given their parameters' checks, and wrapped in the shape
+# checks of their task (:class:`CheckedLoss`).
 
-
-def _reduce(loss: Tensor, reduction: str) -> Tensor:
-    if reduction == "none":
-        return loss
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-
-
-def sigmoid_focal_loss(
-    inputs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean"
-) -> Tensor:
-    """Sigmoid focal loss (Lin et al. 2017) for binary and multi-label logits.
-
-    The formula of ``torchvision.ops.sigmoid_focal_loss``:
-    ``alpha_t * (1 - p_t) ** gamma * BCEWithLogits(inputs, targets)`` with ``p = sigmoid(x)``,
-    ``p_t = p * t + (1 - p) * (1 - t)`` and ``alpha_t = alpha * t + (1 - alpha) * (1 - t)``.
-
-    Parameters
-    ----------
-    inputs
-        Logits, any shape.
-    targets
-        Float targets in ``[0, 1]`` of the same shape.
-    alpha
-        Weight of the positive class in ``[0, 1]``; a negative value turns weighting off.
-    gamma
-        Focusing exponent (``>= 0``); ``0`` gives (alpha-weighted) BCE.
-    reduction
-        ``"mean"`` (the default here; torchvision's default is ``"none"``), ``"sum"`` or
-        ``"none"``.
-    """
-    p = torch.sigmoid(inputs)
-    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    p_t = p * targets + (1 - p) * (1 - targets)
-    loss = ce_loss * ((1 - p_t) ** gamma)
-    if alpha >= 0:
-        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-        loss = alpha_t * loss
-    return _reduce(loss, reduction)
-
-
-def softmax_focal_loss(
-    logits: Tensor,
-    targets: Tensor,
-    gamma: float = 2.0,
-    alpha: float | Sequence[float] | Tensor | None = None,
-    reduction: str = "mean",
-    ignore_index: int = _IGNORE_INDEX,
-) -> Tensor:
-    """Multi-class (softmax) focal loss: ``-alpha_t * (1 - p_t) ** gamma * log p_t``.
-
-    With ``gamma=0`` and ``alpha=None`` it equals ``F.cross_entropy``.
-
-    Parameters
-    ----------
-    logits
-        ``(N, C)`` or ``(N, C, d1, ...)`` logits; the classes are on dimension 1.
-    targets
-        Integer class ids ``(N,)`` / ``(N, d1, ...)``, or float class probabilities of the
-        logits' shape.
-    gamma
-        Focusing exponent (``>= 0``).
-    alpha
-        ``None`` (no weighting), one number (a global factor) or one weight per class.
-        The mean is over samples, not normalised by the weights (unlike
-        ``F.cross_entropy(weight=...)``).
-    reduction
-        ``"mean"``, ``"sum"`` or ``"none"``.
-    ignore_index
-        Class id of samples to ignore (integer targets only), as in ``F.cross_entropy``.
-    """
-    log_p = F.log_softmax(logits, dim=1)
-    if alpha is not None and not isinstance(alpha, (int, float)):
-        alpha = torch.as_tensor(alpha, dtype=log_p.dtype, device=log_p.device)
-        if alpha.dim() != 1 or alpha.numel() != logits.shape[1]:
-            raise ValueError(
-                f"softmax_focal_loss: alpha needs one weight per class ({logits.shape[1]}), "
-                f"got shape {tuple(alpha.shape)}"
-            )
-    if targets.is_floating_point():  # class probabilities
-        weight = (1 - log_p.exp()) ** gamma
-        if isinstance(alpha, Tensor):
-            shape = [1, -1] + [1] * (logits.dim() - 2)
-            weight = weight * alpha.view(shape)
-        elif alpha is not None:
-            weight = weight * alpha
-        return _reduce(-(targets * weight * log_p).sum(dim=1), reduction)
-    valid = targets != ignore_index
-    ids = torch.where(valid, targets, torch.zeros_like(targets))
-    log_pt = log_p.gather(1, ids.unsqueeze(1)).squeeze(1)
-    loss = -((1 - log_pt.exp()) ** gamma) * log_pt
-    if isinstance(alpha, Tensor):
-        loss = loss * alpha[ids]
-    elif alpha is not None:
-        loss = loss * alpha
-    loss = loss * valid
-    if reduction == "mean":
-        return loss.sum() / valid.sum().clamp(min=1)
-    return _reduce(loss, reduction)
+sigmoid_focal_loss = recipe_losses.sigmoid_focal_loss
+softmax_focal_loss = recipe_losses.softmax_focal_loss
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 2.0,
@@ -271,10 +174,11 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
     """Knowledge distillation loss of Hinton et al. (2015): ``T² · KL(p_teacher ‖ p_student)``.
 
     ``T**2 * F.kl_div(log_softmax(s / T), log_softmax(t / T), reduction="batchmean",
-    log_target=True)``: the KL divergence summed over classes and averaged over the batch
-    (``KLDivLoss``'s default ``reduction="mean"`` would also divide by the number of classes,
-    which is not the KL divergence), scaled by ``T²`` so that its gradients keep their size
-    when the temperature changes. The teacher's logits are detached: only the student learns.
+    log_target=True)`` (:func:`retrain_widgets.core.recipe.losses.distillation_loss`): the KL
+    divergence summed over classes and averaged over the batch (``KLDivLoss``'s default
+    ``reduction="mean"`` would also divide by the number of classes, which is not the KL
+    divergence), scaled by ``T²`` so that its gradients keep their size when the temperature
+    changes. The teacher's logits are detached: only the student learns.
 
     Parameters
     ----------
@@ -306,72 +210,61 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
             targets_dtype=teacher_logits.dtype,
             head_out=teacher_logits.shape[dim] if teacher_logits.dim() >= 2 else None,
         )
-    t = float(temperature)
-    teacher = teacher_logits.detach().to(student_logits.dtype)
-    kl = F.kl_div(
-        F.log_softmax(student_logits / t, dim=dim),
-        F.log_softmax(teacher / t, dim=dim),
-        reduction="batchmean",
-        log_target=True,
-    )
-    return kl * (t * t)
+    return recipe_losses.distillation_loss(student_logits, teacher_logits, temperature, dim)
 
 
 # --------------------------------------------------------------------------- factories
 
 
-def _ce(label_smoothing: float = 0.0) -> LossFn:
-    def ce(outputs: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(outputs, targets, label_smoothing=label_smoothing)
+def _positive(name: str, key: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"loss {name!r}: parameter {key!r} must be > 0, got {value!r}")
 
-    return ce
+
+def _with(formula: LossFn, **kwargs: Any) -> LossFn:
+    return functools.partial(formula, **kwargs) if kwargs else formula
+
+
+def _ce() -> LossFn:
+    return recipe_losses.cross_entropy
 
 
 def _label_smoothing(smoothing: float = 0.1) -> LossFn:
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"loss 'label_smoothing': parameter 'smoothing' must be in [0, 1), got {smoothing!r}")
-    return _ce(label_smoothing=smoothing)
+    return _with(recipe_losses.cross_entropy, label_smoothing=smoothing)
 
 
 def _bce(pos_weight: float | None = None) -> LossFn:
     if pos_weight is None:
-        return F.binary_cross_entropy_with_logits
-    if pos_weight <= 0:
-        raise ValueError(f"loss 'bce': parameter 'pos_weight' must be > 0, got {pos_weight!r}")
-    w = float(pos_weight)
-
-    def bce(outputs: Tensor, targets: Tensor) -> Tensor:
-        # BCEWithLogitsLoss(pos_weight=w) without building a tensor on the device each call.
-        loss = w * targets * F.softplus(-outputs) + (1 - targets) * F.softplus(outputs)
-        return loss.mean()
-
-    return bce
+        return recipe_losses.binary_cross_entropy
+    _positive("bce", "pos_weight", pos_weight)
+    return _with(recipe_losses.binary_cross_entropy, pos_weight=float(pos_weight))
 
 
 def _focal(alpha: float = 0.25, gamma: float = 2.0) -> LossFn:
-    return functools.partial(sigmoid_focal_loss, alpha=alpha, gamma=gamma, reduction="mean")
+    return _with(recipe_losses.sigmoid_focal_loss, alpha=alpha, gamma=gamma)
 
 
 def _focal_multiclass(gamma: float = 2.0) -> LossFn:
-    return functools.partial(softmax_focal_loss, gamma=gamma, reduction="mean")
+    return _with(recipe_losses.softmax_focal_loss, gamma=gamma)
 
 
 def _mse() -> LossFn:
-    return F.mse_loss
+    return recipe_losses.mean_squared_error
 
 
 def _huber(delta: float = 1.0) -> LossFn:
-    if delta <= 0:
-        raise ValueError(f"loss 'huber': parameter 'delta' must be > 0, got {delta!r}")
-    return functools.partial(F.huber_loss, delta=delta)
+    _positive("huber", "delta", delta)
+    return _with(recipe_losses.huber, delta=delta)
 
 
 def _smooth_l1(beta: float = 1.0) -> LossFn:
-    return functools.partial(F.smooth_l1_loss, beta=beta)
+    return _with(recipe_losses.smooth_l1, beta=beta)
 
 
 def _l1() -> LossFn:
-    return F.l1_loss
+    return recipe_losses.mean_absolute_error
 
 
 _BUILTIN: dict[str, LossSpec] = {
@@ -766,8 +659,8 @@ class CheckedLoss:
             self.task, self.label, outputs, targets, values=False, ignore_index=self.ignore_index)
         if problem is not None:
             _raise_problem(problem, self.name, outputs, targets)
-        if self.task != "multiclass" and outputs.shape != targets.shape:
-            outputs = outputs.squeeze(-1)  # (N, 1) against (N,): the one alignment made
+        if self.task != "multiclass":
+            outputs = recipe_losses.align(outputs, targets)  # (N, 1) against (N,): the one alignment made
         return outputs
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:

@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
+from .recipe import evaluation as recipe_eval
 from .registry import closest
 
 __all__ = ["Metric", "MULTICLASS_ACCURACY", "BINARY_ACCURACY", "MAE", "TASKS", "NAMES", "for_task", "select",
@@ -55,56 +55,16 @@ class Metric:
         return self.fn(outputs, targets)
 
 
-def _align(outputs: Tensor, targets: Tensor, what: str) -> Tensor:
-    if outputs.shape == targets.shape:
-        return outputs
-    if outputs.dim() == 2 and outputs.shape[1] == 1 and targets.dim() == 1 and outputs.shape[0] == targets.shape[0]:
-        return outputs.squeeze(1)
-    raise ValueError(
-        f"{what}: outputs of shape {tuple(outputs.shape)} do not match targets of shape {tuple(targets.shape)}; "
-        f"it needs one output per target (the same shape, or outputs (N, 1) against targets (N,))"
-    )
-
-
-def _multiclass_accuracy(outputs: Tensor, targets: Tensor) -> tuple[Tensor, int]:
-    if outputs.dim() < 2:
-        raise ValueError(f"multi-class accuracy needs outputs (N, C, ...), got shape {tuple(outputs.shape)}")
-    preds = outputs.detach().argmax(dim=1)
-    if targets.is_floating_point() and targets.shape == outputs.shape:  # class probabilities
-        targets = targets.argmax(dim=1)
-    if preds.shape != targets.shape:
-        raise ValueError(
-            f"multi-class accuracy: outputs of shape {tuple(outputs.shape)} need class ids of shape "
-            f"{tuple(preds.shape)}, got targets of shape {tuple(targets.shape)}"
-        )
-    return (preds == targets).sum(dtype=torch.float32), preds.numel()
-
-
-def _binary_accuracy(outputs: Tensor, targets: Tensor) -> tuple[Tensor, int]:
-    outputs = _align(outputs.detach(), targets, "binary accuracy")
-    hits = (outputs > 0) == (targets.to(outputs.dtype) > 0.5)
-    return hits.sum(dtype=torch.float32), hits.numel()
-
-
-def _mae(outputs: Tensor, targets: Tensor) -> tuple[Tensor, int]:
-    outputs = _align(outputs.detach(), targets, "MAE")
-    err = (outputs.float() - targets.float()).abs()
-    return err.sum(), err.numel()
-
-
-MULTICLASS_ACCURACY = Metric("accuracy", True, _multiclass_accuracy)
-BINARY_ACCURACY = Metric("accuracy", True, _binary_accuracy)
-MAE = Metric("mae", False, _mae)
+# the formulas are the recipe's (an exported script evaluates with the same functions)
+MULTICLASS_ACCURACY = Metric("accuracy", True, recipe_eval.multiclass_accuracy)
+BINARY_ACCURACY = Metric("accuracy", True, recipe_eval.binary_accuracy)
+MAE = Metric("mae", False, recipe_eval.absolute_error)
 
 _BY_TASK = {"multiclass": MULTICLASS_ACCURACY, "binary": BINARY_ACCURACY, "regression": MAE}
 
 #: The tasks a metric (and a loss) can be for.
 TASKS = tuple(_BY_TASK)
 _TASK_LIST = ", ".join(repr(t) for t in TASKS)
-
-
-def _zero_one(t: Tensor) -> bool:
-    return t.numel() > 0 and bool(((t == 0) | (t == 1)).all())
 
 
 def infer_task(outputs: Tensor, targets: Tensor) -> str:
@@ -125,23 +85,7 @@ def infer_task(outputs: Tensor, targets: Tensor) -> str:
     ValueError
         When none applies.
     """
-    o, t = outputs.detach(), targets.detach()
-    per_sample = o.shape[:1] + o.shape[2:]
-    if o.dim() >= 2 and o.shape[1] >= 2:
-        if not t.is_floating_point() and t.shape == per_sample:
-            return "multiclass"
-        if t.is_floating_point() and t.shape == o.shape and t.numel():
-            rows = t.sum(dim=1)
-            if bool((t >= 0).all()) and bool(torch.allclose(rows, torch.ones_like(rows), atol=1e-4)):
-                return "multiclass"
-    try:
-        _align(o, t, "")
-    except ValueError:
-        raise ValueError(
-            f"cannot tell which metric fits outputs of shape {tuple(o.shape)} and targets of shape "
-            f"{tuple(t.shape)} {t.dtype}: pass task= one of {_TASK_LIST}"
-        ) from None
-    return "binary" if _zero_one(t) else "regression"
+    return recipe_eval.infer_task(outputs, targets)
 
 
 def for_task(task: str | None, outputs: Tensor | None = None, targets: Tensor | None = None) -> Metric:

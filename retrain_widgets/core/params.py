@@ -19,14 +19,11 @@ import torch
 from torch import nn
 
 from .config import RunConfig
+from .recipe import training as recipe_training
 from .registry import Registry
-from .tree import LayerGroup, get_module, is_norm_layer, layer_groups
+from .tree import LayerGroup, layer_groups
 
-__all__ = ["param_groups", "make_optimizer", "OPTIMIZER_REGISTRY", "group_lrs"]
-
-
-def _no_decay(module: nn.Module, pname: str, p: nn.Parameter) -> bool:
-    return p.ndim < 2 or is_norm_layer(module) or pname == "bias"
+__all__ = ["param_groups", "module_names", "make_optimizer", "OPTIMIZER_REGISTRY", "group_lrs", "scale_lrs"]
 
 
 def param_groups(model: nn.Module, config: RunConfig, groups: list[LayerGroup] | None = None) -> list[dict[str, Any]]:
@@ -44,32 +41,13 @@ def param_groups(model: nn.Module, config: RunConfig, groups: list[LayerGroup] |
         ``"features.0 (no decay)"``) and ``"layer_group"``.
     """
     groups = layer_groups(model) if groups is None else groups
-    seen: set[int] = set()
-    out: list[dict[str, Any]] = []
-    n = len(groups)
-    for i, group in enumerate(groups):
-        lr = config.lr * config.lr_decay ** (n - 1 - i)
-        decay: list[nn.Parameter] = []
-        no_decay: list[nn.Parameter] = []
-        for mname in group.modules:
-            root = get_module(model, "" if mname == "(model)" else mname)
-            for sub in root.modules():
-                for pname, p in sub.named_parameters(recurse=False):
-                    if id(p) in seen:
-                        continue
-                    seen.add(id(p))
-                    (no_decay if _no_decay(sub, pname, p) else decay).append(p)
-        if decay:
-            out.append({"params": decay, "lr": lr, "weight_decay": config.weight_decay,
-                        "name": group.name, "layer_group": group.name})
-        if no_decay:
-            out.append({"params": no_decay, "lr": lr, "weight_decay": 0.0,
-                        "name": f"{group.name} (no decay)", "layer_group": group.name})
-    rest = [p for p in model.parameters() if id(p) not in seen]
-    if rest:  # parameters owned directly by an opened module: join the top group's LR
-        out.append({"params": rest, "lr": config.lr, "weight_decay": config.weight_decay,
-                    "name": "(other)", "layer_group": "(other)"})
-    return out
+    return recipe_training.param_groups(model, module_names(groups), config.lr, config.lr_decay,
+                                        config.weight_decay)
+
+
+def module_names(groups: list[LayerGroup]) -> list[list[str]]:
+    """The layer groups as lists of dotted module names (the root as ``""``), as the recipe takes them."""
+    return [["" if name == "(model)" else name for name in group.modules] for group in groups]
 
 
 OPTIMIZER_REGISTRY: Registry[Callable[[list[dict[str, Any]], RunConfig], torch.optim.Optimizer]] = Registry(
@@ -97,3 +75,19 @@ def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     for g in optimizer.param_groups:
         out.setdefault(g.get("layer_group", g.get("name", str(len(out)))), float(g["lr"]))
     return out
+
+
+def scale_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:
+    """Scale every group's LR, and the schedule's base LRs, so that the top group's LR is ``lr``
+    (the groups keep their ratios; the schedule goes on from where it is)."""
+    top = optimizer.param_groups[-1]["lr"]
+    f = lr / top if top > 0 else 1.0
+    for g in optimizer.param_groups:
+        g["lr"] *= f
+        for key in ("initial_lr", "max_lr", "min_lr"):
+            if key in g:
+                g[key] *= f
+    for attr in ("base_lrs", "max_lrs", "min_lrs"):
+        values = getattr(scheduler, attr, None)
+        if isinstance(values, list):
+            setattr(scheduler, attr, [v * f for v in values])

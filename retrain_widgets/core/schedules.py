@@ -35,18 +35,8 @@ from typing import Any, NoReturn
 
 import torch
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import (
-    CosineAnnealingLR,
-    CosineAnnealingWarmRestarts,
-    CyclicLR,
-    ExponentialLR,
-    LambdaLR,
-    MultiStepLR,
-    OneCycleLR,
-    ReduceLROnPlateau,
-    StepLR,
-)
 
+from .recipe import schedules as recipe
 from .registry import Param, Registry
 
 __all__ = [
@@ -58,6 +48,7 @@ __all__ = [
     "resolve_kwargs",
     "make",
     "preview",
+    "parse_milestones",
 ]
 
 # The warning torch gives when a scheduler is stepped before its optimizer ever was.
@@ -300,99 +291,12 @@ def _open_unit(name: str, kw: Mapping[str, Any], key: str) -> None:
         _fail(name, key, kw[key], "strictly between 0 and 1")
 
 
-def _group_lrs(optimizer: Optimizer) -> list[float]:
-    return [float(group["lr"]) for group in optimizer.param_groups]
-
-
-def _frac_floor(total_steps: int, frac: float) -> int:
-    # floor(total * frac), immune to 0.29 * 100 == 28.999999999999996
-    return math.floor(total_steps * frac + 1e-9)
-
-
-def _cosine_factor(progress: float, floor: float) -> float:
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-@dataclass
-class _Constant:
-    """LR multiplier 1 at every step (a callable object, so ``LambdaLR.state_dict`` keeps it)."""
-
-    def __call__(self, step: int) -> float:
-        return 1.0
-
-
-@dataclass
-class _WarmupCosine:
-    """LR multiplier: linear warm-up over ``warmup_steps``, then a half cosine to ``eta_min_frac``."""
-
-    warmup_steps: int
-    total_steps: int
-    eta_min_frac: float
-
-    def __call__(self, step: int) -> float:
-        w = self.warmup_steps
-        if step < w:
-            return (step + 1) / (w + 1)
-        progress = min(1.0, (step - w) / max(1, self.total_steps - w))
-        return _cosine_factor(progress, self.eta_min_frac)
-
-
-@dataclass
-class _SlantedTriangular:
-    """LR multiplier of ULMFiT's slanted triangular schedule (Howard & Ruder 2018, eq. 3)."""
-
-    total_steps: int
-    cut_frac: float
-    ratio: float
-
-    def __call__(self, step: int) -> float:
-        cut = max(1, _frac_floor(self.total_steps, self.cut_frac))
-        if step < cut:
-            p = step / cut
-        else:
-            p = max(0.0, 1.0 - (step - cut) / (cut * (1.0 / self.cut_frac - 1.0)))
-        return (1.0 + p * (self.ratio - 1.0)) / self.ratio
-
-
-class _RelativeCosineAnnealingLR(CosineAnnealingLR):
-    """:class:`~torch.optim.lr_scheduler.CosineAnnealingLR` whose floor is a fraction of each
-    group's own base LR (torch's ``eta_min`` is one absolute value for all groups, which would
-    *raise* the LR of a group whose base LR is below it)."""
-
-    def __init__(self, optimizer: Optimizer, T_max: int, eta_min_frac: float = 0.0) -> None:
-        self.eta_min_frac = eta_min_frac
-        super().__init__(optimizer, T_max=T_max, eta_min=0.0)
-
-    def get_lr(self) -> list[float | torch.Tensor]:
-        factor = _cosine_factor(self.last_epoch / self.T_max, self.eta_min_frac)
-        return [base_lr * factor for base_lr in self.base_lrs]
-
-    _get_closed_form_lr = get_lr
-
-
-class _RelativeCosineAnnealingWarmRestarts(CosineAnnealingWarmRestarts):
-    """:class:`~torch.optim.lr_scheduler.CosineAnnealingWarmRestarts` whose floor is a fraction
-    of each group's own base LR."""
-
-    def __init__(self, optimizer: Optimizer, T_0: int, T_mult: int = 1, eta_min_frac: float = 0.0) -> None:
-        self.eta_min_frac = eta_min_frac
-        super().__init__(optimizer, T_0=T_0, T_mult=T_mult, eta_min=0.0)
-
-    def get_lr(self) -> list[float | torch.Tensor]:
-        factor = _cosine_factor(self.T_cur / self.T_i, self.eta_min_frac)
-        return [base_lr * factor for base_lr in self.base_lrs]
-
-
 def _eta_min_frac_param() -> Param:
     return Param(0.0, "float", low=0.0, high=1.0, help="floor of the LR, as a fraction of each group's LR")
 
 
 # --------------------------------------------------------------------------- constant
-def _build_constant(optimizer: Optimizer, total_steps: int) -> LambdaLR:
-    return LambdaLR(optimizer, _Constant())
-
-
-register("constant", _build_constant, description="Constant: every group keeps its own LR.")
+register("constant", recipe.constant_lr, description="Constant: every group keeps its own LR.")
 
 
 # --------------------------------------------------------------------------- step
@@ -403,13 +307,9 @@ def _resolve_step(total: int, kw: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def _build_step(optimizer: Optimizer, total_steps: int, *, step_size: int, gamma: float) -> StepLR:
-    return StepLR(optimizer, step_size=step_size, gamma=gamma)
-
-
 register(
     "step",
-    _build_step,
+    recipe.step_decay,
     description="Step decay: multiply the LR by gamma every step_size steps.",
     params={
         "step_size": Param(None, "int", low=1, help="steps between drops (default: ceil(total_steps / 3))"),
@@ -420,7 +320,8 @@ register(
 
 
 # --------------------------------------------------------------------------- multistep
-def _parse_milestones(value: Any) -> list[int]:
+def parse_milestones(value: Any) -> list[int]:
+    """Milestones given as a list, a number or a string ("20, 80") as a list of ints."""
     if isinstance(value, str):
         parts = [part for part in re.split(r"[\s,;]+", value.strip().strip("[]()")) if part]
         try:
@@ -443,7 +344,7 @@ def _resolve_multistep(total: int, kw: dict[str, Any]) -> dict[str, Any]:
     if kw["milestones"] is None:
         kw["milestones"] = sorted({m for m in (total // 2, (3 * total) // 4) if 1 <= m < total})
     else:
-        milestones = _parse_milestones(kw["milestones"])
+        milestones = parse_milestones(kw["milestones"])
         if any(not 1 <= m < total for m in milestones):
             _fail(
                 "multistep",
@@ -458,15 +359,9 @@ def _resolve_multistep(total: int, kw: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def _build_multistep(
-    optimizer: Optimizer, total_steps: int, *, milestones: list[int], gamma: float
-) -> MultiStepLR:
-    return MultiStepLR(optimizer, milestones=milestones, gamma=gamma)
-
-
 register(
     "multistep",
-    _build_multistep,
+    recipe.multistep_decay,
     description="Multi-step decay: multiply the LR by gamma at each milestone step.",
     params={
         "milestones": Param(
@@ -488,13 +383,9 @@ def _resolve_exponential(total: int, kw: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def _build_exponential(optimizer: Optimizer, total_steps: int, *, gamma: float) -> ExponentialLR:
-    return ExponentialLR(optimizer, gamma=gamma)
-
-
 register(
     "exponential",
-    _build_exponential,
+    recipe.exponential_decay,
     description="Exponential decay: multiply the LR by gamma every step.",
     params={
         "gamma": Param(
@@ -516,15 +407,9 @@ def _resolve_cosine(total: int, kw: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def _build_cosine(
-    optimizer: Optimizer, total_steps: int, *, T_max: int, eta_min_frac: float
-) -> CosineAnnealingLR:
-    return _RelativeCosineAnnealingLR(optimizer, T_max=T_max, eta_min_frac=eta_min_frac)
-
-
 register(
     "cosine",
-    _build_cosine,
+    recipe.cosine,
     description="Cosine annealing from each group's LR down to eta_min_frac of it.",
     params={
         "T_max": Param(None, "int", low=1, help="steps of the half cosine (default: total_steps)"),
@@ -541,15 +426,9 @@ def _resolve_warm_restarts(total: int, kw: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def _build_warm_restarts(
-    optimizer: Optimizer, total_steps: int, *, T_0: int, T_mult: int, eta_min_frac: float
-) -> CosineAnnealingWarmRestarts:
-    return _RelativeCosineAnnealingWarmRestarts(optimizer, T_0=T_0, T_mult=T_mult, eta_min_frac=eta_min_frac)
-
-
 register(
     "cosine_warm_restarts",
-    _build_warm_restarts,
+    recipe.cosine_warm_restarts,
     description="Cosine annealing with warm restarts (SGDR): the cosine restarts every T_0 steps.",
     params={
         "T_0": Param(None, "int", low=1, help="steps of the first cycle (default: ceil(total_steps / 4), four cycles)"),
@@ -576,31 +455,9 @@ def _resolve_one_cycle(total: int, kw: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def _build_one_cycle(
-    optimizer: Optimizer,
-    total_steps: int,
-    *,
-    pct_start: float,
-    div_factor: float,
-    final_div_factor: float,
-    anneal_strategy: str,
-    cycle_momentum: bool,
-) -> OneCycleLR:
-    return OneCycleLR(
-        optimizer,
-        max_lr=_group_lrs(optimizer),
-        total_steps=total_steps,
-        pct_start=pct_start,
-        anneal_strategy=anneal_strategy,  # type: ignore[arg-type]
-        cycle_momentum=cycle_momentum,
-        div_factor=div_factor,
-        final_div_factor=final_div_factor,
-    )
-
-
 register(
     "one_cycle",
-    _build_one_cycle,
+    recipe.one_cycle,
     description="One cycle (Smith): warm up to each group's LR, then anneal far below it.",
     params={
         "pct_start": Param(
@@ -632,32 +489,9 @@ def _resolve_cyclic(total: int, kw: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def _build_cyclic(
-    optimizer: Optimizer,
-    total_steps: int,
-    *,
-    mode: str,
-    base_frac: float,
-    step_size_up: int,
-    step_size_down: int,
-    gamma: float,
-) -> CyclicLR:
-    max_lrs = _group_lrs(optimizer)
-    return CyclicLR(
-        optimizer,
-        base_lr=[lr * base_frac for lr in max_lrs],
-        max_lr=max_lrs,
-        step_size_up=step_size_up,
-        step_size_down=step_size_down,
-        mode=mode,  # type: ignore[arg-type]
-        gamma=gamma,
-        cycle_momentum=False,
-    )
-
-
 register(
     "cyclic",
-    _build_cyclic,
+    recipe.cyclic,
     description="Cyclical LR (Smith): triangles between base_frac x LR and each group's LR.",
     params={
         "mode": Param(
@@ -688,16 +522,9 @@ def _resolve_warmup_cosine(total: int, kw: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def _build_warmup_cosine(
-    optimizer: Optimizer, total_steps: int, *, warmup_frac: float, eta_min_frac: float
-) -> LambdaLR:
-    warmup = _frac_floor(total_steps, warmup_frac)
-    return LambdaLR(optimizer, _WarmupCosine(warmup, total_steps, eta_min_frac))
-
-
 register(
     "warmup_cosine",
-    _build_warmup_cosine,
+    recipe.warmup_cosine,
     description="Linear warm-up from ~0 to each group's LR, then cosine decay.",
     params={
         "warmup_frac": Param(
@@ -715,13 +542,9 @@ def _resolve_slanted(total: int, kw: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def _build_slanted(optimizer: Optimizer, total_steps: int, *, cut_frac: float, ratio: float) -> LambdaLR:
-    return LambdaLR(optimizer, _SlantedTriangular(total_steps, cut_frac, ratio))
-
-
 register(
     "slanted_triangular",
-    _build_slanted,
+    recipe.slanted_triangular,
     description="ULMFiT slanted triangular: short linear rise to each group's LR, long linear decay.",
     params={
         "cut_frac": Param(
@@ -739,31 +562,9 @@ def _resolve_plateau(total: int, kw: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def _build_plateau(
-    optimizer: Optimizer,
-    total_steps: int,
-    *,
-    mode: str,
-    factor: float,
-    patience: int,
-    threshold: float,
-    cooldown: int,
-    min_lr_frac: float,
-) -> ReduceLROnPlateau:
-    return ReduceLROnPlateau(
-        optimizer,
-        mode=mode,  # type: ignore[arg-type]
-        factor=factor,
-        patience=patience,
-        threshold=threshold,
-        cooldown=cooldown,
-        min_lr=[lr * min_lr_frac for lr in _group_lrs(optimizer)],
-    )
-
-
 register(
     "reduce_on_plateau",
-    _build_plateau,
+    recipe.reduce_on_plateau,
     description="Reduce on plateau: multiply the LR by factor when the validation metric stalls.",
     params={
         "mode": Param("min", "choice", choices=("min", "max"), help="min for a loss, max for an accuracy"),

@@ -17,13 +17,13 @@ Two traps of the field are handled here:
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from .recipe import freezing as recipe_freezing
 from .registry import closest
 
 __all__ = [
@@ -175,23 +175,9 @@ def is_norm_layer(module: nn.Module) -> bool:
     return isinstance(module, _NORMS)
 
 
-def _locked_train(self: nn.Module, mode: bool = True) -> nn.Module:
-    # Installed on a frozen BatchNorm: it stays in inference mode whatever the parent asks.
-    nn.Module.train(self, False)
-    return self
-
-
-_locked_train.__name__ = "train"
-
-
 def is_locked_norm(module: nn.Module) -> bool:
     """True when ``module`` is a normalisation layer locked in inference mode by :func:`freeze`."""
-    return "train" in module.__dict__ and getattr(module.__dict__["train"], "__func__", None) is _locked_train
-
-
-def _lock_norm(module: nn.Module) -> None:
-    module.train = types.MethodType(_locked_train, module)  # type: ignore[method-assign]
-    nn.Module.train(module, False)
+    return isinstance(module.__dict__.get("train"), recipe_freezing.LockedEval)
 
 
 def _unlock_norm(module: nn.Module, mode: bool) -> None:
@@ -250,16 +236,12 @@ def freeze(model: nn.Module, names: str | Iterable[str], train_bn: bool = False)
             f"the new loss. Leave at least the head trainable (e.g. freeze everything but "
             f"{find_head_or_none(model)!r})."
         )
-    for p in to_freeze.values():
-        p.requires_grad_(False)
-        p.grad = None
-    for norm in norms:
-        if train_bn:
-            for p in norm.parameters(recurse=False):
-                p.requires_grad_(True)
+    if train_bn:
+        recipe_freezing.freeze_keep_norms(model, wanted)
+        for norm in norms:  # a norm locked before follows the model's mode again
             _unlock_norm(norm, model.training)
-        elif _stat_norm(norm):
-            _lock_norm(norm)
+    else:
+        recipe_freezing.freeze(model, wanted)
     return wanted
 
 
@@ -271,12 +253,8 @@ def unfreeze(model: nn.Module, names: str | Iterable[str] | None = None) -> list
     """
     wanted = [""] if names is None else _as_names(names)
     for name in wanted:
-        module = get_module(model, name)
-        for sub in module.modules():
-            for p in sub.parameters(recurse=False):
-                p.requires_grad_(True)
-            if is_locked_norm(sub):
-                _unlock_norm(sub, model.training)
+        get_module(model, name)
+    recipe_freezing.unfreeze(model, wanted)
     return wanted
 
 
