@@ -1,0 +1,650 @@
+"""``HeadlessStudio``: the studio's state and behaviour, without any widget.
+
+Everything the dashboard does lives here, in plain Python (no ipywidgets, no IPython): the
+run's :class:`RunConfig`, the working copy that the layer tree and the loss check look at, the
+runs and the current one, the what-if queue, the run store, the loss check, the LR preview, the
+LR finder, restore / delete / export, and waiting. :class:`~retrain_widgets.RetrainStudio` is a
+set of thin views bound to one of these; scripts and tests can drive it directly.
+
+Views learn of changes through topics (``studio.on(topic, fn)``); each ``fn`` gets the
+arguments listed here, and may be called from the what-if queue's thread:
+
+========== =================================== ==============================================
+topic      arguments                           when
+========== =================================== ==============================================
+config     ``old, new`` (RunConfig)            the config changed (before the checks rerun)
+work       (none)                              the working copy or its freezing changed
+loss_check ``LossVerdict``                     the loss was checked on one batch
+preview    ``Preview``                         the LR preview was redrawn (or refused)
+lr_find    ``result, png``                     the LR finder ran
+status     ``text, error``                     a one-line message (plain text, ```code```)
+error      ``exception or None``               a run or an action failed (None: clear it)
+run        ``run``                             a run was made and is about to start
+run_failed ``run``                             that run refused to start
+state      ``run or None``                     show this run's state (None: idle)
+plot       ``png``                             the main figure was redrawn (reset, restore)
+reset      (none)                              back to the pretrained weights (no progress)
+queue      ``text, error``                     what-if progress
+queue_done ``keys``                            the what-if queue ended; keys of its runs
+focus      ``"loss"`` or ``"runs"``            the part of the dashboard to look at now
+========== =================================== ==============================================
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .core import losses, schedules
+from .core.batches import Forward, default_forward, first_batch, logits_of
+from .core.compare import RunSummary, grid_variants, summarize
+from .core.config import RunConfig
+from .core.engine import Retrainer
+from .core.events import State
+from .core.history import History
+from .core.losses import LossMismatchError
+from .core.store import RunStore, fingerprint
+from .core.tree import (
+    find_head_or_none,
+    freeze,
+    frozen_complement,
+    get_module,
+    parameterised_layers,
+    replace_head,
+    unfreeze,
+)
+from .plots import LiveFigure, lr_finder_png, lr_preview_png
+
+__all__ = ["HeadlessStudio", "LossVerdict", "Preview", "STRATEGIES", "plain_wait_while"]
+
+STRATEGIES = ("custom", "head only", "full", "gradual")
+TOPICS = frozenset({"config", "work", "loss_check", "preview", "lr_find", "status", "error", "run", "run_failed",
+                    "state", "plot", "reset", "queue", "queue_done", "focus"})
+
+
+@dataclass(frozen=True)
+class LossVerdict:
+    """The loss check on one batch: ``ok``, a one-line ``text``, and the head size that would fix it."""
+
+    ok: bool
+    text: str
+    fix: int | None = None
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The LR preview: the PNG (``None`` when the schedule was refused) and a note under it."""
+
+    png: bytes | None
+    note: str
+    error: bool = False
+
+
+def plain_wait_while(busy: Callable[[], bool], timeout: float | None = None, interval: float = 0.05) -> bool:
+    """Wait while ``busy()``; True when it became false within ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while busy():
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def open_store(store: RunStore | str | os.PathLike[str] | None | bool) -> RunStore | None:
+    """``False``: no store; ``None``/``True``: ``.retrain_runs/`` here; a folder or a RunStore."""
+    if store is False:
+        return None
+    if isinstance(store, RunStore):
+        return store
+    return RunStore(".retrain_runs" if store is None or store is True else store)
+
+
+class HeadlessStudio:
+    """The dashboard's model: the same parameters as :class:`~retrain_widgets.RetrainStudio`, plus
+    ``cell`` (the notebook cell that made it: re-running that cell stops the older studio's run)."""
+
+    _live: ClassVar[weakref.WeakSet[HeadlessStudio]] = weakref.WeakSet()
+
+    def __init__(self, model: nn.Module, train: Iterable[Any], val: Iterable[Any] | None = None,
+                 old_val: Iterable[Any] | None = None, *, config: RunConfig | None = None,
+                 forward: Forward | None = None, teacher: nn.Module | None = None, title: str | None = None,
+                 store: RunStore | str | os.PathLike[str] | None | bool = None,
+                 code: dict[str, str] | None = None, cell: str | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.cell = cell
+        self.stop_older(model)
+        HeadlessStudio._live.add(self)
+        self.pretrained = model
+        self.train_loader, self.val_loader, self.old_val_loader = train, val, old_val
+        self.forward: Forward = forward or default_forward
+        self.teacher = teacher
+        self._config = (copy.copy(config) if config is not None else RunConfig()).validate()
+        self.run: Retrainer | None = None
+        self.runs: list[Retrainer] = []
+        self.mismatch: LossMismatchError | None = None
+        self.lr_suggestion: float | None = None
+        self.store = open_store(store)
+        self.code_hints = code
+        self.title = title or type(model).__name__
+        self.figure = LiveFigure(title=self.title)
+        self.wait_while: Callable[..., bool] = plain_wait_while
+        self._listeners: dict[str, list[Callable[..., Any]]] = {}
+        self._probe_batch: Any = None
+        self._pretrained_id: str | None = None
+        self._run_ids: dict[int, str] = {}
+        self._run_names: dict[int, str] = {}
+        self._layers: dict[int, list[tuple[str, list[nn.Parameter]]]] = {}
+        self._restored: tuple[str, nn.Module] | None = None
+        self._queue: threading.Thread | None = None
+        self._queue_stop = threading.Event()
+        self.work = self.working_copy()
+
+    # ================================================================== topics
+    def on(self, topic: str, fn: Callable[..., Any]) -> None:
+        """Call ``fn`` on ``topic`` (see the module's table)."""
+        if topic not in TOPICS:
+            raise ValueError(f"unknown studio topic {topic!r}; known: {', '.join(sorted(TOPICS))}")
+        self._listeners.setdefault(topic, []).append(fn)
+
+    def emit(self, topic: str, *args: Any) -> None:
+        for fn in self._listeners.get(topic, ()):
+            fn(*args)
+
+    def status(self, text: str, error: bool = False) -> None:
+        self.emit("status", text, error)
+
+    def refresh(self) -> None:
+        """Re-announce everything views show: the working copy, the loss check, the preview, the plot."""
+        self.refresh_work()
+        self.check_loss()
+        self.update_preview()
+        self.emit("plot", self.figure.render(History().snapshot()))
+        self.emit("state", None)
+
+    # ================================================================== config
+    @property
+    def config(self) -> RunConfig:
+        """The run's configuration; assigning one (validated) updates every view."""
+        return self._config
+
+    @config.setter
+    def config(self, value: RunConfig) -> None:
+        if not isinstance(value, RunConfig):
+            raise ValueError(f"studio.config must be a RunConfig, got {type(value).__name__}")
+        self._change(copy.copy(value).validate())
+
+    def set(self, **changes: Any) -> RunConfig:
+        """Change config fields (validated), as the controls do. Returns the new config."""
+        return self._change(self._config.replace(**changes))
+
+    def _change(self, new: RunConfig) -> RunConfig:
+        old, self._config = self._config, new
+        self.emit("config", old, new)
+        diff = old.diff(new)
+        if {"head", "head_out", "seed"} & diff.keys():
+            self.work = self.working_copy()
+            self.refresh_work()
+        elif {"frozen", "train_bn"} & diff.keys():
+            self.refresh_work()
+        if {"loss", "loss_kwargs", "head", "head_out"} & diff.keys():
+            self.check_loss()
+        if {"schedule", "schedule_kwargs", "epochs", "max_steps", "lr"} & diff.keys():
+            self.update_preview()
+        run = self.run
+        if run is not None and run.state.active:
+            self.apply_live(run, old, new, diff)
+        return new
+
+    def apply_live(self, run: Retrainer, old: RunConfig, new: RunConfig, diff: dict[str, Any]) -> None:
+        """Changes that a running run takes at its next step boundary: freezing and LR."""
+        notes = []
+        if "frozen" in diff:
+            removed = [n for n in old.frozen if n not in new.frozen]
+            added = [n for n in new.frozen if n not in old.frozen]
+            if removed:
+                run.unfreeze(removed)
+            if added:
+                run.freeze(added)
+            notes.append("freezing")
+        if "lr" in diff:
+            run.set_lr(new.lr)
+            notes.append("learning rate")
+        rest = set(diff) - {"frozen", "lr"}
+        text = f"applied to the running run: {', '.join(notes)}. " if notes else ""
+        if rest:
+            text += f"{', '.join(sorted(rest))}: takes effect at the next Start."
+        self.status(text)
+
+    def strategy_of(self, cfg: RunConfig | None = None) -> str:
+        """Which of :data:`STRATEGIES` ``cfg`` (default: the config) amounts to."""
+        cfg = cfg or self._config
+        if cfg.gradual:
+            return "gradual"
+        if not cfg.frozen:
+            return "full"
+        head = self.head_name()
+        if head is not None and sorted(cfg.frozen) == sorted(frozen_complement(self.work, [head])):
+            return "head only"
+        return "custom"
+
+    def strategy_changes(self, strategy: str) -> dict[str, Any]:
+        """The config changes that pick ``strategy``."""
+        if strategy == "full":
+            return {"frozen": [], "gradual": False}
+        if strategy == "head only":
+            head = self.head_name()
+            return {"frozen": frozen_complement(self.work, [head] if head else []), "gradual": False}
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown training strategy {strategy!r}; pick one of {', '.join(STRATEGIES)}")
+        return {"gradual": strategy == "gradual"}
+
+    # ================================================================== the working copy
+    def working_copy(self) -> nn.Module:
+        """A copy of the pretrained model with the config's head, for the tree and the checks."""
+        cfg = self._config
+        torch.manual_seed(cfg.seed)
+        work = copy.deepcopy(self.pretrained)
+        if cfg.head_out is not None:
+            name = cfg.head or find_head_or_none(work)
+            if name is not None and getattr(get_module(work, name), "out_features", None) != cfg.head_out:
+                replace_head(work, cfg.head_out, name)
+        return work
+
+    def refresh_work(self) -> None:
+        """Apply the config's freezing to the working copy."""
+        unfreeze(self.work)
+        if self._config.frozen:
+            try:
+                freeze(self.work, self._config.frozen, train_bn=self._config.train_bn)
+            except ValueError as exc:
+                self.status(f"✗ {exc}", error=True)
+        self.emit("work")
+
+    def head_name(self) -> str | None:
+        return self._config.head or find_head_or_none(self.work)
+
+    def head_outputs(self) -> Any:
+        """Outputs of the working copy's head (``"?"`` when there is no head to read)."""
+        head = self.head_name()
+        return getattr(get_module(self.work, head), "out_features", "?") if head else "?"
+
+    # ================================================================== loss check
+    def probe_batch(self) -> Any:
+        """The first training batch (read once), for the loss check."""
+        if self._probe_batch is None:
+            device = next((p.device for p in self.pretrained.parameters()), torch.device("cpu"))
+            self._probe_batch = first_batch(self.train_loader, device)
+        return self._probe_batch
+
+    def check_loss(self) -> LossMismatchError | None:
+        """Run the loss on one batch through the working model; announce the verdict.
+
+        Returns the mismatch (also kept in :attr:`mismatch`), or ``None`` when it fits.
+        """
+        cfg = self._config
+        self.mismatch = None
+        work, was = self.work, self.work.training
+        work.eval()
+        try:
+            with torch.no_grad():
+                outputs, targets = self.forward(work, self.probe_batch())
+                logits = logits_of(outputs)
+                kwargs = cfg.loss_kwargs if isinstance(cfg.loss, str) else {}
+                losses.check_compatibility(logits, targets, cfg.loss, **kwargs)
+            is_tensor = isinstance(targets, torch.Tensor)
+            shape_t = tuple(targets.shape) if is_tensor else "?"
+            dtype_t = str(targets.dtype).replace("torch.", "") if is_tensor else ""
+            name = cfg.loss if isinstance(cfg.loss, str) else "custom loss"
+            verdict = LossVerdict(True, f"'{name}' fits: outputs {tuple(logits.shape)}, targets {shape_t} {dtype_t}")
+        except LossMismatchError as exc:
+            self.mismatch = exc
+            verdict = LossVerdict(False, str(exc), exc.head_out)
+        except Exception as exc:  # noqa: BLE001 - user model/forward code: shown, not raised
+            verdict = LossVerdict(False, f"could not run one batch: {type(exc).__name__}: {exc}")
+        finally:
+            work.train(was)
+        self.emit("loss_check", verdict)
+        return self.mismatch
+
+    def replace_head(self) -> None:
+        """Take the head size the loss check asks for."""
+        if self.mismatch is not None and self.mismatch.head_out is not None:
+            self.set(head_out=self.mismatch.head_out)
+
+    # ================================================================== schedule preview, LR finder
+    def total_steps(self) -> int:
+        """Optimizer steps of a run with the current config."""
+        cfg = self._config
+        try:
+            per_epoch = len(self.train_loader)  # type: ignore[arg-type]
+        except TypeError:
+            return cfg.max_steps or 1
+        total = per_epoch * cfg.epochs
+        return min(total, cfg.max_steps) if cfg.max_steps else total
+
+    def update_preview(self) -> Preview:
+        """Redraw the LR preview of the chosen schedule over the run's steps."""
+        cfg = self._config
+        total = self.total_steps()
+        try:
+            lrs = schedules.preview(cfg.schedule, total, cfg.lr, **cfg.schedule_kwargs)
+        except ValueError as exc:
+            preview = Preview(None, str(exc), error=True)
+        else:
+            note = f"LR from {lrs[0]:.2e} to {lrs[-1]:.2e}, peak {max(lrs):.2e}."
+            if schedules.get(cfg.schedule).metric_driven:
+                note += (" Metric-driven: the LR drops when the validation loss stops improving, so the "
+                         "preview is flat.")
+            preview = Preview(lr_preview_png(lrs, title=f"{cfg.schedule}: LR over {total:,} steps"), note)
+        self.emit("preview", preview)
+        return preview
+
+    def find_lr(self, **kwargs: Any) -> Any:
+        """Run the LR range test on a copy of the model with the current config."""
+        self.status("running the LR finder…")
+        try:
+            r = Retrainer(self.pretrained, self._config, self.train_loader, forward=self.forward)
+            result = r.lr_find(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - shown in the views
+            self.emit("error", exc)
+            return None
+        self.lr_suggestion = result.suggestion
+        self.emit("lr_find", result, lr_finder_png(result))
+        self.status(f"LR finder: steepest descent at {result.suggestion:.2e} (minimum / 10: "
+                    f"{result.min_lr_div10:.2e}).")
+        return result
+
+    def use_lr_suggestion(self) -> None:
+        if self.lr_suggestion is not None:
+            self.set(lr=min(1.0, self.lr_suggestion))
+
+    # ================================================================== run control
+    def start(self, config: RunConfig | None = None, name: str | None = None) -> Retrainer | None:
+        """Start a run from the pretrained weights (returns at once).
+
+        Uses the studio's config, or ``config`` for this run only (what-ifs); ``name`` labels
+        it among the runs. Returns the run, or ``None`` when it could not start (the reason is
+        announced on ``error``).
+        """
+        if self.run is not None and self.run.state.active:
+            self.status("a run is already going: Stop it first.", error=True)
+            return None
+        self.emit("error", None)
+        cfg = self._config if config is None else config
+        try:
+            run = Retrainer(self.pretrained, cfg, self.train_loader, self.val_loader, self.old_val_loader,
+                            forward=self.forward, teacher=self.teacher)
+        except Exception as exc:  # noqa: BLE001 - shown in the views
+            self.emit("error", exc)
+            return None
+        self.figure.reset()
+        self._layers = {id(run.model): parameterised_layers(run.model)}
+        self.run, self._restored = run, None
+        self._run_names[id(run)] = name or self.default_name(cfg)
+        self.emit("run", run)
+        try:
+            run.start()
+        except Exception as exc:  # noqa: BLE001 - mismatches and bad loaders: shown in the views
+            self.emit("run_failed", run)
+            self.run = self.runs[-1] if self.runs else None
+            self.emit("error", exc)
+            if isinstance(exc, LossMismatchError):
+                self.mismatch = exc
+                self.emit("focus", "loss")
+            self.emit("state", self.run)
+            return None
+        self.runs.append(run)
+        if self.store is not None:
+            self._run_ids[id(run)] = self.store.record(run, name=self._run_names[id(run)])
+        return run
+
+    def default_name(self, cfg: RunConfig) -> str:
+        strategy = self.strategy_of(cfg)
+        if strategy == "custom":
+            strategy = f"frozen {', '.join(cfg.frozen)}" if cfg.frozen else "full"
+        loss = cfg.loss if isinstance(cfg.loss, str) else getattr(cfg.loss, "__name__", "custom")
+        extras = [x for x, on in (("distill", cfg.distill is not None), (f"l2sp {cfg.l2sp:g}", cfg.l2sp > 0)) if on]
+        return " · ".join([f"#{len(self.runs) + 1} {loss}", strategy, f"lr {cfg.lr:g}", cfg.schedule, *extras])
+
+    def pause(self) -> None:
+        if self.run is not None:
+            self.run.pause()
+
+    def resume(self) -> None:
+        if self.run is not None:
+            self.run.resume()
+
+    def toggle_pause(self) -> None:
+        """Pause a running run, resume a paused one."""
+        if self.run is not None:
+            (self.run.resume if self.run.state == State.PAUSED else self.run.pause)()
+
+    def stop(self) -> None:
+        """Stop the run at its next step boundary (and any queued what-ifs)."""
+        self._queue_stop.set()
+        if self.run is not None:
+            self.run.stop()
+
+    def reset(self) -> None:
+        """Back to the pretrained weights: stop any run and forget its trained model."""
+        run = self.run
+        if run is not None and run.state.active:
+            run.stop()
+            run.join(10)
+        self.run, self._restored = None, None
+        self.emit("reset")
+        self.figure.reset()
+        self.emit("plot", self.figure.render(History().snapshot()))
+        self.emit("error", None)
+        self.work = self.working_copy()
+        self.refresh_work()
+        self.emit("state", None)
+        self.status("reset: the next Start trains from the pretrained weights.")
+
+    def busy(self) -> bool:
+        """A run or the what-if queue is going."""
+        queue, run = self._queue, self.run
+        return (queue is not None and queue.is_alive()) or (run is not None and run.running)
+
+    def wait(self, timeout: float | None = None) -> History | None:
+        """Block until the current run (and any queued what-ifs) ends, through :attr:`wait_while`
+        (the dashboard's handles clicks meanwhile). Returns the run's history (``None`` without a
+        run); raises ``TimeoutError`` after ``timeout`` seconds."""
+        if self.run is None and self._queue is None:
+            return None
+        if not self.wait_while(self.busy, timeout):
+            run = self.run
+            raise TimeoutError(f"still running after {timeout} s" + (f" (step {run.step})" if run else ""))
+        return self.history
+
+    async def wait_async(self, timeout: float | None = None) -> History | None:
+        """``await studio.wait_async()``: the same as :meth:`wait` for async cells."""
+        import asyncio
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.busy():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"still running after {timeout} s")
+            await asyncio.sleep(0.05)
+        return self.history
+
+    @property
+    def history(self) -> History | None:
+        return self.run.history if self.run is not None else None
+
+    @property
+    def model(self) -> nn.Module:
+        """The restored run's model (after :meth:`restore`), else the latest run's trained model,
+        else the pretrained one."""
+        if self._restored is not None:
+            return self._restored[1]
+        return self.run.model if self.run is not None else self.pretrained
+
+    def frozen_layers(self, model: nn.Module) -> list[str]:
+        """Names of ``model``'s parameterised layers that are wholly frozen now (for the plots)."""
+        layers = self._layers.get(id(model)) or parameterised_layers(model)
+        return [name for name, params in layers if not any(p.requires_grad for p in params)]
+
+    def stop_older(self, model: nn.Module) -> None:
+        """Re-running the cell that made a studio (or a new studio on the same model) stops the
+        older studio's run first."""
+        for other in list(HeadlessStudio._live):
+            same_cell = self.cell is not None and other.cell == self.cell
+            if (same_cell or other.pretrained is model) and other.run is not None and other.run.state.active:
+                other.run.stop()
+                other.run.join(10)
+
+    # ================================================================== runs: compare, restore, delete, code
+    @property
+    def pretrained_id(self) -> str:
+        """Fingerprint of the pretrained weights: the store groups runs by it."""
+        if self._pretrained_id is None:
+            self._pretrained_id = fingerprint(self.pretrained)
+        return self._pretrained_id
+
+    def name_of(self, run: Retrainer) -> str | None:
+        return self._run_names.get(id(run))
+
+    def key_of(self, run: Retrainer) -> str | None:
+        """The run's store id, else its name."""
+        return self._run_ids.get(id(run), self._run_names.get(id(run)))
+
+    def run_summaries(self) -> list[RunSummary]:
+        """Every run from these pretrained weights: the store's (across kernels) or these."""
+        if self.store is not None:
+            return [summarize(r, self.store) for r in self.store.runs(pretrained_id=self.pretrained_id)]
+        return [summarize(r, name=self.name_of(r)) for r in self.runs]
+
+    def find_run(self, key: str) -> Retrainer | None:
+        """The run of this studio with store id or name ``key``."""
+        for r in self.runs:
+            if key in (self._run_ids.get(id(r)), self._run_names.get(id(r))):
+                return r
+        return None
+
+    def _idle_run(self, key: str, doing: str) -> tuple[Retrainer | None, str]:
+        live = self.find_run(key)
+        if live is not None and live.state.active:
+            raise ValueError(f"that run is still training: stop it before {doing} it")
+        return live, (self._run_ids.get(id(live), key) if live is not None else key)
+
+    def restore(self, key: str) -> nn.Module:
+        """Load a run's weights (by store id or run name): returns the model, which becomes
+        :attr:`model`; the config becomes the run's and its final plots are shown."""
+        live, run_id = self._idle_run(key, "restoring")
+        config: RunConfig | None
+        if self.store is not None and (live is None or id(live) in self._run_ids):
+            model = self.store.restore(run_id, self.pretrained)
+            history = self.store.history(run_id)
+            try:
+                config = self.store.get(run_id).config_obj()
+            except ValueError:  # a custom loss that was not registered: keep the current config
+                config = None
+        elif live is not None:
+            model, history, config = copy.deepcopy(live.model), live.history, live.config
+        else:
+            raise ValueError(f"no run {key!r} in this studio")
+        model.eval()
+        self._restored = (key, model)
+        if config is not None:
+            self.config = config
+        self.figure.reset()
+        self.emit("plot", self.figure.render_final(history.snapshot()))
+        self.status(f"restored run {key}: `studio.model` holds its weights.")
+        return model
+
+    def delete_run(self, key: str) -> None:
+        """Delete a stored run (and forget it here)."""
+        live, run_id = self._idle_run(key, "deleting")
+        if self.store is not None:
+            self.store.delete(run_id)
+        if live is not None:
+            self.runs.remove(live)
+
+    def code(self, key: str | None = None) -> str:
+        """The current config (or a run's, by id or name) as a standalone PyTorch script."""
+        from .core.export import export_script
+
+        config: RunConfig | None = self._config
+        if key is not None:
+            live = self.find_run(key)
+            config = live.config if live is not None else self.store.get(key).config_obj() if self.store else None
+            if config is None:
+                raise ValueError(f"no run {key!r} in this studio")
+        hints = self.code_hints or example_code(self.train_loader) or {}
+        return export_script(config, title=f"{self.title}", **hints)
+
+    # ================================================================== what-ifs
+    def what_if(self, grid: dict[str, Any], wait: bool = False) -> list[RunConfig]:
+        """Run every combination of ``grid`` from the same pretrained weights, one after another.
+
+        ``grid`` maps config fields to lists of values, e.g. ``{"loss": ["bce", "focal"],
+        "frozen": [["features"], []]}``; the other fields come from the studio's config. Stop
+        ends the queue cleanly. Returns the configs queued; ``wait=True`` blocks until they are
+        done (Stop still works).
+        """
+        queue = self._queue
+        if (self.run is not None and self.run.state.active) or (queue is not None and queue.is_alive()):
+            raise ValueError("a run is going: stop it before starting what-ifs")
+        variants = grid_variants(grid)
+        configs = [self._config.replace(**v) for v in variants]
+        names = [" · ".join(f"{k}={_short(v)}" for k, v in variant.items()) for variant in variants]
+        self._queue_stop.clear()
+        self._queue = threading.Thread(target=self._run_queue, args=(configs, names), daemon=True,
+                                       name="retrain_widgets-what-if")
+        self._queue.start()
+        if wait:
+            self.wait()
+        return configs
+
+    def _run_queue(self, configs: list[RunConfig], names: list[str]) -> None:
+        try:
+            keys = self._run_each(configs, names)
+        except Exception as exc:  # noqa: BLE001 - shown in the views, never lost in a thread
+            self.emit("error", exc)
+            self.emit("queue", f"✗ what-ifs: {exc}", True)
+            return
+        stopped = self._queue_stop.is_set()
+        self.emit("queue_done", keys)
+        self.emit("queue", f"what-ifs {'stopped after' if stopped else 'done:'} {len(keys)} of {len(configs)} "
+                           f"run{'s' if len(configs) > 1 else ''}; overlaid below.", False)
+        self.emit("focus", "runs")
+
+    def _run_each(self, configs: list[RunConfig], names: list[str]) -> list[str]:
+        keys: list[str] = []
+        for i, (cfg, name) in enumerate(zip(configs, names)):
+            if self._queue_stop.is_set():
+                break
+            self.emit("queue", f"what-if {i + 1} of {len(configs)}: {name}", False)
+            run = self.start(cfg, name=f"what-if {i + 1}/{len(configs)}: {name}")
+            if run is None:
+                break
+            keys.append(self.key_of(run) or "")
+            run.join()
+        return keys
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def example_code(loader: Any) -> dict[str, str] | None:
+    """Code hints for loaders made by ``retrain_widgets.examples.task(...)``."""
+    tag = getattr(loader, "retrain_example", None)
+    if not isinstance(tag, dict):
+        return None
+    from . import examples
+
+    code = getattr(examples, "code", None)
+    return code(tag.get("task"), batch_size=tag.get("batch_size", 64)) if code is not None else None
