@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import os
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -46,13 +45,13 @@ from torch import nn
 
 from .core import losses, schedules
 from .core.batches import Forward, default_forward, first_batch, logits_of
-from .core.compare import RunSummary, grid_variants, summarize
+from .core.compare import RunSummary, grid_variants
 from .core.config import RunConfig
 from .core.engine import Retrainer
 from .core.events import State
 from .core.history import History
 from .core.losses import LossMismatchError
-from .core.store import RunStore, fingerprint
+from .core.store import RunStore
 from .core.tree import (
     find_head_or_none,
     freeze,
@@ -63,6 +62,7 @@ from .core.tree import (
     unfreeze,
 )
 from .plots import LiveFigure, lr_finder_png, lr_preview_png
+from .runbook import RunBook, WhatIfQueue
 
 __all__ = ["HeadlessStudio", "LossVerdict", "Preview", "STRATEGIES", "plain_wait_while"]
 
@@ -73,11 +73,37 @@ TOPICS = frozenset({"config", "work", "loss_check", "preview", "lr_find", "statu
 
 @dataclass(frozen=True)
 class LossVerdict:
-    """The loss check on one batch: ``ok``, a one-line ``text``, and the head size that would fix it."""
+    """The loss check on one batch: ``ok``, a one-line ``text``, the head size that would fix it
+    and the mismatch itself."""
 
     ok: bool
     text: str
     fix: int | None = None
+    mismatch: LossMismatchError | None = None
+
+
+def loss_verdict(forward: Forward, model: nn.Module, batch: Callable[[], Any], cfg: RunConfig) -> LossVerdict:
+    """Run ``cfg``'s loss on one batch (``batch()``) through ``model`` (in eval mode, without
+    gradients)."""
+    was = model.training
+    model.eval()
+    kwargs = cfg.loss_kwargs if isinstance(cfg.loss, str) else {}
+    try:
+        with torch.no_grad():
+            outputs, targets = forward(model, batch())
+            logits = logits_of(outputs)
+            losses.check_compatibility(logits, targets, cfg.loss, **kwargs)
+    except LossMismatchError as exc:
+        return LossVerdict(False, str(exc), exc.head_out, exc)
+    except Exception as exc:  # noqa: BLE001 - user model/forward code: shown, not raised
+        return LossVerdict(False, f"could not run one batch: {type(exc).__name__}: {exc}")
+    finally:
+        model.train(was)
+    is_tensor = isinstance(targets, torch.Tensor)
+    shape_t = tuple(targets.shape) if is_tensor else "?"
+    dtype_t = str(targets.dtype).replace("torch.", "") if is_tensor else ""
+    name = cfg.loss if isinstance(cfg.loss, str) else "custom loss"
+    return LossVerdict(True, f"'{name}' fits: outputs {tuple(logits.shape)}, targets {shape_t} {dtype_t}")
 
 
 @dataclass(frozen=True)
@@ -89,12 +115,16 @@ class Preview:
     error: bool = False
 
 
-def plain_wait_while(busy: Callable[[], bool], timeout: float | None = None, interval: float = 0.05) -> bool:
-    """Wait while ``busy()``; True when it became false within ``timeout`` seconds."""
+def plain_wait_while(busy: Callable[[], bool], timeout: float | None = None, interval: float = 0.05,
+                     poll: Callable[[], Any] | None = None) -> bool:
+    """Wait while ``busy()``, calling ``poll()`` (if given) every ``interval`` seconds; True when it
+    became false within ``timeout`` seconds."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while busy():
         if deadline is not None and time.monotonic() >= deadline:
             return False
+        if poll is not None:
+            poll()
         time.sleep(interval)
     return True
 
@@ -130,23 +160,18 @@ class HeadlessStudio:
         self.teacher = teacher
         self._config = (copy.copy(config) if config is not None else RunConfig()).validate()
         self.run: Retrainer | None = None
-        self.runs: list[Retrainer] = []
         self.mismatch: LossMismatchError | None = None
         self.lr_suggestion: float | None = None
-        self.store = open_store(store)
+        self.book = RunBook(open_store(store), model)
+        self.queue = WhatIfQueue(self)
         self.code_hints = code
         self.title = title or type(model).__name__
         self.figure = LiveFigure(title=self.title)
         self.wait_while: Callable[..., bool] = plain_wait_while
         self._listeners: dict[str, list[Callable[..., Any]]] = {}
         self._probe_batch: Any = None
-        self._pretrained_id: str | None = None
-        self._run_ids: dict[int, str] = {}
-        self._run_names: dict[int, str] = {}
         self._layers: dict[int, list[tuple[str, list[nn.Parameter]]]] = {}
         self._restored: tuple[str, nn.Module] | None = None
-        self._queue: threading.Thread | None = None
-        self._queue_stop = threading.Event()
         self.work = self.working_copy()
 
     # ================================================================== topics
@@ -291,28 +316,8 @@ class HeadlessStudio:
 
         Returns the mismatch (also kept in :attr:`mismatch`), or ``None`` when it fits.
         """
-        cfg = self._config
-        self.mismatch = None
-        work, was = self.work, self.work.training
-        work.eval()
-        try:
-            with torch.no_grad():
-                outputs, targets = self.forward(work, self.probe_batch())
-                logits = logits_of(outputs)
-                kwargs = cfg.loss_kwargs if isinstance(cfg.loss, str) else {}
-                losses.check_compatibility(logits, targets, cfg.loss, **kwargs)
-            is_tensor = isinstance(targets, torch.Tensor)
-            shape_t = tuple(targets.shape) if is_tensor else "?"
-            dtype_t = str(targets.dtype).replace("torch.", "") if is_tensor else ""
-            name = cfg.loss if isinstance(cfg.loss, str) else "custom loss"
-            verdict = LossVerdict(True, f"'{name}' fits: outputs {tuple(logits.shape)}, targets {shape_t} {dtype_t}")
-        except LossMismatchError as exc:
-            self.mismatch = exc
-            verdict = LossVerdict(False, str(exc), exc.head_out)
-        except Exception as exc:  # noqa: BLE001 - user model/forward code: shown, not raised
-            verdict = LossVerdict(False, f"could not run one batch: {type(exc).__name__}: {exc}")
-        finally:
-            work.train(was)
+        verdict = loss_verdict(self.forward, self.work, self.probe_batch, self._config)
+        self.mismatch = verdict.mismatch
         self.emit("loss_check", verdict)
         return self.mismatch
 
@@ -390,7 +395,7 @@ class HeadlessStudio:
         self.figure.reset()
         self._layers = {id(run.model): parameterised_layers(run.model)}
         self.run, self._restored = run, None
-        self._run_names[id(run)] = name or self.default_name(cfg)
+        self.book.name(run, name or self.default_name(cfg))
         self.emit("run", run)
         try:
             run.start()
@@ -403,9 +408,7 @@ class HeadlessStudio:
                 self.emit("focus", "loss")
             self.emit("state", self.run)
             return None
-        self.runs.append(run)
-        if self.store is not None:
-            self._run_ids[id(run)] = self.store.record(run, name=self._run_names[id(run)])
+        self.book.add(run)
         return run
 
     def default_name(self, cfg: RunConfig) -> str:
@@ -431,7 +434,7 @@ class HeadlessStudio:
 
     def stop(self) -> None:
         """Stop the run at its next step boundary (and any queued what-ifs)."""
-        self._queue_stop.set()
+        self.queue.stop()
         if self.run is not None:
             self.run.stop()
 
@@ -453,14 +456,14 @@ class HeadlessStudio:
 
     def busy(self) -> bool:
         """A run or the what-if queue is going."""
-        queue, run = self._queue, self.run
-        return (queue is not None and queue.is_alive()) or (run is not None and run.running)
+        run = self.run
+        return self.queue.alive() or (run is not None and run.running)
 
     def wait(self, timeout: float | None = None) -> History | None:
         """Block until the current run (and any queued what-ifs) ends, through :attr:`wait_while`
         (the dashboard's handles clicks meanwhile). Returns the run's history (``None`` without a
         run); raises ``TimeoutError`` after ``timeout`` seconds."""
-        if self.run is None and self._queue is None:
+        if self.run is None and not self.queue.used:
             return None
         if not self.wait_while(self.busy, timeout):
             run = self.run
@@ -506,54 +509,27 @@ class HeadlessStudio:
 
     # ================================================================== runs: compare, restore, delete, code
     @property
+    def runs(self) -> list[Retrainer]:
+        """Every run started here, oldest first."""
+        return self.book.runs
+
+    @property
+    def store(self) -> RunStore | None:
+        return self.book.store
+
+    @property
     def pretrained_id(self) -> str:
         """Fingerprint of the pretrained weights: the store groups runs by it."""
-        if self._pretrained_id is None:
-            self._pretrained_id = fingerprint(self.pretrained)
-        return self._pretrained_id
-
-    def name_of(self, run: Retrainer) -> str | None:
-        return self._run_names.get(id(run))
-
-    def key_of(self, run: Retrainer) -> str | None:
-        """The run's store id, else its name."""
-        return self._run_ids.get(id(run), self._run_names.get(id(run)))
+        return self.book.pretrained_id
 
     def run_summaries(self) -> list[RunSummary]:
         """Every run from these pretrained weights: the store's (across kernels) or these."""
-        if self.store is not None:
-            return [summarize(r, self.store) for r in self.store.runs(pretrained_id=self.pretrained_id)]
-        return [summarize(r, name=self.name_of(r)) for r in self.runs]
-
-    def find_run(self, key: str) -> Retrainer | None:
-        """The run of this studio with store id or name ``key``."""
-        for r in self.runs:
-            if key in (self._run_ids.get(id(r)), self._run_names.get(id(r))):
-                return r
-        return None
-
-    def _idle_run(self, key: str, doing: str) -> tuple[Retrainer | None, str]:
-        live = self.find_run(key)
-        if live is not None and live.state.active:
-            raise ValueError(f"that run is still training: stop it before {doing} it")
-        return live, (self._run_ids.get(id(live), key) if live is not None else key)
+        return self.book.summaries()
 
     def restore(self, key: str) -> nn.Module:
         """Load a run's weights (by store id or run name): returns the model, which becomes
         :attr:`model`; the config becomes the run's and its final plots are shown."""
-        live, run_id = self._idle_run(key, "restoring")
-        config: RunConfig | None
-        if self.store is not None and (live is None or id(live) in self._run_ids):
-            model = self.store.restore(run_id, self.pretrained)
-            history = self.store.history(run_id)
-            try:
-                config = self.store.get(run_id).config_obj()
-            except ValueError:  # a custom loss that was not registered: keep the current config
-                config = None
-        elif live is not None:
-            model, history, config = copy.deepcopy(live.model), live.history, live.config
-        else:
-            raise ValueError(f"no run {key!r} in this studio")
+        model, history, config = self.book.load(key)
         model.eval()
         self._restored = (key, model)
         if config is not None:
@@ -565,22 +541,13 @@ class HeadlessStudio:
 
     def delete_run(self, key: str) -> None:
         """Delete a stored run (and forget it here)."""
-        live, run_id = self._idle_run(key, "deleting")
-        if self.store is not None:
-            self.store.delete(run_id)
-        if live is not None:
-            self.runs.remove(live)
+        self.book.delete(key)
 
     def code(self, key: str | None = None) -> str:
         """The current config (or a run's, by id or name) as a standalone PyTorch script."""
         from .core.export import export_script
 
-        config: RunConfig | None = self._config
-        if key is not None:
-            live = self.find_run(key)
-            config = live.config if live is not None else self.store.get(key).config_obj() if self.store else None
-            if config is None:
-                raise ValueError(f"no run {key!r} in this studio")
+        config = self._config if key is None else self.book.config_of(key)
         hints = self.code_hints or example_code(self.train_loader) or {}
         return export_script(config, title=f"{self.title}", **hints)
 
@@ -593,45 +560,15 @@ class HeadlessStudio:
         ends the queue cleanly. Returns the configs queued; ``wait=True`` blocks until they are
         done (Stop still works).
         """
-        queue = self._queue
-        if (self.run is not None and self.run.state.active) or (queue is not None and queue.is_alive()):
+        if (self.run is not None and self.run.state.active) or self.queue.alive():
             raise ValueError("a run is going: stop it before starting what-ifs")
         variants = grid_variants(grid)
         configs = [self._config.replace(**v) for v in variants]
         names = [" · ".join(f"{k}={_short(v)}" for k, v in variant.items()) for variant in variants]
-        self._queue_stop.clear()
-        self._queue = threading.Thread(target=self._run_queue, args=(configs, names), daemon=True,
-                                       name="retrain_widgets-what-if")
-        self._queue.start()
+        self.queue.start(configs, names)
         if wait:
             self.wait()
         return configs
-
-    def _run_queue(self, configs: list[RunConfig], names: list[str]) -> None:
-        try:
-            keys = self._run_each(configs, names)
-        except Exception as exc:  # noqa: BLE001 - shown in the views, never lost in a thread
-            self.emit("error", exc)
-            self.emit("queue", f"✗ what-ifs: {exc}", True)
-            return
-        stopped = self._queue_stop.is_set()
-        self.emit("queue_done", keys)
-        self.emit("queue", f"what-ifs {'stopped after' if stopped else 'done:'} {len(keys)} of {len(configs)} "
-                           f"run{'s' if len(configs) > 1 else ''}; overlaid below.", False)
-        self.emit("focus", "runs")
-
-    def _run_each(self, configs: list[RunConfig], names: list[str]) -> list[str]:
-        keys: list[str] = []
-        for i, (cfg, name) in enumerate(zip(configs, names)):
-            if self._queue_stop.is_set():
-                break
-            self.emit("queue", f"what-if {i + 1} of {len(configs)}: {name}", False)
-            run = self.start(cfg, name=f"what-if {i + 1}/{len(configs)}: {name}")
-            if run is None:
-                break
-            keys.append(self.key_of(run) or "")
-            run.join()
-        return keys
 
 
 def _short(value: Any) -> str:

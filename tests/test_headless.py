@@ -104,7 +104,7 @@ def test_start_wait_reset(cnn, seven):
     assert announced == [State.IDLE]  # views attach before the run starts
     history = s.wait(60)
     assert run.state == State.FINISHED and history is run.history and s.model is run.model
-    assert s.runs == [run] and s.name_of(run).startswith("#1 bce") and s.key_of(run) == s.name_of(run)
+    assert s.runs == [run] and s.book.name_of(run).startswith("#1 bce") and s.book.key_of(run) == s.book.name_of(run)
     assert s.frozen_layers(run.model) == []
     s.reset()
     assert s.run is None and s.model is cnn
@@ -127,7 +127,7 @@ def test_what_if_queue_topics(cnn, seven):
     configs = s.what_if({"loss": ["bce", "focal"]}, wait=True)
     assert [c.loss for c in configs] == ["bce", "focal"] and len(s.runs) == 2
     done = rec.topics().index("queue_done")
-    assert rec.seen[done][1] == [s.key_of(r) for r in s.runs]
+    assert rec.seen[done][1] == [s.book.key_of(r) for r in s.runs]
     assert rec.topics()[done:] == ["queue_done", "queue", "focus"]
     assert "done: 2 of 2" in rec.last("queue")[0] and rec.last("focus") == ("runs",)
     with pytest.raises(ValueError, match="needs a list"):
@@ -138,7 +138,7 @@ def test_restore_delete_and_code_without_a_store(cnn, seven):
     s = HeadlessStudio(cnn, seven.train, seven.val, config=_short(lr=1e-2), store=False)
     run = s.start()
     s.wait(60)
-    name = s.name_of(run)
+    name = s.book.name_of(run)
     s.set(lr=1e-3)
     model = s.restore(name)
     assert s.model is model and model is not run.model and s.config.lr == pytest.approx(1e-2)

@@ -70,6 +70,8 @@ WAITS = {
     "uipoll": _WAIT_SYNC.format(module="retrain_widgets.widgets.uipoll"),
     "async": _WAIT_ASYNC,
 }
+# jupyter_ui_poll itself, to see what it does on the kernel at hand (not a way the package waits)
+JUPYTER_UI_POLL_WAIT = _WAIT_SYNC.format(module="jupyter_ui_poll")
 
 
 def toy_cell(limit: int = 2500) -> str:
