@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -41,7 +42,7 @@ def _short(**kw):
 
 def test_imports_no_widgets_and_no_ipython():
     code = ("import sys, retrain_widgets.headless; "
-            "bad = [m for m in ('ipywidgets', 'IPython', 'retrain_widgets.widgets') if m in sys.modules]; "
+            "bad = [m for m in ('ipywidgets', 'IPython', 'traitlets', 'retrain_widgets.widgets') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -111,6 +112,35 @@ def test_start_wait_reset(cnn, seven):
     assert rec.topics()[-6:] == ["reset", "plot", "error", "work", "state", "status"]
     assert rec.last("state") == (None,) and rec.last("error") == (None,)
     assert "reset" in rec.last("status")[0]
+
+
+def test_changes_reach_a_running_run(cnn, seven):
+    s = HeadlessStudio(cnn, seven.train, config=_short(max_steps=None, epochs=100), store=False)
+    rec = Recorder(s)
+    run = s.start()
+    try:
+        s.set(frozen=["features"], lr=3e-3, epochs=5)
+        text = rec.last("status")[0]
+        assert "applied to the running run: freezing, learning rate" in text and "epochs: takes effect" in text
+        deadline = time.time() + 20
+        while run.model.features[0].weight.requires_grad and time.time() < deadline:
+            time.sleep(0.01)
+        assert not run.model.features[0].weight.requires_grad
+    finally:
+        s.stop()
+        run.join(10)
+    assert run.state == State.STOPPED and not s.busy()
+
+
+def test_lr_finder_topics(cnn, seven):
+    s = HeadlessStudio(cnn, seven.train, config=_short(), store=False)
+    rec = Recorder(s)
+    result = s.find_lr(num_steps=20)
+    found, png = rec.last("lr_find")
+    assert found is result and png[:4] == b"\x89PNG" and s.lr_suggestion == result.suggestion
+    s.use_lr_suggestion()
+    assert s.config.lr == pytest.approx(min(1.0, result.suggestion))
+    assert "LR finder" in rec.last("status")[0]
 
 
 def test_a_refused_start_is_announced(cnn, seven):

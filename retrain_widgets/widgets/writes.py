@@ -13,8 +13,11 @@ write goes through :func:`write`. It
 - skips traits that already hold the value, so a throttled caller costs no message.
 
 ipywidgets' own trait assignment is what sends the message; ipykernel's iopub thread makes
-sending from any thread safe. Writes from the kernel's thread while it handles a control's
-change go through the same function, so the ordering holds for them too.
+sending from any thread safe. The views' handlers of the studio's topics write through this
+function whichever thread calls them, so the ordering holds for the kernel's thread too. Two
+kinds of writes stay direct, because only the thread that changes the config makes them (the
+kernel's, handling a control or running a cell): the controls showing a new config
+(``show_config``) and the layer tree redrawing the working copy.
 """
 
 from __future__ import annotations
