@@ -16,8 +16,8 @@ from .core import *  # noqa: F403 - the core's public names are the package's
 
 __version__ = "0.1.0"
 
-_LAZY = {"RetrainStudio": ".widgets", "LayerTreeView": ".widgets", "compare": ".comparison",
-         "Comparison": ".comparison"}
+_LAZY = {"RetrainStudio": ".widgets", "LayerTreeView": ".widgets", "HeadlessStudio": ".headless",
+         "compare": ".comparison", "Comparison": ".comparison"}
 
 
 def __getattr__(name: str) -> Any:

@@ -163,15 +163,18 @@ def test_table_without_metrics_keeps_order():
     assert np.isfinite(rows[0]["steps"])
 
 
-def test_comparison_modules_and_their_old_paths():
-    """One module per level is called comparison; the old paths are aliases of the same objects."""
+def test_comparison_modules_one_name_per_level():
+    """One module per level is called comparison; HTML is built outside the core; the old names are gone."""
+    import importlib
+
     import retrain_widgets.comparison as top
-    import retrain_widgets.core.compare as old_core
     import retrain_widgets.core.comparison as core
-    import retrain_widgets.plots.compare as old_plots
     import retrain_widgets.plots.comparison as plots
 
-    assert old_core.table is core.table and old_core.grid_variants is core.grid_variants
-    assert old_core.table_html is top.table_html and old_plots.comparison_png is plots.comparison_png
+    assert callable(core.table) and callable(core.grid_variants) and callable(plots.comparison_png)
+    assert not hasattr(core, "table_html")
+    for old in ("retrain_widgets.core.compare", "retrain_widgets.plots.compare"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(old)
     html = top.table_html(["run", "lr"], [{"run": "<a>", "id": "x", "lr": 0.001234567}], highlight="x")
     assert "&lt;a&gt;" in html and "0.001235" in html and "background:#f3f8ff" in html

@@ -204,7 +204,7 @@ def test_lr_finder_button(studio):
     assert studio.lr_find_plot.layout.display == "" and studio.lr_find_plot.value[:4] == b"\x89PNG"
     assert studio.use_lr_button.layout.display == ""
     studio.use_lr_button.click()
-    assert studio.config.lr == pytest.approx(min(1.0, studio._lr_suggestion))
+    assert studio.config.lr == pytest.approx(min(1.0, studio.lr_suggestion))
 
 
 def test_new_studio_on_the_same_model_stops_the_old_run(cnn, seven):
@@ -239,7 +239,7 @@ def test_final_figure_kept_as_static_output(studio, monkeypatch):
     import IPython.display
 
     monkeypatch.setattr(IPython.display, "update_display", lambda obj, display_id: updates.append((obj, display_id)))
-    studio._display_id = "test-id"
+    studio.display_id = "test-id"
     studio.start()
     studio.wait(60)
     assert updates and updates[-1][1] == "test-id"
@@ -269,32 +269,90 @@ def test_wait_async(studio):
         studio.wait(10)
 
 
-def test_drawing_stays_within_its_budget(cnn, seven):
-    """A frame that costs 50 ms: after the first, frames are spaced so drawing stays within the budget."""
+class _FakeRun:
+    """What a Bridge reads of a Retrainer, stepped by hand."""
 
-    from retrain_widgets.core.history import History
-    from retrain_widgets.plots import LiveFigure
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.handlers, self.step, self.total_steps, self.model = {}, 0, 100_000, None
+        self.history = SimpleNamespace(version=0)
+        self.history.snapshot = lambda: SimpleNamespace(version=self.history.version)
+
+    def on(self, event, fn):
+        self.handlers.setdefault(event, []).append(fn)
+
+    def off(self, event, fn):
+        self.handlers[event].remove(fn)
+
+    @property
+    def progress(self):
+        return {"step": self.step, "total": self.total_steps, "epoch": 0, "epochs": 1, "steps_per_second": 0,
+                "eta": None, "stage": 0, "stages": 1}
+
+    def advance(self):
+        from retrain_widgets.core.events import Event, EventInfo
+
+        self.step += 1
+        self.history.version += 1
+        for event in (Event.STEP_END, Event.PUBLISH):
+            for fn in list(self.handlers.get(event, ())):
+                fn(EventInfo(event, self.step, 0))
+
+
+class _FakeView:
+    def __init__(self):
+        self.frames = []
+
+    def frozen_layers(self, model):
+        return []
+
+    def show_progress(self, step, total, text):
+        pass
+
+    def show_frame(self, png):
+        self.frames.append(png)
+
+    def show_state(self, run):
+        pass
+
+    def run_ended(self, run, png):
+        pass
+
+
+@pytest.mark.parametrize("budget,max_interval,bound", [(0.02, 4.0, "budget"), (0.001, 1.0, "max_interval")])
+def test_drawing_stays_within_its_budget(budget, max_interval, bound):
+    """On a fake clock (deterministic): steps of 10 ms for 4 s, each frame costs 50 ms. The first frame
+    comes at once; after it, frames are spaced so drawing stays within the budget, and never further
+    apart than ``max_interval`` (which wins over a tiny budget)."""
+    from retrain_widgets.widgets.bridge import Bridge
+
+    now = [0.0]
 
     class SlowFigure:
-        png = LiveFigure().render(History().snapshot())
-
         def render(self, snapshot, frozen=()):
-            time.sleep(0.05)
-            return self.png
+            now[0] += 0.05
+            return b"png %d" % snapshot.version
 
         render_final = render
 
-        def reset(self):
-            pass
-
-    s = RetrainStudio(cnn, seven.train, config=RunConfig(loss="bce", head_out=1, epochs=400), store=False)
-    s.figure = SlowFigure()
-    run = s.start()
-    time.sleep(4.0)
-    s.stop()
-    s.wait(10)
-    b = s.bridge
-    wall = b.step_times[1] - b._t0
-    assert b.frames >= 2  # live, not only the first frame
-    assert b.draw_seconds - b.first_frame_seconds <= b.budget * wall + 0.06  # at most one frame of slack
-    assert run.state == State.STOPPED
+    run, view = _FakeRun(), _FakeView()
+    b = Bridge(view, run, SlowFigure(), budget=budget, max_interval=max_interval, clock=lambda: now[0])
+    drawn_at = []
+    for _ in range(400):
+        now[0] += 0.01
+        frames = b.frames
+        run.advance()
+        if b.frames > frames:
+            drawn_at.append(now[0])
+    wall = now[0] - b.t0
+    assert drawn_at[0] == pytest.approx(0.06)  # the first frame at the first publish
+    assert b.frames == len(view.frames) >= 3  # live, not only the first frame
+    owed = b.draw_seconds - b.first_frame_seconds
+    if bound == "budget":
+        assert owed <= budget * wall + 0.05 + 1e-9  # at most one frame of slack
+    else:
+        assert owed > budget * wall + 0.05  # the plot may not stay still longer than max_interval
+    gaps = [later - earlier for earlier, later in zip(drawn_at, drawn_at[1:])]
+    assert min(gaps) >= b.min_interval and max(gaps) <= max_interval + 0.05 + 0.01 + 1e-9
+    assert wall - drawn_at[-1] <= max_interval + 0.01 + 1e-9

@@ -23,16 +23,39 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.engine import Retrainer
 from ..core.events import Event, EventInfo, State
-from ..plots import LiveFigure
 
 if TYPE_CHECKING:
-    from .studio import RetrainStudio
+    from torch import nn
 
-__all__ = ["Bridge"]
+    from ..core.history import HistorySnapshot
+
+__all__ = ["Bridge", "RunView", "Figure"]
+
+
+class RunView(Protocol):
+    """What the bridge needs of the dashboard (``RetrainStudio`` is one)."""
+
+    def frozen_layers(self, model: nn.Module) -> list[str]: ...
+
+    def show_progress(self, step: int, total: int, text: str) -> None: ...
+
+    def show_frame(self, png: bytes) -> None: ...
+
+    def show_state(self, run: Retrainer | None) -> None: ...
+
+    def run_ended(self, run: Retrainer, png: bytes) -> None: ...
+
+
+class Figure(Protocol):
+    """What the bridge needs of the live figure (``plots.LiveFigure`` is one)."""
+
+    def render(self, snapshot: HistorySnapshot, frozen: Any = ...) -> bytes: ...
+
+    def render_final(self, snapshot: HistorySnapshot, frozen: Any = ...) -> bytes: ...
 
 
 def _clock(seconds: float | None) -> str:
@@ -43,12 +66,12 @@ def _clock(seconds: float | None) -> str:
 
 
 class Bridge:
-    """Connects one :class:`Retrainer` to the studio's widgets for the length of a run.
+    """Connects one :class:`Retrainer` to a dashboard view for the length of a run.
 
     Parameters
     ----------
-    studio
-        The studio whose widgets it writes (progress, status, plot image, controls).
+    view
+        The dashboard it shows the run in (progress, state, frames): a :class:`RunView`.
     run
         The retrainer to follow.
     figure
@@ -61,12 +84,16 @@ class Bridge:
         Seconds between frames at the least (caps the frame rate at 1 / min_interval).
     max_interval
         Seconds between frames at the most, whatever the budget says.
+    clock
+        The wall clock (``time.perf_counter``); tests pass a fake one.
     """
 
-    def __init__(self, studio: RetrainStudio, run: Retrainer, figure: LiveFigure, budget: float = 0.02,
+    def __init__(self, view: RunView, run: Retrainer, figure: Figure, budget: float = 0.02,
                  min_interval: float = 0.25, max_interval: float = 4.0, progress_interval: float = 0.2,
-                 on_end: Callable[[Retrainer], None] | None = None) -> None:
-        self.studio, self.run, self.figure = studio, run, figure
+                 on_end: Callable[[Retrainer], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.view, self.run, self.figure = view, run, figure
+        self.clock = clock
         self.budget, self.min_interval, self.progress_interval = budget, min_interval, progress_interval
         self.max_interval = max_interval
         self.first_frame_seconds = 0.0
@@ -76,7 +103,7 @@ class Bridge:
         self.frame_seconds: list[float] = []
         self.step_times = [0.0, 0.0]  # wall clock at step 1 and at the latest step
         self.step_cpu_times = [0.0, 0.0]  # the training thread's CPU time, likewise
-        self._t0 = time.perf_counter()
+        self.t0 = clock()
         self._next_frame = 0.0
         self._next_progress = 0.0
         self._lock = threading.Lock()
@@ -105,7 +132,7 @@ class Bridge:
     @property
     def draw_share(self) -> float:
         """Share of wall time spent drawing since the run started."""
-        wall = time.perf_counter() - self._t0
+        wall = self.clock() - self.t0
         return self.draw_seconds / wall if wall > 0 else 0.0
 
     def progress_text(self) -> str:
@@ -120,7 +147,7 @@ class Bridge:
 
     # ------------------------------------------------------------------ event handlers (training thread)
     def _on_step(self, info: EventInfo) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         i = 0 if info.step == 1 else 1
         self.step_times[i] = now
         self.step_cpu_times[i] = time.thread_time()
@@ -129,7 +156,7 @@ class Bridge:
             self.update_progress()
 
     def _on_publish(self, info: EventInfo) -> None:
-        if time.perf_counter() >= self._next_frame:
+        if self.clock() >= self._next_frame:
             self.frame()
 
     def _on_epoch(self, info: EventInfo) -> None:
@@ -139,7 +166,7 @@ class Bridge:
     def _on_state(self, info: EventInfo) -> None:
         state: State = info.data["state"]
         self.update_progress()
-        self.studio._show_state(self.run)
+        self.view.show_state(self.run)
         if state == State.PAUSED:
             self.frame(force=True)
         if state.final:
@@ -147,24 +174,21 @@ class Bridge:
 
     # ------------------------------------------------------------------ drawing
     def update_progress(self) -> None:
-        s = self.studio
-        s.progress.max = max(1, self.run.total_steps)
-        s.progress.value = min(self.run.step, self.run.total_steps)
-        s.progress_label.value = self.progress_text()
+        self.view.show_progress(self.run.step, self.run.total_steps, self.progress_text())
 
     def frame(self, force: bool = False) -> None:
         """Draw one frame if the budget allows (or ``force``) and new data arrived."""
-        now = time.perf_counter()
+        now = self.clock()
         if not force and now < self._next_frame:
             return
         with self._lock:
             if not force and self.run.history.version == self._version:
                 return
-            t0 = time.perf_counter()
+            t0 = self.clock()
             snap = self.run.history.snapshot()
-            png = self.figure.render(snap, frozen=self.studio._frozen_layers(self.run.model))
-            self.studio.plot.value = png
-            cost = time.perf_counter() - t0
+            png = self.figure.render(snap, frozen=self.view.frozen_layers(self.run.model))
+            self.view.show_frame(png)
+            cost = self.clock() - t0
             self._version = snap.version
             self.frames += 1
             self.draw_seconds += cost
@@ -172,16 +196,16 @@ class Bridge:
             if self.frames == 1:
                 self.first_frame_seconds = cost
             owed = self.draw_seconds - self.first_frame_seconds
-            wait = max(self.min_interval, self._t0 + owed / self.budget - t0)
+            wait = max(self.min_interval, self.t0 + owed / self.budget - t0)
             self._next_frame = t0 + min(wait, self.max_interval)
 
     def final(self) -> None:
         """The end of the run: a careful last frame, kept as a static output too."""
         with self._lock:
             snap = self.run.history.snapshot()
-            png = self.figure.render_final(snap, frozen=self.studio._frozen_layers(self.run.model))
-            self.studio.plot.value = png
+            png = self.figure.render_final(snap, frozen=self.view.frozen_layers(self.run.model))
+            self.view.show_frame(png)
         self.detach()
-        self.studio._run_ended(self.run, png)
+        self.view.run_ended(self.run, png)
         if self.on_end is not None:
             self.on_end(self.run)

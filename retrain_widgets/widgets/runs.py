@@ -1,18 +1,22 @@
-"""The studio's "Runs" tab: every run from the same pretrained weights, compared and restorable."""
+"""The studio's "Runs" tab: every run from the same pretrained weights, compared and restorable.
+
+A thin view of a :class:`~retrain_widgets.headless.HeadlessStudio`; the what-if queue's topics
+(``queue``, ``queue_done``) reach it from the queue's thread, so it writes through
+:func:`~.writes.write`."""
 
 from __future__ import annotations
 
 import ast
-import html
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as W
 
-from ..core.compare import METRIC_COLUMNS, RunSummary, table, table_html
-from ..plots.compare import comparison_png
-
-if TYPE_CHECKING:
-    from .studio import RetrainStudio
+from ..comparison import table_html
+from ..core.comparison import METRIC_COLUMNS, RunSummary, table
+from ..headless import HeadlessStudio
+from ..plots.comparison import comparison_png
+from .binding import message_html
+from .writes import show, write
 
 __all__ = ["RunsPanel"]
 
@@ -23,7 +27,7 @@ class RunsPanel(W.VBox):
     """Table of runs (config fields that differ, final metrics), overlay, restore, delete,
     export as a script, and the what-if grid."""
 
-    def __init__(self, studio: RetrainStudio) -> None:
+    def __init__(self, studio: HeadlessStudio) -> None:
         super().__init__()
         self.studio = studio
         self.add_class("rw-runs")
@@ -76,6 +80,18 @@ class RunsPanel(W.VBox):
             self.message, self.figure, self.code,
         ]
         self._summaries: list[RunSummary] = []
+        studio.on("queue", self.say)
+        studio.on("queue_done", self.show_queued)
+
+    def say(self, text: str, error: bool = False) -> None:
+        """A message under the what-if grid (plain text, ```code``` spans)."""
+        write(self.message, value=message_html(text, error))
+
+    def show_queued(self, keys: list[str]) -> None:
+        """The what-if queue ended: its runs selected, and overlaid when there are any."""
+        self.refresh(select=keys)
+        if keys:
+            self.overlay()
 
     # ------------------------------------------------------------------ data
     def summaries(self) -> list[RunSummary]:
@@ -85,8 +101,8 @@ class RunsPanel(W.VBox):
         """Re-read the runs and redraw the table."""
         self._summaries = self.summaries()
         if not self._summaries:
-            self.table.value = "<i>no runs yet: press Start, or run what-ifs below.</i>"
-            self.select.options = []
+            write(self.table, value="<i>no runs yet: press Start, or run what-ifs below.</i>")
+            write(self.select, options=())
             return
         columns, _ = table(self._summaries)
         sortable = [c for c in columns if c != "state"]
@@ -94,23 +110,22 @@ class RunsPanel(W.VBox):
             "val_metric" if "val_metric" in sortable else sortable[0])
         self._refreshing = True
         try:
-            if tuple(self.sort_by.options) != tuple(sortable):
-                self.sort_by.options = sortable
-            self.sort_by.value = current
+            write(self.sort_by, options=tuple(sortable))
+            write(self.sort_by, value=current)
         finally:
             self._refreshing = False
         descending = self.descending.value if current in ("val_metric", "old_metric") else not self.descending.value
         if current not in METRIC_COLUMNS:
             descending = False
         columns, rows = table(self._summaries, current, descending)
-        self.table.value = table_html(columns, rows)
+        write(self.table, value=table_html(columns, rows))
         keys = [self._key(s) for s in self._summaries]
         by_key = {self._key(s): s for s in self._summaries}
         ordered = [next(k for k in keys if by_key[k].name == r["run"] and (by_key[k].id == r["id"])) for r in rows]
         options = [(f"{by_key[k].name} · {by_key[k].state}", k) for k in ordered]
         keep = [k for k in (select if select is not None else self.select.value) if k in keys]
-        self.select.options = options
-        self.select.value = tuple(keep)
+        write(self.select, options=tuple(options))
+        write(self.select, value=tuple(keep))
 
     @staticmethod
     def _key(s: RunSummary) -> str:
@@ -127,45 +142,43 @@ class RunsPanel(W.VBox):
             self.refresh(select=keys)
         chosen = self._selected()
         if not chosen:
-            self.message.value = "select one or more runs to overlay."
+            self.say("select one or more runs to overlay.")
             return None
         png = comparison_png(chosen)
-        self.figure.value = png
-        self.figure.layout.display = ""
-        self.message.value = f"overlay of {len(chosen)} run{'s' if len(chosen) > 1 else ''}."
+        write(self.figure, value=png)
+        show(self.figure, True)
+        self.say(f"overlay of {len(chosen)} run{'s' if len(chosen) > 1 else ''}.")
         return png
 
     def _restore(self) -> None:
         chosen = self._selected()
         if len(chosen) != 1:
-            self.message.value = "select exactly one run to restore."
+            self.say("select exactly one run to restore.")
             return
         self.studio.restore(self._key(chosen[0]))
-        self.message.value = (f"restored {html.escape(chosen[0].name)}: its weights are <code>studio.model</code>, "
-                              f"its config is the studio's.")
+        self.say(f"restored {chosen[0].name}: its weights are `studio.model`, its config is the studio's.")
 
     def _delete(self) -> None:
         chosen = self._selected()
         if not chosen:
-            self.message.value = "select the runs to delete."
+            self.say("select the runs to delete.")
             return
         for s in chosen:
             self.studio.delete_run(self._key(s))
-        self.message.value = f"deleted {len(chosen)} run{'s' if len(chosen) > 1 else ''}."
+        self.say(f"deleted {len(chosen)} run{'s' if len(chosen) > 1 else ''}.")
         self.refresh()
 
     def _show_code(self) -> None:
         chosen = self._selected()
         key = self._key(chosen[0]) if len(chosen) == 1 else None
         try:
-            self.code.value = self.studio.code(key)
+            write(self.code, value=self.studio.code(key))
         except ValueError as exc:
-            self.message.value = f"<span style='color:#cf222e'>✗ {html.escape(str(exc), quote=False)}</span>"
+            self.say(f"✗ {exc}", error=True)
             return
-        self.code.layout.display = ""
+        show(self.code, True)
         what = chosen[0].name if key else "the current config"
-        self.message.value = (f"{html.escape(what)} as a standalone PyTorch script (also runs under "
-                              f"<code>torchrun --nproc_per_node=N</code>).")
+        self.say(f"{what} as a standalone PyTorch script (also runs under `torchrun --nproc_per_node=N`).")
 
     def _what_if(self) -> None:
         text = self.grid.value.strip() or _GRID_HINT
@@ -173,4 +186,4 @@ class RunsPanel(W.VBox):
             grid: Any = ast.literal_eval(text)
             self.studio.what_if(grid)
         except (ValueError, SyntaxError) as exc:
-            self.message.value = f"<span style='color:#cf222e'>✗ what-if grid: {html.escape(str(exc), quote=False)}</span>"
+            self.say(f"✗ what-if grid: {exc}", error=True)

@@ -1,13 +1,25 @@
-"""Waiting without freezing the widgets.
+"""Waiting without freezing the widgets: the one module that touches ipykernel's internals.
 
 A cell that blocks (``thread.join()``) queues every click until it ends, so a Stop button does
-nothing while a notebook waits for a run. :func:`wait_while` keeps handling the kernel's widget
-(comm) messages while it waits.
+nothing while a notebook waits for a run. :func:`ui_events` (``jupyter_ui_poll``'s API) and
+:func:`wait_while` keep handling the kernel's widget (comm) messages while the cell waits.
+:func:`ui_events` picks the technique for the kernel at hand:
 
-``jupyter_ui_poll`` does this on ipykernel 6 by calling ``kernel.do_one_iteration()``; ipykernel 7
-removed that method (shell messages now arrive through a ZMQ stream fed by a "Shell channel"
-thread) and ``jupyter_ui_poll`` swallows the ``AttributeError``, so its ``poll()`` silently does
-nothing there. The technique here, for ipykernel >= 7:
+- **ipykernel 6** (``kernel.do_one_iteration`` exists): ``jupyter_ui_poll`` when installed. It
+  runs one iteration of the kernel's shell loop per poll, holds back ``execute_request``
+  messages and replays them when the cell ends. Without it the wait simply waits.
+- **ipykernel >= 7** (``kernel.shell_main`` exists): :class:`UIEvents`, below. ``jupyter_ui_poll``
+  1.1.0 (re-checked; its ipykernel-7 change only disables the kernel's ``_main_asyncio_lock``) still
+  calls ``kernel.do_one_iteration()``, which ipykernel 7 removed (shell messages now arrive through
+  a ZMQ stream fed by a "Shell channel" thread), and swallows the ``AttributeError``: its
+  ``poll()`` silently does nothing there, and a click waits for the cell to end
+  (``tests/browser/test_ui_poll.py`` shows both).
+- **no kernel**, or headless (nbclient, nbval: nothing sends comm messages): a plain wait.
+
+An async alternative needs none of this: ``await studio.wait_async()`` lets ipykernel 7 handle
+clicks while the cell awaits.
+
+:class:`UIEvents` on ipykernel >= 7:
 
 1. Read the main shell's pending messages straight from its socket
    (``ipykernel.eventloops.get_shell_stream(kernel).socket``, non-blocking). The kernel's event
@@ -22,20 +34,27 @@ nothing there. The technique here, for ipykernel >= 7:
    ``kernel.io_loop.add_callback(shell_main, frames)`` when the wait ends; they queue on the main
    shell's lock, still held by the running cell, so they run after it, in order.
 
-On ipykernel 6 ``jupyter_ui_poll`` is used when installed. Headless (nbclient, nbval) nothing
-sends comm messages and the wait simply waits; outside a kernel it is a plain wait. An async
-alternative needs none of this: ``await studio.wait_async()`` lets ipykernel 7 handle clicks
-while the cell awaits.
+ipykernel names this module uses (public ones, then private ones, which may change in any
+release; the browser test runs it on each supported ipykernel major):
+
+- public: ``kernel.shell_main``, ``kernel.shell_handlers``, ``kernel.session``,
+  ``kernel.set_parent`` / ``get_parent``, ``kernel.io_loop``, ``kernel.shell_stream``,
+  ``kernel.shell_channel_thread.manager.get_subshell_to_shell_channel_socket``,
+  ``ipykernel.eventloops.get_shell_stream``;
+- private: ``kernel._supports_kernel_subshells`` (where to send replies),
+  ``kernel._parent_ident`` (the cell's shell parent, restored after each comm message) and
+  ``ipykernel.utils._async_in_context`` (how the kernel itself schedules ``shell_main``).
 """
 
 from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
+
+from ..headless import plain_wait_while
 
 __all__ = ["UIEvents", "ui_events", "wait_while"]
 
@@ -171,16 +190,19 @@ class UIEvents:
         self.replay()
 
 
-def ui_events(kernel: Any | None = None) -> UIEvents:
-    """``with ui_events() as poll: while busy: poll(10); time.sleep(0.05)``: jupyter_ui_poll's API."""
+def ui_events(kernel: Any | None = None) -> Any:
+    """``with ui_events() as poll: while busy: poll(10); time.sleep(0.05)``: jupyter_ui_poll's API,
+    with the technique that works on this kernel (see the module's text)."""
+    kernel = kernel if kernel is not None else _current_kernel()
+    if kernel is not None and not hasattr(kernel, "shell_main") and hasattr(kernel, "do_one_iteration"):
+        legacy = _jupyter_ui_poll()
+        if legacy is not None:
+            return legacy
     return UIEvents(kernel)
 
 
-def _legacy_ui_events() -> Any | None:
-    """jupyter_ui_poll's context on kernels that still have ``do_one_iteration`` (ipykernel 6)."""
-    kernel = _current_kernel()
-    if kernel is None or not hasattr(kernel, "do_one_iteration"):
-        return None
+def _jupyter_ui_poll() -> Any | None:
+    """jupyter_ui_poll's context, when it is installed (ipykernel 6)."""
     try:
         from jupyter_ui_poll import ui_events as legacy
     except ImportError:
@@ -190,12 +212,5 @@ def _legacy_ui_events() -> Any | None:
 
 def wait_while(busy: Callable[[], bool], timeout: float | None = None, interval: float = 0.05) -> bool:
     """Wait while ``busy()`` is true, handling widget events; True when it became false in time."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    context = _legacy_ui_events() or ui_events()
-    with context as poll:
-        while busy():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            poll(10)
-            time.sleep(interval)
-    return True
+    with ui_events() as poll:
+        return plain_wait_while(busy, timeout, interval, poll=lambda: poll(10))

@@ -44,6 +44,24 @@ CHROMIUM_ARGS = [
 ]
 JUPYTER = Path(sys.executable).parent / "jupyter"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+# A second ipykernel major for the kernels of the browser tests: a folder that holds ipykernel 6 (made
+# with `pip install --no-deps --target DIR "ipykernel<7" nest_asyncio`); it goes first on the kernel's
+# PYTHONPATH, so the venv's other packages serve it. Unset: the tests on that kernel are skipped.
+IPYKERNEL6_DIR = os.environ.get("RETRAIN_WIDGETS_IPYKERNEL6", "")
+IPYKERNEL6 = "python3-ipykernel6"
+
+
+def write_kernelspecs(data_dir: Path) -> None:
+    """The ipykernel-6 kernelspec (when ``IPYKERNEL6_DIR`` is set) under ``data_dir/kernels``."""
+    if not IPYKERNEL6_DIR:
+        return
+    spec = data_dir / "kernels" / IPYKERNEL6
+    spec.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join(p for p in (IPYKERNEL6_DIR, os.environ.get("PYTHONPATH", "")) if p)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (ipykernel 6)", "language": "python", "env": {"PYTHONPATH": path},
+    }))
 
 # JupyterLab's news pop-up and update check (also written by ./dev): they cover widgets, need network.
 LAB_OVERRIDES = {
@@ -128,12 +146,14 @@ class JupyterServer:
             pytest.fail(f"browser tests: no jupyter executable at {JUPYTER} (install the 'test' extra)")
         ensure_lab_overrides()
         state = self.state_dir = Path(tempfile.mkdtemp(prefix=f"rw-jupyter-{self.app}-state-"))
+        write_kernelspecs(state / "data")
         env = dict(os.environ)
         env.update(
             JUPYTER_CONFIG_DIR=str(state / "config"),  # no user config, settings or workspaces
             JUPYTER_RUNTIME_DIR=str(state / "runtime"),
             IPYTHONDIR=str(state / "ipython"),  # no user startup files in the kernels
             JUPYTER_PLATFORM_DIRS="1",
+            JUPYTER_PATH=str(state / "data"),  # kernelspecs of the tests (write_kernelspecs)
             PYTHONUNBUFFERED="1",
         )
         cmd = [
@@ -254,12 +274,12 @@ class JupyterServer:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_notebook(path: Path, cells: Iterable[str]) -> Path:
-    """Write a notebook of code ``cells`` with a python3 kernelspec (no kernel picker dialog)."""
+def write_notebook(path: Path, cells: Iterable[str], kernel: str = "python3") -> Path:
+    """Write a notebook of code ``cells`` with the ``kernel`` kernelspec (no kernel picker dialog)."""
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.metadata["kernelspec"] = {**KERNELSPEC, "name": kernel}
     nb.metadata["language_info"] = {"name": "python"}
     nb.cells = [nbformat.v4.new_code_cell(src) for src in cells]
     path.parent.mkdir(parents=True, exist_ok=True)

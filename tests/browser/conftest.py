@@ -88,13 +88,15 @@ def browser(artifacts_dir: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def notebook_file(jupyter_root: Path, request: pytest.FixtureRequest) -> Callable[..., str]:
-    """``notebook_file(cells, name=None, extra_files=())`` writes a notebook into the server root and
-    returns its name (relative path). ``extra_files`` are copied next to it (e.g. a helper module)."""
+    """``notebook_file(cells, name=None, extra_files=(), kernel="python3")`` writes a notebook into the
+    server root and returns its name (relative path). ``extra_files`` are copied next to it (e.g. a
+    helper module)."""
 
-    def make(cells: Iterable[str], name: str | None = None, extra_files: Iterable[Path] = ()) -> str:
+    def make(cells: Iterable[str], name: str | None = None, extra_files: Iterable[Path] = (),
+             kernel: str = "python3") -> str:
         if name is None:
             name = "".join(c if c.isalnum() else "_" for c in request.node.name) + ".ipynb"
-        write_notebook(jupyter_root / name, cells)
+        write_notebook(jupyter_root / name, cells, kernel=kernel)
         for f in extra_files:
             shutil.copy(f, jupyter_root / Path(f).name)
         return name

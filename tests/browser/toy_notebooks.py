@@ -49,6 +49,7 @@ from {module} import ui_events
 kernel = get_ipython().kernel
 print("kernel has do_one_iteration:", hasattr(kernel, "do_one_iteration"))
 t0 = time.monotonic()
+print("waiting", flush=True)
 with ui_events() as poll:
     while not stop_flag.is_set():
         poll(10)
@@ -59,6 +60,7 @@ print(f"wait ended after {{time.monotonic() - t0:.1f}} s, stopped by {{reason['b
 _WAIT_ASYNC = """\
 import asyncio
 t0 = time.monotonic()
+print("waiting", flush=True)
 while not stop_flag.is_set():
     await asyncio.sleep(0.05)
 print(f"wait ended after {time.monotonic() - t0:.1f} s, stopped by {reason['by']}")
@@ -70,6 +72,8 @@ WAITS = {
     "uipoll": _WAIT_SYNC.format(module="retrain_widgets.widgets.uipoll"),
     "async": _WAIT_ASYNC,
 }
+# jupyter_ui_poll itself, to see what it does on the kernel at hand (not a way the package waits)
+JUPYTER_UI_POLL_WAIT = _WAIT_SYNC.format(module="jupyter_ui_poll")
 
 
 def toy_cell(limit: int = 2500) -> str:

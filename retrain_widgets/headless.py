@@ -1,0 +1,585 @@
+"""``HeadlessStudio``: the studio's state and behaviour, without any widget.
+
+Everything the dashboard does lives here, in plain Python (no ipywidgets, no IPython): the
+run's :class:`RunConfig`, the working copy that the layer tree and the loss check look at, the
+runs and the current one, the what-if queue, the run store, the loss check, the LR preview, the
+LR finder, restore / delete / export, and waiting. :class:`~retrain_widgets.RetrainStudio` is a
+set of thin views bound to one of these; scripts and tests can drive it directly.
+
+Views learn of changes through topics (``studio.on(topic, fn)``); each ``fn`` gets the
+arguments listed here, and may be called from the what-if queue's thread:
+
+========== =================================== ==============================================
+topic      arguments                           when
+========== =================================== ==============================================
+config     ``old, new`` (RunConfig)            the config changed (before the checks rerun)
+work       (none)                              the working copy or its freezing changed
+loss_check ``LossVerdict``                     the loss was checked on one batch
+preview    ``Preview``                         the LR preview was redrawn (or refused)
+lr_find    ``result, png``                     the LR finder ran
+status     ``text, error``                     a one-line message (plain text, ```code```)
+error      ``exception or None``               a run or an action failed (None: clear it)
+run        ``run``                             a run was made and is about to start
+run_failed ``run``                             that run refused to start
+state      ``run or None``                     show this run's state (None: idle)
+plot       ``png``                             the main figure was redrawn (reset, restore)
+reset      (none)                              back to the pretrained weights (no progress)
+queue      ``text, error``                     what-if progress
+queue_done ``keys``                            the what-if queue ended; keys of its runs
+focus      ``"loss"`` or ``"runs"``            the part of the dashboard to look at now
+========== =================================== ==============================================
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .core import losses, schedules
+from .core.batches import Forward, default_forward, first_batch, logits_of
+from .core.builder import build_model, count_steps
+from .core.comparison import RunSummary, grid_variants
+from .core.config import RunConfig
+from .core.engine import Retrainer
+from .core.events import State
+from .core.history import History
+from .core.losses import LossMismatchError
+from .core.store import RunStore
+from .core.tree import (
+    find_head_or_none,
+    freeze,
+    frozen_complement,
+    get_module,
+    parameterised_layers,
+    replace_head,
+    unfreeze,
+)
+from .plots import LiveFigure, lr_finder_png, lr_preview_png
+from .runbook import RunBook, WhatIfQueue
+
+__all__ = ["HeadlessStudio", "LossVerdict", "Preview", "STRATEGIES", "plain_wait_while"]
+
+STRATEGIES = ("custom", "head only", "full", "gradual")
+TOPICS = frozenset({"config", "work", "loss_check", "preview", "lr_find", "status", "error", "run", "run_failed",
+                    "state", "plot", "reset", "queue", "queue_done", "focus"})
+
+
+@dataclass(frozen=True)
+class LossVerdict:
+    """The loss check on one batch: ``ok``, a one-line ``text``, the head size that would fix it
+    and the mismatch itself."""
+
+    ok: bool
+    text: str
+    fix: int | None = None
+    mismatch: LossMismatchError | None = None
+
+
+def loss_verdict(forward: Forward, model: nn.Module, batch: Callable[[], Any], cfg: RunConfig) -> LossVerdict:
+    """Run ``cfg``'s loss on one batch (``batch()``) through ``model`` (in eval mode, without
+    gradients)."""
+    was = model.training
+    model.eval()
+    kwargs = cfg.loss_kwargs if isinstance(cfg.loss, str) else {}
+    try:
+        with torch.no_grad():
+            outputs, targets = forward(model, batch())
+            logits = logits_of(outputs)
+            losses.check_compatibility(logits, targets, cfg.loss, **kwargs)
+    except LossMismatchError as exc:
+        return LossVerdict(False, str(exc), exc.head_out, exc)
+    except Exception as exc:  # noqa: BLE001 - user model/forward code: shown, not raised
+        return LossVerdict(False, f"could not run one batch: {type(exc).__name__}: {exc}")
+    finally:
+        model.train(was)
+    is_tensor = isinstance(targets, torch.Tensor)
+    shape_t = tuple(targets.shape) if is_tensor else "?"
+    dtype_t = str(targets.dtype).replace("torch.", "") if is_tensor else ""
+    name = cfg.loss if isinstance(cfg.loss, str) else "custom loss"
+    return LossVerdict(True, f"'{name}' fits: outputs {tuple(logits.shape)}, targets {shape_t} {dtype_t}")
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The LR preview: the PNG (``None`` when the schedule was refused) and a note under it."""
+
+    png: bytes | None
+    note: str
+    error: bool = False
+
+
+def plain_wait_while(busy: Callable[[], bool], timeout: float | None = None, interval: float = 0.05,
+                     poll: Callable[[], Any] | None = None) -> bool:
+    """Wait while ``busy()``, calling ``poll()`` (if given) every ``interval`` seconds; True when it
+    became false within ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while busy():
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        if poll is not None:
+            poll()
+        time.sleep(interval)
+    return True
+
+
+def open_store(store: RunStore | str | os.PathLike[str] | None | bool) -> RunStore | None:
+    """``False``: no store; ``None``/``True``: ``.retrain_runs/`` here; a folder or a RunStore."""
+    if store is False:
+        return None
+    if isinstance(store, RunStore):
+        return store
+    return RunStore(".retrain_runs" if store is None or store is True else store)
+
+
+class HeadlessStudio:
+    """The dashboard's model: the same parameters as :class:`~retrain_widgets.RetrainStudio`, plus
+    ``cell`` (the notebook cell that made it: re-running that cell stops the older studio's run)."""
+
+    _live: ClassVar[weakref.WeakSet[HeadlessStudio]] = weakref.WeakSet()
+
+    def __init__(self, model: nn.Module, train: Iterable[Any], val: Iterable[Any] | None = None,
+                 old_val: Iterable[Any] | None = None, *, config: RunConfig | None = None,
+                 forward: Forward | None = None, teacher: nn.Module | None = None, title: str | None = None,
+                 store: RunStore | str | os.PathLike[str] | None | bool = None,
+                 code: dict[str, str] | None = None, cell: str | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.cell = cell
+        self.stop_older(model)
+        HeadlessStudio._live.add(self)
+        self.pretrained = model
+        self.train_loader, self.val_loader, self.old_val_loader = train, val, old_val
+        self.forward: Forward = forward or default_forward
+        self.teacher = teacher
+        self._config = (copy.copy(config) if config is not None else RunConfig()).validate()
+        self.run: Retrainer | None = None
+        self.mismatch: LossMismatchError | None = None
+        self.lr_suggestion: float | None = None
+        self.book = RunBook(open_store(store), model)
+        self.queue = WhatIfQueue(self)
+        self.code_hints = code
+        self.title = title or type(model).__name__
+        self.figure = LiveFigure(title=self.title)
+        self.wait_while: Callable[..., bool] = plain_wait_while
+        self._listeners: dict[str, list[Callable[..., Any]]] = {}
+        self._probe_batch: Any = None
+        self._layers: dict[int, list[tuple[str, list[nn.Parameter]]]] = {}
+        self._restored: tuple[str, nn.Module] | None = None
+        self.work = self.working_copy()
+
+    # ================================================================== topics
+    def on(self, topic: str, fn: Callable[..., Any]) -> None:
+        """Call ``fn`` on ``topic`` (see the module's table)."""
+        if topic not in TOPICS:
+            raise ValueError(f"unknown studio topic {topic!r}; known: {', '.join(sorted(TOPICS))}")
+        self._listeners.setdefault(topic, []).append(fn)
+
+    def emit(self, topic: str, *args: Any) -> None:
+        for fn in self._listeners.get(topic, ()):
+            fn(*args)
+
+    def status(self, text: str, error: bool = False) -> None:
+        self.emit("status", text, error)
+
+    def refresh(self) -> None:
+        """Re-announce everything views show: the working copy, the loss check, the preview, the plot."""
+        self.refresh_work()
+        self.check_loss()
+        self.update_preview()
+        self.emit("plot", self.figure.render(History().snapshot()))
+        self.emit("state", None)
+
+    # ================================================================== config
+    @property
+    def config(self) -> RunConfig:
+        """The run's configuration; assigning one (validated) updates every view."""
+        return self._config
+
+    @config.setter
+    def config(self, value: RunConfig) -> None:
+        if not isinstance(value, RunConfig):
+            raise ValueError(f"studio.config must be a RunConfig, got {type(value).__name__}")
+        self._change(copy.copy(value).validate())
+
+    def set(self, **changes: Any) -> RunConfig:
+        """Change config fields (validated), as the controls do. Returns the new config."""
+        return self._change(self._config.replace(**changes))
+
+    def _change(self, new: RunConfig) -> RunConfig:
+        old, self._config = self._config, new
+        self.emit("config", old, new)
+        diff = old.diff(new)
+        if {"head", "head_out", "seed"} & diff.keys():
+            self.work = self.working_copy()
+            self.refresh_work()
+        elif {"frozen", "train_bn"} & diff.keys():
+            self.refresh_work()
+        if {"loss", "loss_kwargs", "head", "head_out"} & diff.keys():
+            self.check_loss()
+        if {"schedule", "schedule_kwargs", "epochs", "max_steps", "lr"} & diff.keys():
+            self.update_preview()
+        run = self.run
+        if run is not None and run.state.active:
+            self.apply_live(run, old, new, diff)
+        return new
+
+    def apply_live(self, run: Retrainer, old: RunConfig, new: RunConfig, diff: dict[str, Any]) -> None:
+        """Changes that a running run takes at its next step boundary: freezing and LR."""
+        notes = []
+        if "frozen" in diff:
+            removed = [n for n in old.frozen if n not in new.frozen]
+            added = [n for n in new.frozen if n not in old.frozen]
+            if removed:
+                run.unfreeze(removed)
+            if added:
+                run.freeze(added)
+            notes.append("freezing")
+        if "lr" in diff:
+            run.set_lr(new.lr)
+            notes.append("learning rate")
+        rest = set(diff) - {"frozen", "lr"}
+        text = f"applied to the running run: {', '.join(notes)}. " if notes else ""
+        if rest:
+            text += f"{', '.join(sorted(rest))}: takes effect at the next Start."
+        self.status(text)
+
+    def strategy_of(self, cfg: RunConfig | None = None) -> str:
+        """Which of :data:`STRATEGIES` ``cfg`` (default: the config) amounts to."""
+        cfg = cfg or self._config
+        if cfg.gradual:
+            return "gradual"
+        if not cfg.frozen:
+            return "full"
+        head = self.head_name()
+        if head is not None and sorted(cfg.frozen) == sorted(frozen_complement(self.work, [head])):
+            return "head only"
+        return "custom"
+
+    def strategy_changes(self, strategy: str) -> dict[str, Any]:
+        """The config changes that pick ``strategy``."""
+        if strategy == "full":
+            return {"frozen": [], "gradual": False}
+        if strategy == "head only":
+            head = self.head_name()
+            return {"frozen": frozen_complement(self.work, [head] if head else []), "gradual": False}
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown training strategy {strategy!r}; pick one of {', '.join(STRATEGIES)}")
+        return {"gradual": strategy == "gradual"}
+
+    # ================================================================== the working copy
+    def working_copy(self) -> nn.Module:
+        """A copy of the pretrained model with the config's head, for the tree and the checks
+        (:func:`~retrain_widgets.core.builder.build_model`, freezing left to :meth:`refresh_work`)."""
+        try:
+            return build_model(self.pretrained, self._config, apply_freezing=False).model
+        except ValueError as exc:  # head_out on a model without a Linear head: shown, the model kept
+            self.status(f"✗ {exc}", error=True)
+            torch.manual_seed(self._config.seed)
+            return copy.deepcopy(self.pretrained)
+
+    def refresh_work(self) -> None:
+        """Apply the config's freezing to the working copy."""
+        unfreeze(self.work)
+        if self._config.frozen:
+            try:
+                freeze(self.work, self._config.frozen, train_bn=self._config.train_bn)
+            except ValueError as exc:
+                self.status(f"✗ {exc}", error=True)
+        self.emit("work")
+
+    def head_name(self) -> str | None:
+        return self._config.head or find_head_or_none(self.work)
+
+    def head_outputs(self) -> Any:
+        """Outputs of the working copy's head (``"?"`` when there is no head to read)."""
+        head = self.head_name()
+        return getattr(get_module(self.work, head), "out_features", "?") if head else "?"
+
+    # ================================================================== loss check
+    def probe_batch(self) -> Any:
+        """The first training batch (read once), for the loss check."""
+        if self._probe_batch is None:
+            device = next((p.device for p in self.pretrained.parameters()), torch.device("cpu"))
+            self._probe_batch = first_batch(self.train_loader, device)
+        return self._probe_batch
+
+    def check_loss(self) -> LossMismatchError | None:
+        """Run the loss on one batch through the working model; announce the verdict.
+
+        Returns the mismatch (also kept in :attr:`mismatch`), or ``None`` when it fits.
+        """
+        verdict = loss_verdict(self.forward, self.work, self.probe_batch, self._config)
+        self.mismatch = verdict.mismatch
+        self.emit("loss_check", verdict)
+        return self.mismatch
+
+    def replace_head(self) -> None:
+        """Take the head size the loss check asks for."""
+        if self.mismatch is not None and self.mismatch.head_out is not None:
+            self.set(head_out=self.mismatch.head_out)
+
+    # ================================================================== schedule preview, LR finder
+    def total_steps(self) -> int:
+        """Optimizer steps of a run with the current config (:func:`~retrain_widgets.core.builder.count_steps`;
+        ``max_steps`` or 1 for a loader that cannot tell)."""
+        try:
+            return count_steps(self.train_loader, self._config)
+        except ValueError:
+            return self._config.max_steps or 1
+
+    def update_preview(self) -> Preview:
+        """Redraw the LR preview of the chosen schedule over the run's steps."""
+        cfg = self._config
+        total = self.total_steps()
+        try:
+            lrs = schedules.preview(cfg.schedule, total, cfg.lr, **cfg.schedule_kwargs)
+        except ValueError as exc:
+            preview = Preview(None, str(exc), error=True)
+        else:
+            note = f"LR from {lrs[0]:.2e} to {lrs[-1]:.2e}, peak {max(lrs):.2e}."
+            if schedules.get(cfg.schedule).metric_driven:
+                note += (" Metric-driven: the LR drops when the validation loss stops improving, so the "
+                         "preview is flat.")
+            preview = Preview(lr_preview_png(lrs, title=f"{cfg.schedule}: LR over {total:,} steps"), note)
+        self.emit("preview", preview)
+        return preview
+
+    def find_lr(self, **kwargs: Any) -> Any:
+        """Run the LR range test on a copy of the model with the current config."""
+        self.status("running the LR finder…")
+        try:
+            r = Retrainer(self.pretrained, self._config, self.train_loader, forward=self.forward)
+            result = r.lr_find(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - shown in the views
+            self.emit("error", exc)
+            return None
+        self.lr_suggestion = result.suggestion
+        self.emit("lr_find", result, lr_finder_png(result))
+        self.status(f"LR finder: steepest descent at {result.suggestion:.2e} (minimum / 10: "
+                    f"{result.min_lr_div10:.2e}).")
+        return result
+
+    def use_lr_suggestion(self) -> None:
+        if self.lr_suggestion is not None:
+            self.set(lr=min(1.0, self.lr_suggestion))
+
+    # ================================================================== run control
+    def start(self, config: RunConfig | None = None, name: str | None = None) -> Retrainer | None:
+        """Start a run from the pretrained weights (returns at once).
+
+        Uses the studio's config, or ``config`` for this run only (what-ifs); ``name`` labels
+        it among the runs. Returns the run, or ``None`` when it could not start (the reason is
+        announced on ``error``).
+        """
+        if self.run is not None and self.run.state.active:
+            self.status("a run is already going: Stop it first.", error=True)
+            return None
+        self.emit("error", None)
+        cfg = self._config if config is None else config
+        try:
+            run = Retrainer(self.pretrained, cfg, self.train_loader, self.val_loader, self.old_val_loader,
+                            forward=self.forward, teacher=self.teacher)
+        except Exception as exc:  # noqa: BLE001 - shown in the views
+            self.emit("error", exc)
+            return None
+        self.figure.reset()
+        self._layers = {id(run.model): parameterised_layers(run.model)}
+        self.run, self._restored = run, None
+        self.book.name(run, name or self.default_name(cfg))
+        self.emit("run", run)
+        try:
+            run.start()
+        except Exception as exc:  # noqa: BLE001 - mismatches and bad loaders: shown in the views
+            self.emit("run_failed", run)
+            self.run = self.runs[-1] if self.runs else None
+            self.emit("error", exc)
+            if isinstance(exc, LossMismatchError):
+                self.mismatch = exc
+                self.emit("focus", "loss")
+            self.emit("state", self.run)
+            return None
+        self.book.add(run)
+        return run
+
+    def default_name(self, cfg: RunConfig) -> str:
+        strategy = self.strategy_of(cfg)
+        if strategy == "custom":
+            strategy = f"frozen {', '.join(cfg.frozen)}" if cfg.frozen else "full"
+        loss = cfg.loss if isinstance(cfg.loss, str) else getattr(cfg.loss, "__name__", "custom")
+        extras = [x for x, on in (("distill", cfg.distill is not None), (f"l2sp {cfg.l2sp:g}", cfg.l2sp > 0)) if on]
+        return " · ".join([f"#{len(self.runs) + 1} {loss}", strategy, f"lr {cfg.lr:g}", cfg.schedule, *extras])
+
+    def pause(self) -> None:
+        if self.run is not None:
+            self.run.pause()
+
+    def resume(self) -> None:
+        if self.run is not None:
+            self.run.resume()
+
+    def toggle_pause(self) -> None:
+        """Pause a running run, resume a paused one."""
+        if self.run is not None:
+            (self.run.resume if self.run.state == State.PAUSED else self.run.pause)()
+
+    def stop(self) -> None:
+        """Stop the run at its next step boundary (and any queued what-ifs)."""
+        self.queue.stop()
+        if self.run is not None:
+            self.run.stop()
+
+    def reset(self) -> None:
+        """Back to the pretrained weights: stop any run and forget its trained model."""
+        run = self.run
+        if run is not None and run.state.active:
+            run.stop()
+            run.join(10)
+        self.run, self._restored = None, None
+        self.emit("reset")
+        self.figure.reset()
+        self.emit("plot", self.figure.render(History().snapshot()))
+        self.emit("error", None)
+        self.work = self.working_copy()
+        self.refresh_work()
+        self.emit("state", None)
+        self.status("reset: the next Start trains from the pretrained weights.")
+
+    def busy(self) -> bool:
+        """A run or the what-if queue is going."""
+        run = self.run
+        return self.queue.alive() or (run is not None and run.running)
+
+    def wait(self, timeout: float | None = None) -> History | None:
+        """Block until the current run (and any queued what-ifs) ends, through :attr:`wait_while`
+        (the dashboard's handles clicks meanwhile). Returns the run's history (``None`` without a
+        run); raises ``TimeoutError`` after ``timeout`` seconds."""
+        if self.run is None and not self.queue.used:
+            return None
+        if not self.wait_while(self.busy, timeout):
+            run = self.run
+            raise TimeoutError(f"still running after {timeout} s" + (f" (step {run.step})" if run else ""))
+        return self.history
+
+    async def wait_async(self, timeout: float | None = None) -> History | None:
+        """``await studio.wait_async()``: the same as :meth:`wait` for async cells."""
+        import asyncio
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.busy():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"still running after {timeout} s")
+            await asyncio.sleep(0.05)
+        return self.history
+
+    @property
+    def history(self) -> History | None:
+        return self.run.history if self.run is not None else None
+
+    @property
+    def model(self) -> nn.Module:
+        """The restored run's model (after :meth:`restore`), else the latest run's trained model,
+        else the pretrained one."""
+        if self._restored is not None:
+            return self._restored[1]
+        return self.run.model if self.run is not None else self.pretrained
+
+    def frozen_layers(self, model: nn.Module) -> list[str]:
+        """Names of ``model``'s parameterised layers that are wholly frozen now (for the plots)."""
+        layers = self._layers.get(id(model)) or parameterised_layers(model)
+        return [name for name, params in layers if not any(p.requires_grad for p in params)]
+
+    def stop_older(self, model: nn.Module) -> None:
+        """Re-running the cell that made a studio (or a new studio on the same model) stops the
+        older studio's run first."""
+        for other in list(HeadlessStudio._live):
+            same_cell = self.cell is not None and other.cell == self.cell
+            if (same_cell or other.pretrained is model) and other.run is not None and other.run.state.active:
+                other.run.stop()
+                other.run.join(10)
+
+    # ================================================================== runs: compare, restore, delete, code
+    @property
+    def runs(self) -> list[Retrainer]:
+        """Every run started here, oldest first."""
+        return self.book.runs
+
+    @property
+    def store(self) -> RunStore | None:
+        return self.book.store
+
+    @property
+    def pretrained_id(self) -> str:
+        """Fingerprint of the pretrained weights: the store groups runs by it."""
+        return self.book.pretrained_id
+
+    def run_summaries(self) -> list[RunSummary]:
+        """Every run from these pretrained weights: the store's (across kernels) or these."""
+        return self.book.summaries()
+
+    def restore(self, key: str) -> nn.Module:
+        """Load a run's weights (by store id or run name): returns the model, which becomes
+        :attr:`model`; the config becomes the run's and its final plots are shown."""
+        model, history, config = self.book.load(key)
+        model.eval()
+        self._restored = (key, model)
+        if config is not None:
+            self.config = config
+        self.figure.reset()
+        self.emit("plot", self.figure.render_final(history.snapshot()))
+        self.status(f"restored run {key}: `studio.model` holds its weights.")
+        return model
+
+    def delete_run(self, key: str) -> None:
+        """Delete a stored run (and forget it here)."""
+        self.book.delete(key)
+
+    def code(self, key: str | None = None) -> str:
+        """The current config (or a run's, by id or name) as a standalone PyTorch script."""
+        from .core.export import export_script
+
+        config = self._config if key is None else self.book.config_of(key)
+        hints = self.code_hints or example_code(self.train_loader) or {}
+        return export_script(config, title=f"{self.title}", **hints)
+
+    # ================================================================== what-ifs
+    def what_if(self, grid: dict[str, Any], wait: bool = False) -> list[RunConfig]:
+        """Run every combination of ``grid`` from the same pretrained weights, one after another.
+
+        ``grid`` maps config fields to lists of values, e.g. ``{"loss": ["bce", "focal"],
+        "frozen": [["features"], []]}``; the other fields come from the studio's config. Stop
+        ends the queue cleanly. Returns the configs queued; ``wait=True`` blocks until they are
+        done (Stop still works).
+        """
+        if (self.run is not None and self.run.state.active) or self.queue.alive():
+            raise ValueError("a run is going: stop it before starting what-ifs")
+        variants = grid_variants(grid)
+        configs = [self._config.replace(**v) for v in variants]
+        names = [" · ".join(f"{k}={_short(v)}" for k, v in variant.items()) for variant in variants]
+        self.queue.start(configs, names)
+        if wait:
+            self.wait()
+        return configs
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def example_code(loader: Any) -> dict[str, str] | None:
+    """Code hints for loaders made by ``retrain_widgets.examples.task(...)``."""
+    tag = getattr(loader, "retrain_example", None)
+    if not isinstance(tag, dict):
+        return None
+    from . import examples
+
+    code = getattr(examples, "code", None)
+    return code(tag.get("task"), batch_size=tag.get("batch_size", 64)) if code is not None else None

@@ -1,0 +1,161 @@
+"""The studio's runs: :class:`RunBook` (this kernel's runs, their names and store ids, the store)
+and :class:`WhatIfQueue` (configs run one after another in a thread of their own). Both serve
+:class:`~retrain_widgets.headless.HeadlessStudio`; neither imports a widget."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from .core.comparison import RunSummary, summarize
+from .core.config import RunConfig
+from .core.engine import Retrainer
+from .core.history import History
+from .core.store import RunStore, fingerprint
+
+if TYPE_CHECKING:
+    from .headless import HeadlessStudio
+
+__all__ = ["RunBook", "WhatIfQueue"]
+
+
+class RunBook:
+    """The runs started from one pretrained model: in this kernel (oldest first) and, with a
+    ``store``, across kernels. A run is found by its store id or by its name."""
+
+    def __init__(self, store: RunStore | None, pretrained: nn.Module) -> None:
+        self.store, self.pretrained = store, pretrained
+        self.runs: list[Retrainer] = []
+        self._ids: dict[int, str] = {}
+        self._names: dict[int, str] = {}
+        self._pretrained_id: str | None = None
+
+    @property
+    def pretrained_id(self) -> str:
+        """Fingerprint of the pretrained weights: the store groups runs by it."""
+        if self._pretrained_id is None:
+            self._pretrained_id = fingerprint(self.pretrained)
+        return self._pretrained_id
+
+    def name(self, run: Retrainer, name: str) -> None:
+        self._names[id(run)] = name
+
+    def add(self, run: Retrainer) -> None:
+        """A run that started: kept, and recorded in the store under its name."""
+        self.runs.append(run)
+        if self.store is not None:
+            self._ids[id(run)] = self.store.record(run, name=self._names.get(id(run)))
+
+    def name_of(self, run: Retrainer) -> str | None:
+        return self._names.get(id(run))
+
+    def key_of(self, run: Retrainer) -> str | None:
+        """The run's store id, else its name."""
+        return self._ids.get(id(run), self._names.get(id(run)))
+
+    def find(self, key: str) -> Retrainer | None:
+        """The run of this kernel with store id or name ``key``."""
+        for r in self.runs:
+            if key in (self._ids.get(id(r)), self._names.get(id(r))):
+                return r
+        return None
+
+    def summaries(self) -> list[RunSummary]:
+        """Every run from these pretrained weights: the store's, or this kernel's."""
+        if self.store is not None:
+            return [summarize(r, self.store) for r in self.store.runs(pretrained_id=self.pretrained_id)]
+        return [summarize(r, name=self.name_of(r)) for r in self.runs]
+
+    def _idle(self, key: str, doing: str) -> tuple[Retrainer | None, str]:
+        live = self.find(key)
+        if live is not None and live.state.active:
+            raise ValueError(f"that run is still training: stop it before {doing} it")
+        return live, (self._ids.get(id(live), key) if live is not None else key)
+
+    def load(self, key: str) -> tuple[nn.Module, History, RunConfig | None]:
+        """A run's trained model (a copy), history and config (``None`` when the stored config has
+        a custom loss that is not registered)."""
+        live, run_id = self._idle(key, "restoring")
+        if self.store is not None and (live is None or id(live) in self._ids):
+            model = self.store.restore(run_id, self.pretrained)
+            try:
+                config: RunConfig | None = self.store.get(run_id).config_obj()
+            except ValueError:  # a custom loss that was not registered: keep the current config
+                config = None
+            return model, self.store.history(run_id), config
+        if live is not None:
+            return copy.deepcopy(live.model), live.history, live.config
+        raise ValueError(f"no run {key!r} in this studio")
+
+    def delete(self, key: str) -> None:
+        """Delete a stored run, and forget it in this kernel."""
+        live, run_id = self._idle(key, "deleting")
+        if self.store is not None:
+            self.store.delete(run_id)
+        if live is not None:
+            self.runs.remove(live)
+
+    def config_of(self, key: str) -> RunConfig:
+        live = self.find(key)
+        config = live.config if live is not None else self.store.get(key).config_obj() if self.store else None
+        if config is None:
+            raise ValueError(f"no run {key!r} in this studio")
+        return config
+
+
+class WhatIfQueue:
+    """Runs configs one after another through ``studio.start``, in a thread of its own; :meth:`stop`
+    ends it after the current run. Announces ``queue``, ``queue_done`` and ``focus`` (see
+    :mod:`retrain_widgets.headless`)."""
+
+    def __init__(self, studio: HeadlessStudio) -> None:
+        self.studio = studio
+        self.thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def used(self) -> bool:
+        """A queue was started (it may have ended)."""
+        return self.thread is not None
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def start(self, configs: list[RunConfig], names: list[str]) -> None:
+        self._stop.clear()
+        self.thread = threading.Thread(target=self._run, args=(configs, names), daemon=True,
+                                       name="retrain_widgets-what-if")
+        self.thread.start()
+
+    def _run(self, configs: list[RunConfig], names: list[str]) -> None:
+        emit = self.studio.emit
+        try:
+            keys = self._run_each(configs, names)
+        except Exception as exc:  # noqa: BLE001 - shown in the views, never lost in a thread
+            emit("error", exc)
+            emit("queue", f"✗ what-ifs: {exc}", True)
+            return
+        stopped = self._stop.is_set()
+        emit("queue_done", keys)
+        emit("queue", f"what-ifs {'stopped after' if stopped else 'done:'} {len(keys)} of {len(configs)} "
+                      f"run{'s' if len(configs) > 1 else ''}; overlaid below.", False)
+        emit("focus", "runs")
+
+    def _run_each(self, configs: list[RunConfig], names: list[str]) -> list[str]:
+        keys: list[str] = []
+        for i, (cfg, name) in enumerate(zip(configs, names)):
+            if self._stop.is_set():
+                break
+            self.studio.emit("queue", f"what-if {i + 1} of {len(configs)}: {name}", False)
+            run = self.studio.start(cfg, name=f"what-if {i + 1}/{len(configs)}: {name}")
+            if run is None:
+                break
+            keys.append(self.studio.book.key_of(run) or "")
+            run.join()
+        return keys

@@ -1,0 +1,126 @@
+"""The studio's run controls and outputs: Start / Pause / Stop / Reset, progress, status, errors
+and the live plot. A thin view of a :class:`~retrain_widgets.headless.HeadlessStudio`; it is
+the :class:`~.bridge.RunView` a run's :class:`~.bridge.Bridge` writes to, from the training
+thread, through :func:`~.writes.write`."""
+
+from __future__ import annotations
+
+import html
+import traceback
+from collections.abc import Callable
+
+import ipywidgets as W
+from torch import nn
+
+from ..core.engine import Retrainer
+from ..core.events import State
+from ..headless import HeadlessStudio
+from .binding import css, message_html
+from .tabs import button
+from .writes import write
+
+__all__ = ["ControlsView", "error_html", "last_metrics"]
+
+_STATE_TEXT = {
+    State.RUNNING: "training…",
+    State.PAUSED: "paused: Resume to continue, or Stop.",
+    State.FINISHED: "finished.",
+    State.FAILED: "failed (see below).",
+}
+
+
+def error_html(exc: BaseException) -> str:
+    """An exception as a red box with its traceback folded."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return (
+        f"<div style='border-left:4px solid #cf222e;padding:4px 8px;background:#fff5f5'>"
+        f"<b>{html.escape(type(exc).__name__)}</b>: {html.escape(str(exc), quote=False)}"
+        f"<details><summary>traceback</summary><pre style='font-size:11px'>{html.escape(tb)}</pre></details></div>"
+    )
+
+
+def last_metrics(run: Retrainer) -> str:
+    """The run's latest validation and old-task metrics, as text."""
+    parts = []
+    for name, label in (("val_metric", run.history.meta.get("metric", "metric")),
+                        ("old_metric", f"old-task {run.history.meta.get('old_metric', 'metric')}")):
+        _, values = run.history.series(name)
+        if len(values):
+            parts.append(f"{label} {values[-1]:.3f}")
+    return " · ".join(parts)
+
+
+class ControlsView(W.VBox):
+    """Buttons and progress in a row, then the status line, the error box and the plot.
+
+    ``on_final(png)``, when set, gets the final figure of each run."""
+
+    def __init__(self, studio: HeadlessStudio) -> None:
+        super().__init__()
+        self.studio = studio
+        self.on_final: Callable[[bytes], None] | None = None  # keeps a run's final figure (set by the studio)
+        self.start_button = button("Start", "rw-start", "success", "train a copy of the pretrained model", "90px")
+        self.pause_button = button("Pause", "rw-pause", "", "pause at the next step", "90px")
+        self.stop_button = button("Stop", "rw-stop", "danger", "stop at the next step", "90px")
+        self.reset_button = button("Reset", "rw-reset", "", "back to the pretrained weights", "90px")
+        self.start_button.on_click(lambda _: studio.start())
+        self.pause_button.on_click(lambda _: studio.toggle_pause())
+        self.stop_button.on_click(lambda _: studio.stop())
+        self.reset_button.on_click(lambda _: studio.reset())
+        self.progress = css(W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="260px")), "rw-progress")
+        self.progress_label = css(W.Label(), "rw-progress-label")
+        self.status = css(W.HTML(), "rw-status")
+        self.error = css(W.HTML(), "rw-error")
+        self.plot = css(W.Image(format="png", layout=W.Layout(width="100%", max_width="1000px")), "rw-plot")
+        self.buttons = W.HBox([self.start_button, self.pause_button, self.stop_button, self.reset_button,
+                               self.progress, self.progress_label], layout=W.Layout(align_items="center"))
+        self.children = [self.buttons, self.status, self.error, self.plot]
+        studio.on("status", self.show_status)
+        studio.on("error", self.show_error)
+        studio.on("state", self.show_state)
+        studio.on("plot", self.show_frame)
+        studio.on("reset", self.reset)
+
+    # ------------------------------------------------------------------ the RunView interface
+    def frozen_layers(self, model: nn.Module) -> list[str]:
+        return self.studio.frozen_layers(model)
+
+    def show_progress(self, step: int, total: int, text: str) -> None:
+        write(self.progress, max=max(1, total), value=min(step, total))
+        write(self.progress_label, value=text)
+
+    def show_frame(self, png: bytes) -> None:
+        write(self.plot, value=png)
+
+    def show_state(self, run: Retrainer | None) -> None:
+        state = run.state if run is not None else State.IDLE
+        active = state.active
+        write(self.start_button, disabled=active)
+        write(self.pause_button, disabled=not active, description="Resume" if state == State.PAUSED else "Pause")
+        write(self.stop_button, disabled=not active)
+        write(self.reset_button, disabled=active)
+        if run is None:
+            self.show_status("ready: pick what to freeze, a loss and a schedule, then Start.")
+            return
+        text = f"stopped at step {run.step:,} of {run.total_steps:,}." if state == State.STOPPED else \
+            _STATE_TEXT.get(state, state.value)
+        write(self.status, value=f"<span style='color:#333'><b>{state.value}</b> · "
+                                 f"{html.escape(f'{text} {last_metrics(run)}', quote=False)}</span>")
+        if state == State.FAILED and run.error is not None:
+            self.show_error(run.error)
+
+    def run_ended(self, run: Retrainer, png: bytes) -> None:
+        if self.on_final is not None:
+            self.on_final(png)
+
+    # ------------------------------------------------------------------ topics
+    def show_status(self, text: str, error: bool = False) -> None:
+        write(self.status, value=message_html(text, error))
+
+    def show_error(self, exc: BaseException | None) -> None:
+        write(self.error, value="" if exc is None else error_html(exc))
+
+    def reset(self) -> None:
+        """Progress back to zero (after the studio's reset)."""
+        write(self.progress, value=0)
+        write(self.progress_label, value="")

@@ -1,0 +1,235 @@
+"""The studio's setting tabs, one view each: Layers, Loss, Optimisation, Schedule.
+
+Each is a thin view of a :class:`~retrain_widgets.headless.HeadlessStudio`: its controls write
+the config through a :class:`~.binding.ConfigBinding`, ``show_config`` shows a config, and the
+studio's topics (``work``, ``loss_check``, ``lr_find``, ``preview``) update the rest through
+:func:`~.writes.write`.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import ipywidgets as W
+
+from ..core import losses, schedules
+from ..core.config import OPTIMIZERS, RunConfig
+from ..headless import STRATEGIES, HeadlessStudio, LossVerdict, Preview
+from .binding import ConfigBinding, css, message_html
+from .params import ParamEditor
+from .tree import LayerTreeView
+from .writes import show, write
+
+__all__ = ["LayersTab", "LossTab", "OptimisationTab", "ScheduleTab", "button"]
+
+_STRATEGY_TIPS = ["the layers ticked in the tree stay frozen", "freeze everything but the head",
+                  "train every layer", "unfreeze one layer group per stage, top-down"]
+
+
+def button(description: str, css_class: str, style: str = "", tooltip: str = "", width: str = "auto") -> W.Button:
+    return css(W.Button(description=description, button_style=style, tooltip=tooltip,
+                        layout=W.Layout(width=width)), css_class)
+
+
+def _row(*children: W.Widget) -> W.HBox:
+    return W.HBox(list(children), layout=W.Layout(align_items="center"))
+
+
+class LayersTab(W.VBox):
+    """The layer tree (tick to freeze) and fastai's ``train_bn``."""
+
+    def __init__(self, studio: HeadlessStudio, binding: ConfigBinding) -> None:
+        super().__init__()
+        self.tree = LayerTreeView(studio.work, on_change=lambda names: binding.set(frozen=names))
+        self.train_bn = css(binding.field(W.Checkbox(
+            value=studio.config.train_bn, description="train BatchNorm in frozen layers", indent=False,
+            tooltip="fastai's train_bn: frozen layers' BatchNorm keeps training"), "train_bn"), "rw-train-bn")
+        self.children = [self.tree, self.train_bn]
+        studio.on("work", lambda: self.tree.set_model(studio.work))
+
+    def show_config(self, cfg: RunConfig) -> None:
+        self.train_bn.value = cfg.train_bn
+
+
+class LossTab(W.VBox):
+    """The loss, its parameters, the check on one batch, and the head (replace / restore)."""
+
+    def __init__(self, studio: HeadlessStudio, binding: ConfigBinding) -> None:
+        super().__init__()
+        self.studio, self.binding = studio, binding
+        self.loss_picker = css(W.Dropdown(options=self._options(studio.config), description="loss",
+                                          layout=W.Layout(width="280px")), "rw-loss")
+        self.loss_picker.observe(self._picked, names="value")
+        self.loss_params = W.VBox()
+        self.loss_check = css(W.HTML(), "rw-loss-check")
+        self.replace_head_button = button("Replace head", "rw-replace-head", "warning")
+        self.replace_head_button.on_click(lambda _: studio.replace_head())
+        self.restore_head_button = button("Restore original head", "rw-restore-head")
+        self.restore_head_button.on_click(lambda _: binding.set(head_out=None))
+        self.head_label = W.HTML()
+        self.children = [self.loss_picker, self.loss_params, self.loss_check,
+                         _row(self.head_label, self.replace_head_button, self.restore_head_button)]
+        studio.on("loss_check", self.show_verdict)
+        studio.on("work", self.show_head)
+
+    @staticmethod
+    def _options(cfg: RunConfig) -> list[str]:
+        names = losses.available()
+        return names if isinstance(cfg.loss, str) else [*names, "custom"]
+
+    def _picked(self, change: dict[str, Any]) -> None:
+        if change["new"] != "custom":
+            self.binding.set(loss=change["new"], loss_kwargs={})
+
+    def show_config(self, cfg: RunConfig) -> None:
+        self.loss_picker.options = self._options(cfg)
+        self.loss_picker.value = cfg.loss if isinstance(cfg.loss, str) else "custom"
+        spec = losses.get(cfg.loss) if isinstance(cfg.loss, str) else None
+        self.loss_params.children = [ParamEditor(spec.params if spec else {}, cfg.loss_kwargs,
+                                                 lambda v: self.binding.set(loss_kwargs=v), css="rw-loss-param")]
+        mismatch = self.studio.mismatch
+        show(self.replace_head_button, mismatch is not None and mismatch.head_out is not None)
+        show(self.restore_head_button, cfg.head_out is not None)
+
+    def show_verdict(self, verdict: LossVerdict) -> None:
+        mark = "✓" if verdict.ok else "✗"
+        colour = "#1a7f37" if verdict.ok else "#cf222e"
+        write(self.loss_check,
+              value=f"<span style='color:{colour}'>{mark} {html.escape(verdict.text, quote=False)}</span>")
+        fix = verdict.fix
+        text = f"Replace head with {fix} output{'s' if fix != 1 else ''}" if fix else "Replace head"
+        write(self.replace_head_button, description=text)
+        show(self.replace_head_button, bool(fix))
+
+    def show_head(self) -> None:
+        head = self.studio.head_name()
+        replaced = " (replaced)" if self.studio.config.head_out is not None else " (pretrained)"
+        write(self.head_label, value=f"head <code>{html.escape(str(head))}</code>: "
+                                     f"{self.studio.head_outputs()} outputs{replaced}")
+
+
+class OptimisationTab(W.VBox):
+    """Optimizer, LR, weight decay, discriminative LRs, the training strategy, distillation, L2-SP
+    and the LR finder."""
+
+    def __init__(self, studio: HeadlessStudio, binding: ConfigBinding) -> None:
+        super().__init__()
+        self.studio, self.binding = studio, binding
+        cfg, field = studio.config, binding.field
+        self.optimizer_picker = css(field(W.Dropdown(options=list(OPTIMIZERS), description="optimizer",
+                                                     layout=W.Layout(width="220px")), "optimizer"), "rw-optimizer")
+        self.lr = css(field(W.FloatLogSlider(
+            value=cfg.lr, base=10, min=-6, max=0, step=0.05, description="LR", readout_format=".2e",
+            continuous_update=False, layout=W.Layout(width="420px")), "lr", float), "rw-lr")
+        self.weight_decay = field(W.BoundedFloatText(value=cfg.weight_decay, min=0, max=10, step=0.01,
+                                                     description="weight decay", layout=W.Layout(width="220px")),
+                                  "weight_decay", float)
+        self.lr_decay = field(W.FloatSlider(
+            value=cfg.lr_decay, min=0.05, max=1.0, step=0.05, description="LR decay",
+            tooltip="discriminative LRs: each layer group below the top gets this times the LR of the one above "
+                    "(1 = off; ULMFiT: 0.38)",
+            continuous_update=False, readout_format=".2f", layout=W.Layout(width="420px")), "lr_decay", float)
+        self.strategy = css(W.ToggleButtons(options=list(STRATEGIES), description="training",
+                                            tooltips=_STRATEGY_TIPS), "rw-strategy")
+        self.strategy.observe(lambda c: binding.set(**studio.strategy_changes(c["new"])), names="value")
+        self.unfreeze_every = field(W.BoundedIntText(value=cfg.unfreeze_every, min=1, max=1000,
+                                                     description="stage (epochs)", layout=W.Layout(width="200px")),
+                                    "unfreeze_every", int)
+        self._build_regularisers(cfg)
+        self._build_lr_finder()
+        self.children = [
+            W.HBox([self.optimizer_picker, self.weight_decay]), self.lr, self.lr_decay,
+            _row(self.strategy, self.unfreeze_every),
+            _row(self.distill, self.distill_alpha, self.distill_t),
+            self.l2sp, W.HBox([self.lr_find_button, self.use_lr_button]), self.lr_find_plot,
+        ]
+        studio.on("lr_find", self.show_lr_find)
+
+    def _build_regularisers(self, cfg: RunConfig) -> None:
+        distill = cfg.distill or {}
+        self.distill = css(W.Checkbox(value=cfg.distill is not None, description="distill from the original model",
+                                      indent=False), "rw-distill")
+        self.distill_alpha = W.FloatSlider(value=distill.get("alpha", 0.5), min=0, max=1, step=0.05,
+                                           description="α (new loss)", continuous_update=False)
+        self.distill_t = W.FloatSlider(value=distill.get("temperature", 2.0), min=0.5, max=10, step=0.5,
+                                       description="T", continuous_update=False)
+        for w in (self.distill, self.distill_alpha, self.distill_t):
+            w.observe(lambda _: self.binding.set(distill=self._distill_value()), names="value")
+        self.l2sp = css(self.binding.field(W.BoundedFloatText(
+            value=cfg.l2sp, min=0, max=100, step=0.01, description="L2-SP",
+            tooltip="pull toward the pretrained weights (0 = off)", layout=W.Layout(width="200px")),
+            "l2sp", float), "rw-l2sp")
+
+    def _build_lr_finder(self) -> None:
+        self.lr_find_button = button("LR finder", "rw-lr-find", tooltip="fastai's LR range test")
+        self.lr_find_button.on_click(lambda _: self.studio.find_lr())
+        self.use_lr_button = button("use suggestion", "rw-use-lr")
+        self.use_lr_button.layout.display = "none"
+        self.use_lr_button.on_click(lambda _: self.studio.use_lr_suggestion())
+        self.lr_find_plot = W.Image(format="png", layout=W.Layout(display="none", width="420px"))
+
+    def _distill_value(self) -> dict[str, float] | None:
+        if not self.distill.value:
+            return None
+        return {"alpha": float(self.distill_alpha.value), "temperature": float(self.distill_t.value)}
+
+    def show_config(self, cfg: RunConfig) -> None:
+        self.optimizer_picker.value = cfg.optimizer
+        self.lr.value = cfg.lr
+        self.weight_decay.value = cfg.weight_decay
+        self.lr_decay.value = cfg.lr_decay
+        self.strategy.value = self.studio.strategy_of(cfg)
+        self.unfreeze_every.value = cfg.unfreeze_every
+        show(self.unfreeze_every, cfg.gradual)
+        self.distill.value = cfg.distill is not None
+        for w in (self.distill_alpha, self.distill_t):
+            show(w, cfg.distill is not None)
+        if cfg.distill is not None:
+            self.distill_alpha.value = cfg.distill["alpha"]
+            self.distill_t.value = cfg.distill["temperature"]
+        self.l2sp.value = cfg.l2sp
+
+    def show_lr_find(self, result: Any, png: bytes) -> None:
+        write(self.lr_find_plot, value=png)
+        show(self.lr_find_plot, True)
+        write(self.use_lr_button, description=f"use {result.suggestion:.2e}")
+        show(self.use_lr_button, True)
+
+
+class ScheduleTab(W.VBox):
+    """The LR schedule, its parameters, the run's length and the LR preview."""
+
+    def __init__(self, studio: HeadlessStudio, binding: ConfigBinding) -> None:
+        super().__init__()
+        self.binding = binding
+        cfg = studio.config
+        self.schedule_picker = css(W.Dropdown(options=schedules.available(), description="schedule",
+                                              layout=W.Layout(width="300px")), "rw-schedule")
+        self.schedule_picker.observe(lambda c: binding.set(schedule=c["new"], schedule_kwargs={}), names="value")
+        self.schedule_params = W.VBox()
+        self.epochs = css(binding.field(W.BoundedIntText(value=cfg.epochs, min=1, max=100_000, description="epochs",
+                                                         layout=W.Layout(width="200px")), "epochs", int), "rw-epochs")
+        self.max_steps = binding.field(
+            W.Text(value="" if cfg.max_steps is None else str(cfg.max_steps), placeholder="all",
+                   description="max steps", continuous_update=False, layout=W.Layout(width="200px")),
+            "max_steps", lambda text: int(text) if text.strip().isdigit() else None)
+        self.preview = css(W.Image(format="png", layout=W.Layout(width="420px")), "rw-lr-preview")
+        self.preview_note = W.HTML()
+        self.children = [W.HBox([self.schedule_picker, self.epochs, self.max_steps]), self.schedule_params,
+                         self.preview, self.preview_note]
+        studio.on("preview", self.show_preview)
+
+    def show_config(self, cfg: RunConfig) -> None:
+        self.schedule_picker.value = cfg.schedule
+        self.schedule_params.children = [ParamEditor(schedules.get(cfg.schedule).params, cfg.schedule_kwargs,
+                                                     lambda v: self.binding.set(schedule_kwargs=v),
+                                                     css="rw-schedule-param")]
+        self.epochs.value = cfg.epochs
+        self.max_steps.value = "" if cfg.max_steps is None else str(cfg.max_steps)
+
+    def show_preview(self, preview: Preview) -> None:
+        if preview.png is not None:
+            write(self.preview, value=preview.png)
+        note = message_html(f"✗ {preview.note}", error=True) if preview.error else preview.note
+        write(self.preview_note, value=note)

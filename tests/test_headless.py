@@ -1,0 +1,193 @@
+"""The headless studio in plain Python: no widgets, no kernel; its topics are what the views show."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from retrain_widgets import RunConfig, State, examples
+from retrain_widgets.headless import HeadlessStudio, LossVerdict, Preview
+
+pytestmark = pytest.mark.usefixtures("runs_in_tmp")
+
+
+@pytest.fixture(scope="module")
+def seven():
+    return examples.task("is_seven", batch_size=64)
+
+
+class Recorder:
+    """Every topic the studio announces, in order."""
+
+    def __init__(self, studio: HeadlessStudio) -> None:
+        self.seen: list[tuple] = []
+        for topic in ("config", "work", "loss_check", "preview", "lr_find", "status", "error", "run", "run_failed",
+                      "state", "plot", "reset", "queue", "queue_done", "focus"):
+            studio.on(topic, lambda *args, t=topic: self.seen.append((t, *args)))
+
+    def topics(self) -> list[str]:
+        return [s[0] for s in self.seen]
+
+    def last(self, topic: str) -> tuple:
+        return next(s for s in reversed(self.seen) if s[0] == topic)[1:]
+
+
+def _short(**kw):
+    return RunConfig(**{"head_out": 1, "max_steps": 12, "loss": "bce", **kw})
+
+
+def test_imports_no_widgets_and_no_ipython():
+    code = ("import sys, retrain_widgets.headless; "
+            "bad = [m for m in ('ipywidgets', 'IPython', 'traitlets', 'retrain_widgets.widgets') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_config_changes_rerun_the_checks(cnn, seven):
+    s = HeadlessStudio(cnn, seven.train, seven.val, config=_short(), store=False)
+    rec = Recorder(s)
+    s.set(schedule="cosine")
+    assert rec.topics() == ["config", "preview"]
+    old, new = rec.last("config")
+    assert old.schedule == "constant" and new.schedule == "cosine" and s.config is new
+    preview = rec.last("preview")[0]
+    assert isinstance(preview, Preview) and preview.png[:4] == b"\x89PNG" and "peak" in preview.note
+    s.set(loss="focal")
+    verdict = rec.last("loss_check")[0]
+    assert isinstance(verdict, LossVerdict) and verdict.ok and "'focal' fits" in verdict.text
+    with pytest.raises(ValueError, match="lr"):
+        s.set(lr=-1)
+    assert s.config.lr == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="RunConfig"):
+        s.config = {"lr": 1e-2}
+    with pytest.raises(ValueError, match="unknown studio topic"):
+        s.on("nope", print)
+
+
+def test_loss_mismatch_and_the_head_fix(cnn, seven):
+    s = HeadlessStudio(cnn, seven.train, seven.val, store=False)
+    rec = Recorder(s)
+    assert s.set(loss="focal").loss == "focal"
+    verdict = rec.last("loss_check")[0]
+    assert not verdict.ok and verdict.fix == 1 and "10" in verdict.text
+    assert s.mismatch is not None and s.head_outputs() == 10
+    s.replace_head()
+    assert s.config.head_out == 1 and s.mismatch is None and rec.last("loss_check")[0].ok
+    assert s.head_outputs() == 1 and "work" in rec.topics()
+    assert cnn.classifier[3].out_features == 10  # the pretrained model is untouched
+
+
+def test_strategies(cnn, seven):
+    s = HeadlessStudio(cnn, seven.train, config=_short(), store=False)
+    assert s.strategy_of() == "full"
+    s.set(**s.strategy_changes("head only"))
+    assert s.config.frozen == ["features", "classifier.0"] and s.strategy_of() == "head only"
+    assert not any(p.requires_grad for p in s.work.features.parameters())
+    s.set(**s.strategy_changes("gradual"))
+    assert s.config.gradual and s.strategy_of() == "gradual"
+    s.set(**s.strategy_changes("full"))
+    assert s.config.frozen == [] and not s.config.gradual
+    with pytest.raises(ValueError, match="strategy"):
+        s.strategy_changes("most")
+
+
+def test_start_wait_reset(cnn, seven):
+    s = HeadlessStudio(cnn, seven.train, seven.val, seven.old_val, config=_short(), store=False)
+    rec = Recorder(s)
+    announced = []
+    s.on("run", lambda run: announced.append(run.state))
+    run = s.start()
+    assert announced == [State.IDLE]  # views attach before the run starts
+    history = s.wait(60)
+    assert run.state == State.FINISHED and history is run.history and s.model is run.model
+    assert s.runs == [run] and s.book.name_of(run).startswith("#1 bce") and s.book.key_of(run) == s.book.name_of(run)
+    assert s.frozen_layers(run.model) == []
+    s.reset()
+    assert s.run is None and s.model is cnn
+    assert rec.topics()[-6:] == ["reset", "plot", "error", "work", "state", "status"]
+    assert rec.last("state") == (None,) and rec.last("error") == (None,)
+    assert "reset" in rec.last("status")[0]
+
+
+def test_changes_reach_a_running_run(cnn, seven):
+    s = HeadlessStudio(cnn, seven.train, config=_short(max_steps=None, epochs=100), store=False)
+    rec = Recorder(s)
+    run = s.start()
+    try:
+        s.set(frozen=["features"], lr=3e-3, epochs=5)
+        text = rec.last("status")[0]
+        assert "applied to the running run: freezing, learning rate" in text and "epochs: takes effect" in text
+        deadline = time.time() + 20
+        while run.model.features[0].weight.requires_grad and time.time() < deadline:
+            time.sleep(0.01)
+        assert not run.model.features[0].weight.requires_grad
+    finally:
+        s.stop()
+        run.join(10)
+    assert run.state == State.STOPPED and not s.busy()
+
+
+def test_lr_finder_topics(cnn, seven):
+    s = HeadlessStudio(cnn, seven.train, config=_short(), store=False)
+    rec = Recorder(s)
+    result = s.find_lr(num_steps=20)
+    found, png = rec.last("lr_find")
+    assert found is result and png[:4] == b"\x89PNG" and s.lr_suggestion == result.suggestion
+    s.use_lr_suggestion()
+    assert s.config.lr == pytest.approx(min(1.0, result.suggestion))
+    assert "LR finder" in rec.last("status")[0]
+
+
+def test_a_refused_start_is_announced(cnn, seven):
+    s = HeadlessStudio(cnn, seven.train, seven.val, store=False)  # 'ce' on float 0/1 targets
+    rec = Recorder(s)
+    assert s.start() is None and s.run is None
+    assert {"run", "run_failed", "error", "focus"} <= set(rec.topics())
+    assert type(rec.last("error")[0]).__name__ == "LossMismatchError" and rec.last("focus") == ("loss",)
+
+
+def test_what_if_queue_topics(cnn, seven):
+    s = HeadlessStudio(cnn, seven.train, seven.val, config=_short(), store=False)
+    rec = Recorder(s)
+    configs = s.what_if({"loss": ["bce", "focal"]}, wait=True)
+    assert [c.loss for c in configs] == ["bce", "focal"] and len(s.runs) == 2
+    done = rec.topics().index("queue_done")
+    assert rec.seen[done][1] == [s.book.key_of(r) for r in s.runs]
+    assert rec.topics()[done:] == ["queue_done", "queue", "focus"]
+    assert "done: 2 of 2" in rec.last("queue")[0] and rec.last("focus") == ("runs",)
+    with pytest.raises(ValueError, match="needs a list"):
+        s.what_if({"loss": "bce"})
+
+
+def test_restore_delete_and_code_without_a_store(cnn, seven):
+    s = HeadlessStudio(cnn, seven.train, seven.val, config=_short(lr=1e-2), store=False)
+    run = s.start()
+    s.wait(60)
+    name = s.book.name_of(run)
+    s.set(lr=1e-3)
+    model = s.restore(name)
+    assert s.model is model and model is not run.model and s.config.lr == pytest.approx(1e-2)
+    x = next(iter(seven.val))[0]
+    run.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), run.model(x))
+    assert "import torch" in s.code(name) and "import torch" in s.code()
+    [summary] = s.run_summaries()
+    assert summary.name == name
+    s.delete_run(name)
+    assert s.runs == [] and s.run_summaries() == []
+    with pytest.raises(ValueError, match="no run 'nope'"):
+        s.restore("nope")
+
+
+def test_a_new_studio_from_the_same_cell_stops_the_old_run(cnn, seven):
+    a = HeadlessStudio(cnn, seven.train, config=_short(max_steps=None, epochs=100), store=False, cell="cell-1")
+    run = a.start()
+    other = examples.pretrained_digits_cnn()  # another model: only the cell is the same
+    HeadlessStudio(other, seven.train, config=_short(), store=False, cell="cell-1")
+    assert run.state == State.STOPPED
