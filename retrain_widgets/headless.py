@@ -59,7 +59,6 @@ from .core.tree import (
     frozen_complement,
     get_module,
     parameterised_layers,
-    replace_head,
     unfreeze,
 )
 from .plots import LiveFigure, lr_finder_png, lr_preview_png
