@@ -40,6 +40,7 @@ from .params import make_optimizer
 from .probes import DriftProbe, StepProbes
 from .tree import (
     _set_module,
+    check_names,
     find_head_or_none,
     freeze,
     get_module,
@@ -435,16 +436,12 @@ class Retrainer:
 
     def freeze(self, names: str | Iterable[str]) -> None:
         """Freeze modules now (idle) or at the next step boundary (running)."""
-        names = [names] if isinstance(names, str) else list(names)
-        for n in names:
-            get_module(self.model, n)
+        names = check_names(self.model, names)
         self._change(lambda: freeze(self.model, names, train_bn=self.config.train_bn), f"froze {', '.join(names)}")
 
     def unfreeze(self, names: str | Iterable[str] | None = None) -> None:
         """Unfreeze modules (all when ``None``) now or at the next step boundary."""
-        names_l = None if names is None else ([names] if isinstance(names, str) else list(names))
-        for n in names_l or []:
-            get_module(self.model, n)
+        names_l = None if names is None else check_names(self.model, names)
         self._change(lambda: unfreeze(self.model, names_l), f"unfroze {', '.join(names_l or ['everything'])}")
 
     def set_lr(self, lr: float) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import RunConfig
 from .registry import Registry
-from .tree import LayerGroup, get_module, is_norm_layer, layer_groups
+from .tree import LayerGroup, is_norm_layer, layer_groups, parameters_of
 
 __all__ = ["param_groups", "make_optimizer", "OPTIMIZER_REGISTRY", "group_lrs"]
 
@@ -29,12 +29,20 @@ def _no_decay(module: nn.Module, pname: str, p: nn.Parameter) -> bool:
     return p.ndim < 2 or is_norm_layer(module) or pname == "bias"
 
 
+def _told_no_decay(model: nn.Module) -> set[int]:
+    """Parameters the model names in its own ``no_weight_decay()`` (timm's convention: a ViT's
+    ``pos_embed`` and ``cls_token``), by identity."""
+    names = model.no_weight_decay() if callable(getattr(model, "no_weight_decay", None)) else ()
+    wanted = set(names or ())
+    return {id(p) for n, p in model.named_parameters() if n in wanted}
+
+
 def param_groups(model: nn.Module, config: RunConfig, groups: list[LayerGroup] | None = None) -> list[dict[str, Any]]:
     """Build optimizer parameter groups for *all* parameters of ``model``.
 
     One group per layer group (:func:`~retrain_widgets.core.tree.layer_groups`) and per
-    decay setting: weight decay applies to weight matrices and kernels, not to biases and
-    normalisation layers. The top (head) group gets ``config.lr``; each group below gets
+    decay setting: weight decay applies to weight matrices and kernels, not to biases,
+    normalisation layers and the parameters a model names in its ``no_weight_decay()`` (timm). The top (head) group gets ``config.lr``; each group below gets
     ``config.lr_decay`` times the LR of the one above (discriminative learning rates).
 
     Returns
@@ -45,6 +53,7 @@ def param_groups(model: nn.Module, config: RunConfig, groups: list[LayerGroup] |
     """
     groups = layer_groups(model) if groups is None else groups
     seen: set[int] = set()
+    told = _told_no_decay(model)
     out: list[dict[str, Any]] = []
     n = len(groups)
     for i, group in enumerate(groups):
@@ -52,13 +61,11 @@ def param_groups(model: nn.Module, config: RunConfig, groups: list[LayerGroup] |
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
         for mname in group.modules:
-            root = get_module(model, "" if mname == "(model)" else mname)
-            for sub in root.modules():
-                for pname, p in sub.named_parameters(recurse=False):
-                    if id(p) in seen:
-                        continue
-                    seen.add(id(p))
-                    (no_decay if _no_decay(sub, pname, p) else decay).append(p)
+            for sub, pname, p in parameters_of(model, "" if mname == "(model)" else mname):
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                (no_decay if id(p) in told or _no_decay(sub, pname, p) else decay).append(p)
         if decay:
             out.append({"params": decay, "lr": lr, "weight_decay": config.weight_decay,
                         "name": group.name, "layer_group": group.name})
@@ -66,7 +73,7 @@ def param_groups(model: nn.Module, config: RunConfig, groups: list[LayerGroup] |
             out.append({"params": no_decay, "lr": lr, "weight_decay": 0.0,
                         "name": f"{group.name} (no decay)", "layer_group": group.name})
     rest = [p for p in model.parameters() if id(p) not in seen]
-    if rest:  # parameters owned directly by an opened module: join the top group's LR
+    if rest:  # only with groups given by hand that miss some: they join the top group's LR
         out.append({"params": rest, "lr": config.lr, "weight_decay": config.weight_decay,
                     "name": "(other)", "layer_group": "(other)"})
     return out
