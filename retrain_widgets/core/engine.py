@@ -34,6 +34,7 @@ from . import metrics as metrics_mod
 from . import schedules as schedules_mod
 from .batches import Forward, batch_size, default_forward, first_batch, logits_of, to_device
 from .config import RunConfig
+from .errors import code_label, note_user_error
 from .events import Event, EventInfo, State
 from .history import History
 from .params import make_optimizer
@@ -281,7 +282,8 @@ class Retrainer:
 
         Raises :class:`~retrain_widgets.core.losses.LossMismatchError` when outputs, targets
         and loss do not fit, ``ValueError`` for an empty loader or teacher/student outputs of
-        different shapes. Nothing is trained and the model's state is unchanged.
+        different shapes. An exception from the user's own forward, model or loss is re-raised
+        as it is, with a note saying where and on which shapes. Nothing is trained and the model's state is unchanged.
         """
         batch = first_batch(self.train_loader, self.device, "train")
         net = self.model
@@ -289,7 +291,11 @@ class Retrainer:
         net.eval()
         try:
             with torch.no_grad(), self._autocast():
-                outputs, targets = self.forward(net, batch)
+                try:
+                    outputs, targets = self.forward(net, batch)
+                except Exception as exc:  # the user's model or forward: their exception, with a note
+                    note_user_error(exc, code_label(self.forward, "the model's forward"), batch=batch)
+                    raise
                 logits = logits_of(outputs)
                 losses_mod.check_compatibility(logits, targets, self.loss_spec.name if self.loss_spec else
                                                self.loss_fn, **(self.config.loss_kwargs if self.loss_spec else {}))
