@@ -37,6 +37,7 @@ from .config import RunConfig
 from .errors import code_label, note_user_error
 from .events import Event, EventInfo, State
 from .history import History
+from .lora import apply_lora
 from .params import make_optimizer
 from .probes import DriftProbe, StepProbes
 from .tree import (
@@ -178,6 +179,7 @@ class Retrainer:
                 new = nn.Linear(old.in_features, cfg.head_out, bias=old.bias is not None,
                                 device=old.weight.device, dtype=old.weight.dtype)
                 _set_module(net, self.head_name, new)
+        net = self.model = apply_lora(net, cfg, head=self.head_name)  # LoRA adapters, when cfg.lora_r is set
         self.groups = layer_groups(net)
         if cfg.frozen:
             freeze(net, cfg.frozen, train_bn=cfg.train_bn)

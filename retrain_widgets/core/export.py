@@ -19,6 +19,7 @@ import re
 import textwrap
 from typing import Any
 
+from . import lora as lora_mod
 from . import losses as losses_mod
 from . import schedules as schedules_mod
 from .config import RunConfig
@@ -535,7 +536,7 @@ def export_script(config: RunConfig, *, model_code: str | None = None, data_code
     groups = gradual or cfg.lr_decay < 1 or cfg.grad_clip is not None
     freezing = bool(cfg.frozen) or gradual
     new_head = cfg.head_out is not None
-    need_head = new_head or l2sp
+    need_head = new_head or l2sp or cfg.lora_r is not None
 
     futures: set[str] = set()
     model_block = _user_block(model_code, _STUB_MODEL, MODEL_CODE_BEGIN, MODEL_CODE_END, futures)
@@ -676,6 +677,8 @@ Run it with
             head.register_forward_pre_hook(lambda module, args: head_input.update(x=args[0]))
         '''))
     parts.append(_section("model", *model_lines))
+    if cfg.lora_r is not None:  # the engine's own LoRA functions, as they are
+        parts.append(lora_mod.export_section(cfg, _RULE))
 
     # ------------------------------------------------------------------ freezing, layer groups, DDP
     frz: list[str] = []

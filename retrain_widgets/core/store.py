@@ -62,6 +62,7 @@ from torch import nn
 from .config import RunConfig
 from .events import Event, EventInfo, State
 from .history import History
+from .lora import restore_adapters
 from .tree import find_head_or_none, replace_head
 
 if TYPE_CHECKING:
@@ -891,6 +892,7 @@ class RunStore:
             devices = sorted({p.device.index or 0 for p in net.parameters() if p.device.type == "cuda"})
             with torch.random.fork_rng(devices=devices):  # the new head's init must not move the user's RNG
                 replace_head(net, int(head_out), name, bias=f"{name}.bias" in weights)
+        net = restore_adapters(net, self.get(run_id).config, head or find_head_or_none(net))  # LoRA runs
         try:
             net.load_state_dict(weights)
         except RuntimeError as exc:
