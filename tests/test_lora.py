@@ -217,3 +217,51 @@ def test_exported_script_builds_the_same_adapters(cnn):
     script, namespace = script_in_process(src)
     assert_same(engine_run(cfg, data_code), script)
     assert set(adapter_counts(namespace["model"])) == {"features.7", "classifier.0"}
+
+
+# ----------------------------------------------------------------------------- the layer tree
+def test_layer_tree_offers_lora_per_layer_and_all_attention_projections():
+    from retrain_widgets.widgets.tree import LayerTreeView
+
+    model = zoo.build("bert")
+    chosen = []
+    view = LayerTreeView(model, on_change=lambda names: None, on_lora=chosen.append)
+    q = "bert.encoder.layer.0.attention.self.query"
+    assert view.row(q).lora.layout.display is None  # a Linear: LoRA offered
+    assert view.row("classifier").lora.layout.display == "none"  # the head trains in full
+    assert view.row("bert.encoder").lora.layout.display == "none"
+    view.lora_attention.click()
+    assert chosen[-1] == BERT_QKV
+    per_layer = adapter_size(model.get_submodule(q), 8)
+    assert f"+{per_layer:,} LoRA" in view.row(q).label.value
+    assert "LoRA r=8 on 8 layers" in view.totals.value
+    view.row(q).lora.value = False
+    assert q not in chosen[-1] and len(chosen[-1]) == 7
+    view.set_lora(["*.query"], 2)  # what a config says: glob patterns, rank 2
+    assert view.row(q).lora.value and not view.row(q.replace("query", "key")).lora.value
+    assert f"+{adapter_size(model.get_submodule(q), 2)} LoRA" in view.row(q).label.value
+    view.lora_off.click()
+    assert chosen[-1] == [] and "LoRA" not in view.totals.value
+
+
+def test_studio_lora_choice_goes_to_the_config(runs_in_tmp):
+    from retrain_widgets.widgets.studio import RetrainStudio
+
+    s = RetrainStudio(zoo.build("bert"), zoo.loader("bert"), zoo.loader("bert", seed=1), store=False)
+    s.tree.lora_attention.click()
+    assert s.config.lora_r == 8 and s.config.lora_modules == BERT_QKV
+    assert "LoRA r=8" in s.tree.totals.value
+    s.tree.lora_off.click()
+    assert s.config.lora_r is None and s.config.lora_modules == []
+
+
+def test_a_peft_model_shows_its_adapter_counts_in_the_tree():
+    from peft import LoraConfig, get_peft_model
+
+    from retrain_widgets.widgets.tree import LayerTreeView
+
+    wrapped = get_peft_model(zoo.build("bert"), LoraConfig(r=2, target_modules=["query"]))
+    view = LayerTreeView(wrapped, on_change=lambda names: None)
+    name = "base_model.model.bert.encoder.layer.0.attention.self.query"
+    assert "+64 LoRA" in view.row(name).label.value  # r * (16 + 16)
+    assert view.row(name + ".base_layer").check.value  # its weight: frozen by peft, shown frozen

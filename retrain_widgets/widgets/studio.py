@@ -29,6 +29,7 @@ from ..core.config import OPTIMIZERS, RunConfig
 from ..core.engine import Retrainer
 from ..core.events import State
 from ..core.history import History
+from ..core.lora import lora_fields
 from ..core.losses import LossMismatchError
 from ..core.store import RunStore, fingerprint
 from ..core.tree import (
@@ -195,7 +196,7 @@ class RetrainStudio(W.VBox):
         if {"head", "head_out", "seed"} & diff.keys():
             self._work = self._working_copy()
             self._refresh_work()
-        elif {"frozen", "train_bn"} & diff.keys():
+        elif {"frozen", "train_bn", "lora_r", "lora_modules"} & diff.keys():
             self._refresh_work()
         if {"loss", "loss_kwargs", "head", "head_out"} & diff.keys():
             self.check_loss()
@@ -245,6 +246,7 @@ class RetrainStudio(W.VBox):
             except ValueError as exc:
                 self._status(f"✗ {exc}", error=True)
         self.tree.set_model(self._work)
+        self.tree.set_lora(self._config.lora_modules, self._config.lora_r)
         head = self._config.head or find_head_or_none(self._work)
         self.head_label.value = (
             f"head <code>{html.escape(str(head))}</code>: "
@@ -261,7 +263,8 @@ class RetrainStudio(W.VBox):
             f"{n_params:,} parameters</div>"
         )
         # ---- layers
-        self.tree = LayerTreeView(self._work, on_change=lambda names: self._set_from_control(frozen=names))
+        self.tree = LayerTreeView(self._work, on_change=lambda names: self._set_from_control(frozen=names),
+                                  on_lora=lambda names: self._set_from_control(**lora_fields(names, self._config)))
         self.train_bn = W.Checkbox(value=cfg.train_bn, description="train BatchNorm in frozen layers",
                                    indent=False, tooltip="fastai's train_bn: frozen layers' BatchNorm keeps training")
         self.train_bn.add_class("rw-train-bn")
