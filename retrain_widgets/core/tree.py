@@ -206,8 +206,7 @@ def _lookup_parameter(model: nn.Module, name: str) -> nn.Parameter | None:
         module = model.get_submodule(holder)
     except AttributeError:
         return None
-    p = module._parameters.get(pname) if pname else None
-    return p
+    return dict(module.named_parameters(recurse=False)).get(pname) if pname else None
 
 
 def parameters_of(model: nn.Module, name: str) -> list[tuple[nn.Module, str, nn.Parameter]]:
