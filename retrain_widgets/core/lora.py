@@ -226,4 +226,4 @@ def export_section(config: Any, rule: str) -> str:
         "model = add_lora_adapters(model, lora_targets, LORA_R, LORA_ALPHA, LORA_DROPOUT, head=head_name)"
     )
     return f"{rule}\n# LoRA adapters (peft): W x + (alpha / r) B A x, with B = 0 at first\n" + \
-        "\n\n".join(s.strip("\n") for s in sources) + "\n\n\n" + call
+        "\n\n\n".join(s.strip("\n") for s in sources) + "\n\n\n" + call
