@@ -256,3 +256,22 @@ def test_timm_vit_when_it_loads():
     assert "cls_token" in groups[0].modules and "pos_embed" in groups[0].modules
     ids = [i for g in _group_ids(model) for i in g]
     assert sorted(ids) == sorted({id(p) for p in model.parameters()})
+
+
+def test_studio_head_only_and_tree_rows_cover_held_parameters(runs_in_tmp):
+    from retrain_widgets.widgets.studio import RetrainStudio
+
+    s = RetrainStudio(zoo.build("plain_vit"), zoo.loader("plain_vit"), zoo.loader("plain_vit", seed=1), store=False)
+    s.strategy.value = "head only"
+    assert s.config.frozen == ["cls_token", "pos_embed", "patch_embed", "blocks", "norm"]
+    s.strategy.value = "full"
+    row = s.tree.row("cls_token")
+    assert "Parameter [1, 1, 16]" in row.label.value and "16 params" in row.label.value
+    row.check.value = True
+    assert s.config.frozen == ["cls_token"]
+    s.tree.row("blocks.0").upto.click()
+    assert s.config.frozen == ["cls_token", "pos_embed", "patch_embed", "blocks.0"]
+    run = s.start()
+    run.join(60)
+    assert not run.model.cls_token.requires_grad
+    assert torch.equal(run.model.cls_token, s.pretrained.cls_token)
