@@ -219,7 +219,7 @@ class HeadlessStudio:
         if {"head", "head_out", "seed"} & diff.keys():
             self.work = self.working_copy()
             self.refresh_work()
-        elif {"frozen", "train_bn"} & diff.keys():
+        elif {"frozen", "train_bn", "lora_r", "lora_modules"} & diff.keys():
             self.refresh_work()
         if {"loss", "loss_kwargs", "head", "head_out"} & diff.keys():
             self.check_loss()
@@ -276,9 +276,10 @@ class HeadlessStudio:
     # ================================================================== the working copy
     def working_copy(self) -> nn.Module:
         """A copy of the pretrained model with the config's head, for the tree and the checks
-        (:func:`~retrain_widgets.core.builder.build_model`, freezing left to :meth:`refresh_work`)."""
+        (:func:`~retrain_widgets.core.builder.build_model`, freezing left to :meth:`refresh_work`;
+        no LoRA adapters: the tree marks the chosen layers on the model as it is)."""
         try:
-            return build_model(self.pretrained, self._config, apply_freezing=False).model
+            return build_model(self.pretrained, self._config, apply_freezing=False, adapters=False).model
         except ValueError as exc:  # head_out on a model without a Linear head: shown, the model kept
             self.status(f"✗ {exc}", error=True)
             torch.manual_seed(self._config.seed)

@@ -9,7 +9,7 @@ import sys
 
 CORE = pathlib.Path(__file__).resolve().parents[1] / "retrain_widgets" / "core"
 ALLOWED = {"torch", "numpy"}
-OPTIONAL_IN_FUNCTIONS = {"pandas"}  # History.to_dataframe(), only when called
+OPTIONAL_IN_FUNCTIONS = {"pandas", "peft"}  # History.to_dataframe(), LoRA adapters (core/lora.py): only when called
 FORBIDDEN = {"ipywidgets", "matplotlib", "IPython", "PIL", "traitlets"}
 
 

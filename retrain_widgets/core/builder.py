@@ -21,6 +21,7 @@ from . import losses as losses_mod
 from . import schedules as schedules_mod
 from .config import RunConfig
 from .device import amp_settings
+from .lora import apply_lora
 from .params import make_optimizer, module_names
 from .recipe import freezing as recipe_freezing
 from .recipe.training import Distillation, HeadSwap
@@ -36,7 +37,8 @@ class BuiltModel:
     Attributes
     ----------
     model
-        A deep copy of the pretrained model, with the new head and freezing applied.
+        A deep copy of the pretrained model, with the new head, the LoRA adapters and freezing
+        applied.
     head_name
         Dotted name of the head (``None`` when the model has no ``nn.Linear``).
     original_head
@@ -109,17 +111,21 @@ def _new_head(net: nn.Module, config: RunConfig) -> tuple[str | None, nn.Module 
 
 
 def build_model(model: nn.Module, config: RunConfig, device: torch.device | str | None = None, *,
-                apply_freezing: bool = True) -> BuiltModel:
+                apply_freezing: bool = True, adapters: bool = True) -> BuiltModel:
     """The model ``config`` trains: a deep copy of ``model`` (on ``device``), torch seeded with
     ``config.seed`` before the new head is drawn, the head replaced when ``config.head_out``
-    asks (the original head kept, frozen, in :attr:`BuiltModel.original_head`), and
-    ``config.frozen`` frozen (``apply_freezing=False``: not). ``model`` is not modified; torch's
-    global RNG is (wrap the call in ``torch.random.fork_rng()`` to keep it)."""
+    asks (the original head kept, frozen, in :attr:`BuiltModel.original_head`), the LoRA
+    adapters of ``config.lora_r`` added (:func:`~retrain_widgets.core.lora.apply_lora`;
+    ``adapters=False``: not) and ``config.frozen`` frozen (``apply_freezing=False``: not).
+    ``model`` is not modified; torch's global RNG is (wrap the call in
+    ``torch.random.fork_rng()`` to keep it)."""
     torch.manual_seed(config.seed)
     net = copy.deepcopy(model)
     if device is not None:
         net = net.to(device)
     head_name, original_head = _new_head(net, config)
+    if adapters:
+        net = apply_lora(net, config, head=head_name)
     groups = layer_groups(net)
     if apply_freezing and config.frozen:
         freeze(net, config.frozen, train_bn=config.train_bn)

@@ -66,7 +66,8 @@ class RunConfig:
     loss_kwargs
         Keyword arguments of the loss (e.g. ``{"gamma": 2.0}`` for ``"focal"``).
     frozen
-        Dotted module names to freeze (``named_modules()`` names).
+        Dotted module names to freeze (``named_modules()`` names), or dotted names of
+        parameters a module holds itself (``"cls_token"``, ``"encoder.pos_embedding"``).
     train_bn
         ``False``: BatchNorm inside frozen modules stays in inference mode with fixed
         statistics. ``True``: it keeps training (fastai's meaning).
@@ -110,6 +111,11 @@ class RunConfig:
     metric
         ``"auto"`` (accuracy for classification losses, MAE for regression), ``"accuracy"``
         or ``"mae"``.
+    lora_r, lora_alpha, lora_dropout, lora_modules
+        LoRA adapters (:mod:`~retrain_widgets.core.lora`, needs ``peft``): rank (``None`` = off),
+        scale numerator (``None`` = ``lora_r``), dropout on the adapters' input, and the layers
+        to adapt (dotted names or glob patterns; ``[]`` = every attention projection). The
+        base weights stay frozen; the head trains in full. Not with ``gradual``.
     """
 
     loss: str | Callable[..., Any] = "ce"
@@ -136,6 +142,10 @@ class RunConfig:
     amp: bool = False
     grad_clip: float | None = None
     metric: str = "auto"
+    lora_r: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    lora_modules: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -143,7 +153,7 @@ class RunConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> RunConfig:
         """Check every field; raise ``ValueError`` naming the first bad one. Returns ``self``."""
-        from . import losses, metrics, params, schedules  # late: params imports this module
+        from . import lora, losses, metrics, params, schedules  # late: params imports this module
 
         if isinstance(self.loss, str):
             losses.get(self.loss)
@@ -202,6 +212,7 @@ class RunConfig:
             raise ValueError(f"RunConfig.amp must be True or False, got {self.amp!r}")
         self.grad_clip = _number("grad_clip", self.grad_clip, low=0.0, low_open=True, optional=True)
         _choice("metric", self.metric, metrics.NAMES)
+        lora.check_lora(self)
         return self
 
     # ------------------------------------------------------------------ JSON

@@ -37,7 +37,7 @@ from .lr_finder import LRFinderResult, lr_find, run_lr_finder
 from .params import scale_lrs
 from .probes import StepProbes
 from .recipe import training as recipe
-from .tree import freeze, get_module, parameterised_layers, unfreeze
+from .tree import check_names, freeze, parameterised_layers, unfreeze
 from .validation import Validation
 
 __all__ = ["Retrainer", "TrainingFailed", "LRFinderResult", "resolve_device", "lr_find"]
@@ -172,7 +172,9 @@ class Retrainer:
 
         Raises :class:`~retrain_widgets.core.losses.LossMismatchError` when outputs, targets
         and loss do not fit, ``ValueError`` for an empty loader or teacher/student outputs of
-        different shapes. Nothing is trained and the model's state is unchanged.
+        different shapes. An exception from the user's own forward, model or loss is re-raised
+        as it is, with a note saying where and on which shapes. Nothing is trained and the
+        model's state is unchanged.
         """
         self.validation.check()
         self._checked = True
@@ -276,16 +278,12 @@ class Retrainer:
 
     def freeze(self, names: str | Iterable[str]) -> None:
         """Freeze modules now (idle) or at the next step boundary (running)."""
-        names = [names] if isinstance(names, str) else list(names)
-        for n in names:
-            get_module(self.model, n)
+        names = check_names(self.model, names)
         self._change(lambda: freeze(self.model, names, train_bn=self.config.train_bn), f"froze {', '.join(names)}")
 
     def unfreeze(self, names: str | Iterable[str] | None = None) -> None:
         """Unfreeze modules (all when ``None``) now or at the next step boundary."""
-        names_l = None if names is None else ([names] if isinstance(names, str) else list(names))
-        for n in names_l or []:
-            get_module(self.model, n)
+        names_l = None if names is None else check_names(self.model, names)
         self._change(lambda: unfreeze(self.model, names_l), f"unfroze {', '.join(names_l or ['everything'])}")
 
     def set_lr(self, lr: float) -> None:

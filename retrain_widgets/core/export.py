@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import lora as lora_mod
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import recipe_source
@@ -168,50 +169,6 @@ _NEW_HEAD = _block('''
         new_head.train(old_head.training)
         set_head(new_head)
 ''')
-
-_LAYER_GROUPS = _block('''
-
-
-            CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-
-
-            def has_params(m):
-                return any(True for _ in m.parameters())
-
-
-            def is_stack(m):
-                """A container of two or more parameterised blocks of one class (e.g. transformer layers)."""
-                if not isinstance(m, CONTAINERS):
-                    return False
-                kinds = [type(c) for c in m.children() if any(True for _ in c.children()) and has_params(c)]
-                return any(kinds.count(k) >= 2 for k in kinds)
-
-
-            def layer_groups(model):
-                """The model's blocks, input side first, head last: lists of module names. The root and every
-                container are opened, another module only when it holds a stack of repeated blocks; norm
-                layers join the group before them. For a CNN: one group per conv (+ BatchNorm) and per Linear."""
-                leaves = []
-
-                def visit(name, module):
-                    children = [(f"{name}.{c}" if name else c, m)
-                                for c, m in module.named_children() if has_params(m)]
-                    opened = not name or isinstance(module, CONTAINERS) or any(is_stack(m) for m in module.modules())
-                    if children and opened and not any(True for _ in module.parameters(recurse=False)):
-                        for child, m in children:
-                            visit(child, m)
-                    else:
-                        leaves.append((name, module))
-
-                visit("", model)
-                groups = []
-                for name, module in leaves:
-                    if groups and (isinstance(module, NORMS) or not has_params(module)):
-                        groups[-1].append(name)
-                    else:
-                        groups.append([name])
-                return groups
-        ''')
 
 _DDP_NOTE_GRADUAL = _block('''
     # DDP averages, during backward, the gradients of the parameters that require grad NOW. Gradual
@@ -440,7 +397,7 @@ class _Plan:
 
     @property
     def need_head(self) -> bool:
-        return self.new_head or self.cfg.l2sp > 0
+        return self.new_head or self.cfg.l2sp > 0 or self.cfg.lora_r is not None
 
     @property
     def groups(self) -> bool:
@@ -548,7 +505,7 @@ def _model_section(plan: _Plan) -> str:
 
 def _freezing_sections(plan: _Plan) -> list[str]:
     cfg, out = plan.cfg, []
-    frz = [_LAYER_GROUPS, "groups = layer_groups(model)"] if plan.groups else []
+    frz = ["groups = layer_groups(model)"] if plan.groups else []
     if cfg.frozen:
         frz.append(f"{plan.freeze_fn}(model, FROZEN)")
     if frz:
@@ -711,6 +668,7 @@ def export_script(config: RunConfig, *, model_code: str | None = None, data_code
         _section("processes and device", _PROCESSES),
         _section("data", _DATA),
         _model_section(plan),
+        lora_mod.export_section(cfg, _RULE) if cfg.lora_r is not None else "",  # the engine's LoRA functions
         *_freezing_sections(plan),
         _optimizer_section(plan),
         _loss_section(plan),

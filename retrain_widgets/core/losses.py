@@ -57,6 +57,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .errors import note_user_error
 from .recipe import losses as recipe_losses
 from .registry import Param, Registry, closest
 
@@ -875,7 +876,8 @@ def task_of(loss: Any) -> str | None:
 _BROADCAST_WARNING = re.compile(r"broadcast|target size", re.IGNORECASE)
 
 
-def _run_once(fn: LossFn, outputs: Tensor, targets: Any, name: str | None, label: str) -> Tensor:
+def _run_once(fn: LossFn, outputs: Tensor, targets: Any, name: str | None, label: str,
+              user_code: bool = False) -> Tensor:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -884,6 +886,9 @@ def _run_once(fn: LossFn, outputs: Tensor, targets: Any, name: str | None, label
         except LossMismatchError:
             raise
         except Exception as exc:
+            if user_code:  # the user's own bug, not a mismatch: their exception, with a note
+                note_user_error(exc, f"the loss {label}", outputs=outputs, targets=targets)
+                raise
             raise _error(f"{label} raised {type(exc).__name__} on these outputs and targets: {exc}",
                          name, outputs, targets) from exc
     bad = [w for w in caught if issubclass(w.category, UserWarning) and _BROADCAST_WARNING.search(str(w.message))]
@@ -960,8 +965,10 @@ def check_compatibility(outputs: Tensor, targets: Any, loss: Any, **loss_kwargs:
     then runs the loss once: it must not broadcast (a PyTorch broadcasting / "target size"
     warning, or a custom loss that gives another value on ``(N, 1)`` outputs than on the
     same outputs squeezed to ``(N,)``), and must return a finite 0-d tensor that has a
-    gradient when the outputs have one. Exceptions raised by the loss are wrapped. The
-    inputs are not modified.
+    gradient when the outputs have one. An exception raised by a built-in loss is wrapped in a
+    :class:`LossMismatchError`; one raised by the user's own loss (a callable, or a loss they
+    registered) is re-raised as it is, with a note naming the loss and the shapes
+    (:func:`~retrain_widgets.core.errors.note_user_error`). The inputs are not modified.
 
     Parameters
     ----------
@@ -996,7 +1003,8 @@ def check_compatibility(outputs: Tensor, targets: Any, loss: Any, **loss_kwargs:
         problem = _task_problem(task, label, outputs, targets, values=True, ignore_index=ignore_index)
         if problem is not None:
             _raise_problem(problem, name, outputs, targets)
-    result = _run_once(fn, outputs, targets, name, label)
+    user_code = spec is None or _BUILTIN.get(spec.name) is not spec  # a callable or a loss registered by the user
+    result = _run_once(fn, outputs, targets, name, label, user_code)
     _check_result(result, outputs, targets, name, label)
     if task is None:
         _probe_broadcast(fn, result, outputs, targets, name, label)

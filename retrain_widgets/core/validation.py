@@ -13,7 +13,8 @@ from torch import nn
 
 from . import losses as losses_mod
 from . import metrics as metrics_mod
-from .batches import first_batch, to_device
+from .batches import first_batch, logits_of, to_device
+from .errors import code_label, note_user_error
 from .recipe import evaluation as recipe_eval
 from .recipe import training as recipe
 
@@ -53,7 +54,12 @@ class Validation:
         run = self.run
         batch = first_batch(run.train_loader, run.device, "train")
         with _eval_mode(run.model), torch.no_grad(), recipe.autocast(run.amp_dtype):
-            logits, targets = run.run_batch(run.model, batch)
+            try:
+                outputs, targets = run.forward(run.model, batch)
+            except Exception as exc:  # the user's model or forward: their exception, with a note
+                note_user_error(exc, code_label(run.forward, "the model's forward"), batch=batch)
+                raise
+            logits = logits_of(outputs)
             losses_mod.check_compatibility(logits, targets, run.loss_spec.name if run.loss_spec else
                                            run.loss_fn, **(run.config.loss_kwargs if run.loss_spec else {}))
             if run.val_loader is not None:

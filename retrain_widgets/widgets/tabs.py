@@ -15,6 +15,7 @@ import ipywidgets as W
 
 from ..core import losses, schedules
 from ..core.config import OPTIMIZERS, RunConfig
+from ..core.lora import lora_fields
 from ..headless import STRATEGIES, HeadlessStudio, LossVerdict, Preview
 from .binding import ConfigBinding, css, message_html
 from .params import ParamEditor
@@ -37,16 +38,23 @@ def _row(*children: W.Widget) -> W.HBox:
 
 
 class LayersTab(W.VBox):
-    """The layer tree (tick to freeze) and fastai's ``train_bn``."""
+    """The layer tree (tick to freeze, toggle LoRA adapters) and fastai's ``train_bn``."""
 
     def __init__(self, studio: HeadlessStudio, binding: ConfigBinding) -> None:
         super().__init__()
-        self.tree = LayerTreeView(studio.work, on_change=lambda names: binding.set(frozen=names))
+        self.studio = studio
+        self.tree = LayerTreeView(studio.work, on_change=lambda names: binding.set(frozen=names),
+                                  on_lora=lambda names: binding.set(**lora_fields(names, studio.config)))
         self.train_bn = css(binding.field(W.Checkbox(
             value=studio.config.train_bn, description="train BatchNorm in frozen layers", indent=False,
             tooltip="fastai's train_bn: frozen layers' BatchNorm keeps training"), "train_bn"), "rw-train-bn")
         self.children = [self.tree, self.train_bn]
-        studio.on("work", lambda: self.tree.set_model(studio.work))
+        studio.on("work", self.show_work)
+
+    def show_work(self) -> None:
+        """The working copy's tree, with the config's LoRA choice marked on it."""
+        self.tree.set_model(self.studio.work)
+        self.tree.set_lora(self.studio.config.lora_modules, self.studio.config.lora_r)
 
     def show_config(self, cfg: RunConfig) -> None:
         self.train_bn.value = cfg.train_bn

@@ -1,4 +1,6 @@
-"""The layer tree: a collapsible view of ``named_modules()`` with a freeze checkbox per node."""
+"""The layer tree: a collapsible view of ``named_modules()`` with a freeze checkbox per node,
+the parameters a module holds itself as nodes of their own, and a LoRA toggle per adaptable
+layer (with "all attention projections" for transformers)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from collections.abc import Callable
 import ipywidgets as W
 from torch import nn
 
-from ..core.tree import LayerInfo, frozen_names, layer_tree, names_up_to
+from ..core.lora import adapter_counts, adapter_size, attention_projections, is_adaptable, lora_target_names
+from ..core.tree import LayerInfo, find_head_or_none, frozen_names, layer_tree, names_up_to
 
 __all__ = ["LayerTreeView"]
 
@@ -19,6 +22,10 @@ def _count(n: int) -> str:
     if n >= 10_000:
         return f"{n / 1e3:.0f} k"
     return f"{n:,}"
+
+
+def _kind(info: LayerInfo) -> str:
+    return f"Parameter {list(info.shape)}" if info.kind == "parameter" else info.type
 
 
 class _Row:
@@ -40,12 +47,19 @@ class _Row:
         self.upto = W.Button(description="freeze up to here", layout=W.Layout(width="auto"),
                              tooltip=f"freeze everything from the input up to {info.name}")
         self.upto.add_class("rw-tree-upto")
-        self.box = W.HBox([self.toggle, self.check, self.label, self.upto],
+        self.lora = W.ToggleButton(value=False, description="LoRA", layout=W.Layout(width="auto"),
+                                   tooltip=f"train a low-rank adapter on {info.name} (its weights stay frozen)")
+        self.lora.add_class("rw-tree-lora")
+        adaptable = view.on_lora is not None and info.kind == "module" and info.name != view.head and \
+            is_adaptable(view.modules[info.name])
+        self.lora.layout.display = None if adaptable else "none"
+        self.box = W.HBox([self.toggle, self.check, self.label, self.upto, self.lora],
                           layout=W.Layout(align_items="center", min_height="28px"))
         self.box.add_class("rw-tree-row")
         self.toggle.on_click(lambda _: view._toggle(self.name))
         self.check.observe(lambda change: view._checked(self.name, change["new"]), names="value")
         self.upto.on_click(lambda _: view._up_to(self.name))
+        self.lora.observe(lambda change: view._lora_toggled(self.name, change["new"]), names="value")
 
 
 class LayerTreeView(W.VBox):
@@ -53,13 +67,21 @@ class LayerTreeView(W.VBox):
 
     Rows are built lazily: only the nodes of expanded branches exist as widgets, so a model
     with hundreds of modules opens at once. ``on_change(names)`` receives the new list of
-    frozen module names.
+    frozen module / parameter names. With ``on_lora``, each Linear / Conv / Embedding row but
+    the head's has a LoRA toggle, and ``on_lora(names)`` receives the new list of layers to
+    adapt (``[]``: LoRA off); :meth:`set_lora` shows a choice (names or glob patterns) and its
+    rank. Adapter parameter counts are shown per row and in the totals.
     """
 
-    def __init__(self, model: nn.Module, on_change: Callable[[list[str]], None], expand_depth: int = 1) -> None:
+    def __init__(self, model: nn.Module, on_change: Callable[[list[str]], None], expand_depth: int = 1,
+                 on_lora: Callable[[list[str]], None] | None = None, head: str | None = None) -> None:
         super().__init__()
         self.add_class("rw-tree")
         self._on_change = on_change
+        self.on_lora = on_lora
+        self.head = head
+        self.lora_names: list[str] = []
+        self.lora_r = 8
         self._rows: dict[str, _Row] = {}
         self._expanded: set[str] = {""}
         self._silent = False
@@ -74,8 +96,16 @@ class LayerTreeView(W.VBox):
         self.expand_all.on_click(lambda _: self._expand_to(depth=99))
         self.collapse_all.on_click(lambda _: self._expand_to(depth=0))
         self.unfreeze_all.on_click(lambda _: self._on_change([]))
-        self.children = [W.HBox([self.totals, self.expand_all, self.collapse_all, self.unfreeze_all],
-                                layout=W.Layout(align_items="center")), self.list]
+        self.lora_attention = W.Button(description="LoRA: all attention projections", layout=W.Layout(width="auto"),
+                                       tooltip="adapters on every query / key / value / output projection")
+        self.lora_attention.add_class("rw-tree-lora-attention")
+        self.lora_off = W.Button(description="no LoRA", layout=W.Layout(width="auto"))
+        self.lora_attention.on_click(lambda _: self._lora_chosen(attention_projections(self.model, self.head)))
+        self.lora_off.on_click(lambda _: self._lora_chosen([]))
+        buttons = [self.totals, self.expand_all, self.collapse_all, self.unfreeze_all]
+        if on_lora is not None:
+            buttons += [self.lora_attention, self.lora_off]
+        self.children = [W.HBox(buttons, layout=W.Layout(align_items="center", flex_flow="row wrap")), self.list]
         self.set_model(model)
         self._expand_to(expand_depth)
 
@@ -83,6 +113,9 @@ class LayerTreeView(W.VBox):
     def set_model(self, model: nn.Module) -> None:
         """Show ``model`` (its freezing state is read from ``requires_grad``)."""
         self.model = model
+        self.modules = dict(model.named_modules())
+        self.head = self.head if self.head in self.modules else find_head_or_none(model)
+        self.lora_attention.layout.display = None if attention_projections(model, self.head) else "none"
         self.tree = layer_tree(model)
         stale = [n for n in self._rows if n not in self.tree]
         for n in stale:
@@ -95,11 +128,30 @@ class LayerTreeView(W.VBox):
         self.frozen = frozen_names(self.model)
         root = self.tree[""]
         pct = 100 * root.frozen_params / max(root.total_params, 1)
+        adapters = sum(self._adapters().values())
+        lora = (f" · LoRA r={self.lora_r} on {len(self.lora_names)} layer{'s' if len(self.lora_names) != 1 else ''}: "
+                f"<b>+{_count(adapters)}</b> adapter parameters") if self.lora_names else ""
         self.totals.value = (
             f"<b>{_count(root.trainable_params)}</b> trainable · <b>{_count(root.frozen_params)}</b> frozen "
-            f"({pct:.0f} %) of {_count(root.total_params)} parameters"
+            f"({pct:.0f} %) of {_count(root.total_params)} parameters{lora}"
         )
         self._render()
+
+    def set_lora(self, patterns: list[str], r: int | None) -> None:
+        """Show the LoRA choice of a config: ``patterns`` (names or glob patterns, ``[]`` with a rank:
+        every attention projection) at rank ``r`` (``None``: LoRA off)."""
+        self.lora_r = r or 8
+        try:
+            self.lora_names = lora_target_names(self.model, patterns, self.head) if r else []
+        except ValueError:
+            self.lora_names = []
+        self.refresh()
+
+    def _adapters(self) -> dict[str, int]:
+        """Adapter parameters per layer: those the model holds (a peft model), else those the
+        chosen layers will get at rank ``lora_r``."""
+        held = adapter_counts(self.model)
+        return held or {n: adapter_size(self.modules[n], self.lora_r) for n in self.lora_names if n in self.modules}
 
     def row(self, name: str) -> _Row:
         """The row of ``name`` (expanding its ancestors so that it exists)."""
@@ -143,11 +195,11 @@ class LayerTreeView(W.VBox):
                          "partly frozen" if info.frozen_params else "")
                 colour = "#888" if frozen_here else "#222"
                 tag = f" <span style='color:#b36b00'>({state})</span>" if state else ""
-                self_label = html.escape(info.label)
+                row.lora.value = name in self.lora_names
                 row.label.value = (
-                    f"<span style='color:{colour}'><b>{self_label}</b> <span style='color:#777'>"
-                    f"{html.escape(info.type)}</span> · {_count(info.total_params)} params · "
-                    f"{_count(info.trainable_params)} trainable</span>{tag}"
+                    f"<span style='color:{colour}'><b>{html.escape(info.label)}</b> <span style='color:#777'>"
+                    f"{html.escape(_kind(info))}</span> · {_count(info.total_params)} params · "
+                    f"{_count(info.trainable_params)} trainable</span>{tag}{self._lora_tag(name)}"
                 )
                 boxes.append(row.box)
             self.list.children = boxes
@@ -175,3 +227,19 @@ class LayerTreeView(W.VBox):
 
     def _up_to(self, name: str) -> None:
         self._on_change(names_up_to(self.model, name))
+
+    def _lora_tag(self, name: str) -> str:
+        count = sum(n for layer, n in self._adapters().items() if layer == name or layer.startswith(name + "."))
+        return f" <span style='color:#1a7f37'>+{_count(count)} LoRA</span>" if count else ""
+
+    def _lora_toggled(self, name: str, value: bool) -> None:
+        if self._silent:
+            return
+        names = [n for n in self.lora_names if n != name] + ([name] if value else [])
+        self._lora_chosen(names)
+
+    def _lora_chosen(self, names: list[str]) -> None:
+        self.lora_names = list(names)
+        if self.on_lora is not None:
+            self.on_lora(list(names))
+        self.refresh()

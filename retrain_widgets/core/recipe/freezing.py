@@ -34,25 +34,38 @@ def lock_eval(norm):
     nn.Module.train(norm, False)
 
 
-def freeze_parameters(module):
-    """The module's own parameters stop training. They get no gradient at all (None, not zeros),
-    so AdamW's weight decay and SGD's momentum cannot move them either."""
-    for p in module.parameters(recurse=False):
+def covered(model, name):
+    """What the dotted ``name`` covers, as ``(module, [(parameter name, parameter), ...])`` pairs:
+    every module of a module's subtree with the parameters it holds itself or, for the name of a
+    parameter that a module holds next to its children (a ViT's ``cls_token``, CLIP's
+    ``logit_scale``), that parameter alone, with the module ``None``."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:  # not a module: a parameter's dotted name
+        return [(None, [(name.rpartition(".")[2], model.get_parameter(name))])]
+    return [(m, list(m.named_parameters(recurse=False))) for m in module.modules()]
+
+
+def freeze_parameters(params):
+    """The parameters ``(name, parameter)`` stop training. They get no gradient at all (None, not
+    zeros), so AdamW's weight decay and SGD's momentum cannot move them either."""
+    for _, p in params:
         p.requires_grad_(False)
         p.grad = None
 
 
 def freeze(model, names):
-    """Freeze the modules ``names`` (dotted names) and everything inside them.
+    """Freeze the modules ``names`` (dotted names) and everything inside them, and the parameters
+    named in ``names`` that a module holds itself (``"cls_token"``).
 
     BatchNorm inside frozen modules is locked in eval mode: in train mode it would normalise
     with batch statistics and overwrite its running ones, changing the frozen layers' outputs
     though no weight moves."""
     for name in names:
-        for m in model.get_submodule(name).modules():
+        for m, params in covered(model, name):
             if isinstance(m, STAT_NORMS):
                 lock_eval(m)
-            freeze_parameters(m)
+            freeze_parameters(params)
 
 
 def freeze_keep_norms(model, names):
@@ -60,23 +73,87 @@ def freeze_keep_norms(model, names):
     meaning): the norms' affine weights keep learning and BatchNorm keeps normalising with, and
     tracking, the new data's statistics."""
     for name in names:
-        for m in model.get_submodule(name).modules():
+        for m, params in covered(model, name):
             if isinstance(m, NORMS):
                 m.requires_grad_(True)
             else:
-                freeze_parameters(m)
+                freeze_parameters(params)
 
 
 def unfreeze(model, names):
-    """Make the modules ``names`` trainable again; a locked norm layer inside them follows
-    ``model.train()`` / ``model.eval()`` again."""
+    """Make the modules (or held parameters) ``names`` trainable again; a locked norm layer inside
+    them follows ``model.train()`` / ``model.eval()`` again."""
     for name in names:
-        for m in model.get_submodule(name).modules():
-            for p in m.parameters(recurse=False):
+        for m, params in covered(model, name):
+            for _, p in params:
                 p.requires_grad_(True)
-            if isinstance(vars(m).get("train"), LockedEval):
+            if m is not None and isinstance(vars(m).get("train"), LockedEval):
                 del m.train
                 m.train(model.training)
+
+
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def has_params(m):
+    return any(True for _ in m.parameters())
+
+
+def is_stack(m):
+    """A container of two or more parameterised blocks of one class (e.g. transformer layers)."""
+    if not isinstance(m, CONTAINERS):
+        return False
+    kinds = [type(c) for c in m.children() if any(True for _ in c.children()) and has_params(c)]
+    return any(kinds.count(k) >= 2 for k in kinds)
+
+
+def layer_leaves(model):
+    """The blocks layer groups are made of, input side first: ``(name, module)``, the module
+    ``None`` for a parameter that an opened module holds itself (a ViT's ``cls_token``). The root
+    and every container are opened, another module only when it holds a stack of repeated blocks."""
+    leaves = []
+
+    def visit(name, module):
+        children = [(f"{name}.{c}" if name else c, m) for c, m in module.named_children() if has_params(m)]
+        opened = not name or isinstance(module, CONTAINERS) or any(is_stack(m) for m in module.modules())
+        if children and opened:
+            leaves.extend((f"{name}.{p}" if name else p, None) for p, _ in module.named_parameters(recurse=False))
+            for child, m in children:
+                visit(child, m)
+        else:
+            leaves.append((name, module))
+
+    visit("", model)
+    return leaves
+
+
+def layer_groups(model):
+    """The model's blocks, input side first, head last: lists of module names, every parameter
+    in exactly one group. Norm layers and parameter-free modules join the group before them;
+    parameters an opened module holds itself (``cls_token``, ``pos_embed``) join the next group,
+    the input side; a layer whose parameters are all tied to earlier ones (GPT-2's ``lm_head``)
+    is in no group, its weight being in an earlier one. For a CNN: one group per conv
+    (+ BatchNorm) and per Linear."""
+    groups, pending, seen = [], [], set()
+    for name, module in layer_leaves(model):
+        if module is None:  # a held parameter: waits for the next layer
+            pending.append(name)
+            continue
+        ids = {id(p) for p in module.parameters()}
+        if ids and ids <= seen:
+            continue
+        seen |= ids
+        if groups and (isinstance(module, NORMS) or not ids):
+            groups[-1] += [*pending, name]
+        else:
+            groups.append([*pending, name])
+        pending = []
+    if pending:
+        if groups:
+            groups[-1] += pending
+        else:
+            groups.append(pending)
+    return groups
 
 
 def apply_stage(model, groups, stage, frozen, freeze, unfreeze):

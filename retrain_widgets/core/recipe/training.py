@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .freezing import NORMS
+from .freezing import NORMS, covered
 from .losses import distillation_loss
 
 
@@ -20,18 +20,23 @@ def param_groups(model, groups, lr, lr_decay, weight_decay):
     flips requires_grad: the optimizer and the schedule never change mid-run. Discriminative
     learning rates (ULMFiT): the top group gets ``lr``, each group below ``lr_decay`` x the LR of
     the one above. No weight decay on biases and norm layers: pulling them toward 0 does not
-    regularise, it just hurts. ``groups`` are lists of module names."""
+    regularise, it just hurts; nor on the parameters the model names in its own
+    ``no_weight_decay()`` (timm's convention: a ViT's ``pos_embed`` and ``cls_token``).
+    ``groups`` are lists of module names, or names of parameters a module holds itself."""
+    told = set(model.no_weight_decay() or ()) if callable(getattr(model, "no_weight_decay", None)) else set()
+    told = {id(p) for n, p in model.named_parameters() if n in told}
     out, seen = [], set()
     for i, names in enumerate(groups):
         group_lr = lr * lr_decay ** (len(groups) - 1 - i)
         decay, no_decay = [], []
         for name in names:
-            for m in model.get_submodule(name).modules():
-                for pname, p in m.named_parameters(recurse=False):
+            for m, params in covered(model, name):
+                for pname, p in params:
                     if id(p) in seen:  # a shared (tied) weight is listed once
                         continue
                     seen.add(id(p))
-                    (no_decay if p.ndim < 2 or pname == "bias" or isinstance(m, NORMS) else decay).append(p)
+                    plain = p.ndim < 2 or pname == "bias" or isinstance(m, NORMS) or id(p) in told
+                    (no_decay if plain else decay).append(p)
         label = names[0] or "(model)"
         if decay:
             out.append({"params": decay, "lr": group_lr, "weight_decay": weight_decay, "name": label,
@@ -40,7 +45,7 @@ def param_groups(model, groups, lr, lr_decay, weight_decay):
             out.append({"params": no_decay, "lr": group_lr, "weight_decay": 0.0, "name": f"{label} (no decay)",
                         "layer_group": label})
     rest = [p for p in model.parameters() if id(p) not in seen]
-    if rest:  # parameters owned directly by an opened module: the top group's LR
+    if rest:  # only with groups given by hand that miss some: the top group's LR
         out.append({"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "(other)",
                     "layer_group": "(other)"})
     return out

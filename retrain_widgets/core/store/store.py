@@ -17,6 +17,7 @@ from torch import nn
 
 from ..events import State
 from ..history import History
+from ..lora import restore_adapters
 from ..tree import find_head_or_none, replace_head
 from . import schema
 from .files import Connections, WeightsFolder
@@ -254,7 +255,7 @@ class RunStore:
 
     def restore(self, run_id: str, model: nn.Module) -> nn.Module:
         """A copy of ``model`` (the pretrained model the run started from) with the run's head
-        replacement and trained weights. ``model`` itself is not modified, nor torch's RNG."""
+        replacement, its LoRA adapters and trained weights. ``model`` itself is not modified, nor torch's RNG."""
         if not isinstance(model, nn.Module):
             raise ValueError(f"restore() takes the pretrained torch.nn.Module, got {type(model).__name__}")
         weights = self.load_weights(run_id)
@@ -267,6 +268,7 @@ class RunStore:
             devices = sorted({p.device.index or 0 for p in net.parameters() if p.device.type == "cuda"})
             with torch.random.fork_rng(devices=devices):  # the new head's init must not move the user's RNG
                 replace_head(net, int(head_out), name, bias=f"{name}.bias" in weights)
+        net = restore_adapters(net, self.get(run_id).config, head or find_head_or_none(net))  # LoRA runs
         try:
             net.load_state_dict(weights)
         except RuntimeError as exc:
