@@ -435,3 +435,80 @@ def test_script_without_model_and_data_code_stops_at_the_stub(scripts):
     assert "NotImplementedError" in result.stderr
     assert "make_loaders() is a stub" in result.stderr
     assert "batch_size // batch_size_divisor" in result.stderr
+
+
+# ----------------------------------------------------------------------------- parameters held by a module
+#: A ViT-shaped model on the 8x8 digits: the root holds cls_token and pos_embed itself, next to its layers.
+VIT_MODEL_CODE = '''\
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, x):
+        return x + self.mlp(self.norm(x))
+
+
+class TinyViT(nn.Module):
+    def __init__(self, width=16, classes=10):
+        super().__init__()
+        self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, width))
+        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, 5, width))
+        self.patch_embed = nn.Linear(16, width)
+        self.blocks = nn.Sequential(Block(width), Block(width))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        patches = x.reshape(-1, 1, 2, 4, 2, 4).permute(0, 2, 4, 1, 3, 5).reshape(x.shape[0], 4, 16)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), self.patch_embed(patches)], dim=1)
+        return self.head(self.norm(self.blocks(tokens + self.pos_embed))[:, 0])
+
+
+def load_pretrained_model():
+    torch.manual_seed(0)
+    return TinyViT()
+'''
+
+HELD_CASES = {
+    "frozen-cls_token-lr_decay-clip": RunConfig(loss="ce", frozen=["cls_token", "patch_embed"], lr=3e-3,
+                                                lr_decay=0.5, grad_clip=1.0),
+    "gradual-frozen-pos_embed": RunConfig(loss="ce", frozen=["pos_embed"], lr=3e-3, gradual=True,
+                                          unfreeze_every=1),
+}
+
+
+@pytest.mark.parametrize("case", list(HELD_CASES))
+def test_script_freezes_and_groups_parameters_held_by_the_root(case):
+    """A held parameter ("cls_token") freezes in the script as in the engine, and with layer groups
+    (lr_decay, gradual, clipping) the held parameters are in the optimizer: the same numbers."""
+    from retrain_widgets.core.params import module_names
+    from retrain_widgets.core.tree import layer_groups
+
+    cfg = _small(HELD_CASES[case])
+    data_code = SMALL_DATA_CODE.format(task_name=None, seed=cfg.seed)
+    models: dict = {}
+    exec(VIT_MODEL_CODE, models)
+    data: dict = {}
+    exec(data_code, data)
+    train, val, old_val = data["make_loaders"]()
+    run = Retrainer(models["load_pretrained_model"](), cfg, train, val, old_val)
+    history = run.fit()
+    engine = {name: float(history.series(name)[1][-1]) for name in ("val_loss", "val_metric")}
+    src = export_script(cfg, model_code=VIT_MODEL_CODE, data_code=data_code)
+    script, namespace = script_in_process(src)
+    assert_same(engine, script)
+    model = namespace["model"]
+    in_optimizer = {id(p) for g in namespace["optimizer"].param_groups for p in g["params"]}
+    assert {id(p) for p in model.parameters()} == in_optimizer
+    assert namespace["groups"][0][:2] == ["cls_token", "pos_embed"]
+    assert namespace["groups"] == module_names(layer_groups(models["load_pretrained_model"]()))
+    engine_params = dict(run.model.named_parameters())
+    for name, p in model.named_parameters():
+        if any(name == f or name.startswith(f + ".") for f in cfg.frozen):  # frozen: not trained, the same values
+            assert not p.requires_grad and torch.equal(p, engine_params[name]), name
