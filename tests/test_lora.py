@@ -185,6 +185,21 @@ def test_restore_gives_the_adapted_model(tmp_path):
         assert torch.equal(back(x).logits, r.model(x).logits)
 
 
+def test_the_run_builder_adds_the_adapters_and_the_studio_working_copy_marks_them():
+    """build_model adds the adapters (the engine and anything asking for "the model this config
+    trains"); the studio's working copy stays the model as it is, the chosen layers marked."""
+    from retrain_widgets.core.builder import build_model
+    from retrain_widgets.headless import HeadlessStudio
+
+    model = zoo.build("bert")
+    cfg = RunConfig(lora_r=2, lora_modules=["*.query"], device="cpu")
+    built = build_model(model, cfg)
+    assert set(adapter_counts(built.model)) == {f"bert.encoder.layer.{i}.attention.self.query" for i in range(2)}
+    assert not is_adapted(build_model(model, cfg, adapters=False).model) and not is_adapted(model)
+    studio = HeadlessStudio(model, zoo.loader("bert"), config=cfg, store=False)
+    assert not is_adapted(studio.work)
+
+
 # ----------------------------------------------------------------------------- a model wrapped by peft
 def test_a_model_wrapped_by_peft_keeps_working():
     from peft import LoraConfig, get_peft_model
