@@ -46,7 +46,8 @@ def param_groups(model: nn.Module, config: RunConfig, groups: list[LayerGroup] |
 
 
 def module_names(groups: list[LayerGroup]) -> list[list[str]]:
-    """The layer groups as lists of dotted module names (the root as ``""``), as the recipe takes them."""
+    """The layer groups as lists of dotted names (modules, the root as ``""``, and parameters a
+    module holds itself, such as ``"cls_token"``), as the recipe takes them."""
     return [["" if name == "(model)" else name for name in group.modules] for group in groups]
 
 
