@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["split_batch", "logits_of", "default_forward", "to_device", "first_batch", "Forward", "batch_size"]
+__all__ = ["split_batch", "logits_of", "default_forward", "to_device", "first_batch", "Forward", "batch_size",
+           "loader_generators"]
 
 Forward = Callable[[nn.Module, Any], tuple[Any, torch.Tensor]]
 
@@ -107,3 +108,15 @@ def batch_size(targets: Any) -> int:
         return len(targets)
     except TypeError:
         return 1
+
+
+def loader_generators(loader: Any) -> list[torch.Generator]:
+    """The torch generators that decide a loader's order (its own, its sampler's), each once."""
+    found: dict[int, torch.Generator] = {}
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for owner in (loader, sampler, getattr(batch_sampler, "sampler", None)):
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator):
+            found[id(gen)] = gen
+    return list(found.values())

@@ -32,7 +32,16 @@ from torch import nn
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import schedules as schedules_mod
-from .batches import Forward, batch_size, default_forward, first_batch, logits_of, to_device
+from .alignment import AlignmentProbe, OldTask
+from .batches import (
+    Forward,
+    batch_size,
+    default_forward,
+    first_batch,
+    loader_generators,
+    logits_of,
+    to_device,
+)
 from .config import RunConfig
 from .events import Event, EventInfo, State
 from .history import History
@@ -121,6 +130,9 @@ class Retrainer:
         Loaders (any re-iterable of batches; ``DataLoader`` typically). ``val`` measures the
         new task after each epoch; ``old_val`` measures the original task (through the
         original head when the head is replaced): forgetting shows there.
+    old_train
+        Old-task batches for the alignment probe (:mod:`~retrain_widgets.core.alignment`,
+        ``RunConfig.alignment_every``); ``old_val`` is used when none is given.
     forward
         ``forward(model, batch) -> (outputs, targets)`` for batches or outputs that are neither
         ``(inputs, targets)`` / ``{"labels": ...}`` nor tensors / ``.logits``. Receives the
@@ -143,7 +155,7 @@ class Retrainer:
 
     def __init__(self, model: nn.Module, config: RunConfig | None = None, train: Iterable[Any] | None = None,
                  val: Iterable[Any] | None = None, old_val: Iterable[Any] | None = None, *,
-                 forward: Forward | None = None, teacher: nn.Module | None = None,
+                 old_train: Iterable[Any] | None = None, forward: Forward | None = None, teacher: nn.Module | None = None,
                  publish_every: int = 50, publish_seconds: float = 0.25) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -260,6 +272,13 @@ class Retrainer:
         self.metric_name: str | None = None
         self._val_metric: metrics_mod.Metric | None = None
         self._old: tuple[Callable[..., torch.Tensor], metrics_mod.Metric] | None = None
+        self.alignment: AlignmentProbe | None = None
+        old_batches = old_train if old_train is not None else old_val
+        if cfg.alignment_every is not None and old_batches is not None:
+            old_task = OldTask(net, self.forward, lambda o, t: self._eval_fns(o, t, old=True)[0], self.head_name,
+                               self.original_head, self._autocast)
+            self.alignment = AlignmentProbe(layers, old_task, old_batches, self.history, every=cfg.alignment_every,
+                                            budget=cfg.alignment_budget, device=self.device).attach(self)
 
     # ================================================================== public control
     def on(self, event: Event | str, handler: Callable[[EventInfo], Any]) -> Callable[[EventInfo], Any]:
@@ -553,7 +572,7 @@ class Retrainer:
         training batches (the loader's generator, when it has one) come from ``config.seed``, whatever
         was drawn since the Retrainer was made (the check, other runs sharing the loader)."""
         torch.manual_seed(self.config.seed)
-        for gen in _loader_generators(self.train_loader):
+        for gen in loader_generators(self.train_loader):
             gen.manual_seed(self.config.seed)
 
     def _run_guarded(self) -> None:
@@ -607,6 +626,7 @@ class Retrainer:
                 if cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]
                                                     if p.grad is not None], cfg.grad_clip, foreach=True)
+                self._fire(Event.BACKWARD_END)
                 self.probes.record(self.step, loss)
                 if self.device.type == "cpu" and not math.isfinite(float(loss.detach())):
                     self._diverged(self.step)  # free on the CPU; on CUDA checked at publish (no sync)
@@ -948,18 +968,6 @@ class Retrainer:
     def __repr__(self) -> str:
         return (f"Retrainer(state={self.state.value}, step={self.step}/{self.total_steps}, "
                 f"loss={self.history.meta.get('loss')!r}, device={self.device})")
-
-
-def _loader_generators(loader: Any) -> list[torch.Generator]:
-    """The torch generators that decide a loader's order (its own, its sampler's), each once."""
-    found: dict[int, torch.Generator] = {}
-    sampler = getattr(loader, "sampler", None)
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    for owner in (loader, sampler, getattr(batch_sampler, "sampler", None)):
-        gen = getattr(owner, "generator", None)
-        if isinstance(gen, torch.Generator):
-            found[id(gen)] = gen
-    return list(found.values())
 
 
 def _cycle(loader: Iterable[Any]) -> Iterator[Any]:

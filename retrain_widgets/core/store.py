@@ -59,6 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .alignment import alignment_summary
 from .config import RunConfig
 from .events import Event, EventInfo, State
 from .history import History
@@ -395,6 +396,7 @@ def run_metrics(run: Retrainer) -> dict[str, Any]:
         _, v = h.series(name)
         if len(v) and (value := _finite(v[-1])) is not None:
             out[name] = value
+    out.update(alignment_summary(h))  # mean_alignment, old_batch_loss (the alignment probe)
     meta = h.meta
     if meta.get("metric") is not None:
         out["metric"] = str(meta["metric"])
