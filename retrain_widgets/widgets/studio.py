@@ -75,6 +75,8 @@ class RetrainStudio(W.VBox):
     train, val, old_val
         Loaders of the new task (``train``, ``val``) and of the original one (``old_val``,
         to watch forgetting).
+    old_train
+        Old-task batches for the alignment probe (``old_val`` when none is given).
     config
         Initial :class:`RunConfig`.
     forward, teacher
@@ -107,8 +109,8 @@ class RetrainStudio(W.VBox):
     _live: ClassVar[weakref.WeakSet[RetrainStudio]] = weakref.WeakSet()
 
     def __init__(self, model: nn.Module, train: Iterable[Any], val: Iterable[Any] | None = None,
-                 old_val: Iterable[Any] | None = None, *, config: RunConfig | None = None,
-                 forward: Forward | None = None, teacher: nn.Module | None = None, title: str | None = None,
+                 old_val: Iterable[Any] | None = None, *, old_train: Iterable[Any] | None = None,
+                 config: RunConfig | None = None, forward: Forward | None = None, teacher: nn.Module | None = None, title: str | None = None,
                  store: RunStore | str | os.PathLike[str] | None | bool = None,
                  code: dict[str, str] | None = None) -> None:
         super().__init__()
@@ -120,6 +122,7 @@ class RetrainStudio(W.VBox):
         self.add_class("rw-studio")
         self.pretrained = model
         self.train_loader, self.val_loader, self.old_val_loader = train, val, old_val
+        self.old_train_loader = old_train
         self.forward: Forward = forward or default_forward
         self.teacher = teacher
         self._config = copy.copy(config) if config is not None else RunConfig()
@@ -591,7 +594,7 @@ class RetrainStudio(W.VBox):
         cfg = self._config if config is None else config
         try:
             run = Retrainer(self.pretrained, cfg, self.train_loader, self.val_loader, self.old_val_loader,
-                            forward=self.forward, teacher=self.teacher)
+                            old_train=self.old_train_loader, forward=self.forward, teacher=self.teacher)
         except Exception as exc:  # noqa: BLE001 - shown in the widget
             self._show_error(exc)
             return None
