@@ -17,7 +17,15 @@ Ends with one line per model::
     overhead ratio <model>: <best bare steps/s / best engine steps/s>
 
 Target: <= 1.03 on the bundled CNN and on a ResNet-18-shaped model (CPU). Not a timed test.
-Run: ``.venv/bin/python benchmarks/overhead.py [--repeats 7] [--quick]``.
+
+The alignment probe is measured on its own: the engine without it against the engine with it at the
+default cadence (``RunConfig().alignment_every`` steps within ``alignment_budget`` of the wall
+time), interleaved the same way, ending with (the larger of the two models' values)::
+
+    alignment probe overhead ratio: <median of the paired ratios probe off / probe on>
+    alignment probe best-runs ratio: <best probe-off steps/s / best probe-on steps/s>
+
+Target: <= 1.02. Run: ``.venv/bin/python benchmarks/overhead.py [--repeats 7] [--quick] [--probe-only]``.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -65,10 +74,11 @@ def bare_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.dev
 
 
 def engine_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.device,
-                sync_check: bool = False) -> tuple[float, float]:
+                sync_check: bool = False, old_train: list | None = None) -> tuple[float, float]:
     """(steps/s, steps per CPU second of the training thread) of Retrainer with every probe on
-    (grad norms, LR per group, drift, checkpoints, history, events)."""
-    r = Retrainer(model, cfg.replace(max_steps=len(batches), epochs=1), batches)
+    (grad norms, LR per group, drift, checkpoints, history, events; with ``old_train`` and
+    ``cfg.alignment_every`` the alignment probe too)."""
+    r = Retrainer(model, cfg.replace(max_steps=len(batches), epochs=1), batches, old_train=old_train)
     r._sync_check = sync_check
     stamps: dict[int, tuple[float, float]] = {}
 
@@ -85,28 +95,60 @@ def engine_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.d
     return n / (t1 - t0), n / (c1 - c0)
 
 
-def measure(name: str, model: nn.Module, batches: list, cfg: RunConfig, repeats: int,
-            device: torch.device) -> tuple[float, float]:
-    """(ratio of the best blocks, median of the paired ratios) over interleaved repeats (ABBA order)."""
+def paired(a: Callable[[], tuple[float, float]], b: Callable[[], tuple[float, float]],
+           repeats: int) -> tuple[list[float], list[float], list[tuple[float, float]]]:
+    """Interleaved runs of ``a`` (the reference) and ``b`` (ABBA order): wall and CPU-time ratios
+    a/b of the steps/s of each pair, and the steps/s of each pair."""
     wall, cpu, rates = [], [], []
-    bare_loop(model, batches[:5], cfg, device)  # warm-up both paths once
-    engine_loop(model, batches[:5], cfg, device)
     for rep in range(repeats):
         if rep % 2 == 0:
-            b, e = bare_loop(model, batches, cfg, device), engine_loop(model, batches, cfg, device)
+            ra, rb = a(), b()
         else:
-            e, b = engine_loop(model, batches, cfg, device), bare_loop(model, batches, cfg, device)
-        wall.append(b[0] / e[0])
-        cpu.append(b[1] / e[1])
-        rates.append((b[0], e[0]))
+            rb, ra = b(), a()
+        wall.append(ra[0] / rb[0])
+        cpu.append(ra[1] / rb[1])
+        rates.append((ra[0], rb[0]))
+    return wall, cpu, rates
+
+
+def report(name: str, labels: tuple[str, str], wall: list[float], cpu: list[float],
+           rates: list[tuple[float, float]]) -> tuple[float, float]:
+    """Print the pairs' summary; return (ratio of the best blocks, median of the paired ratios)."""
     best = max(r[0] for r in rates) / max(r[1] for r in rates)
-    print(f"{name}: bare {statistics.median(r[0] for r in rates):.1f} steps/s, engine "
-          f"{statistics.median(r[1] for r in rates):.1f} steps/s (medians); best blocks: bare "
-          f"{max(r[0] for r in rates):.1f}, engine {max(r[1] for r in rates):.1f} steps/s")
+    a, b = labels
+    print(f"{name}: {a} {statistics.median(r[0] for r in rates):.1f} steps/s, {b} "
+          f"{statistics.median(r[1] for r in rates):.1f} steps/s (medians); best blocks: {a} "
+          f"{max(r[0] for r in rates):.1f}, {b} {max(r[1] for r in rates):.1f} steps/s")
     print(f"  wall ratios {', '.join(f'{r:.3f}' for r in wall)}")
     print(f"  median wall ratio {statistics.median(wall):.3f}, median cpu-time ratio {statistics.median(cpu):.3f}, "
           f"ratio of the best blocks {best:.3f}")
     return best, statistics.median(wall)
+
+
+def measure(name: str, model: nn.Module, batches: list, cfg: RunConfig, repeats: int,
+            device: torch.device) -> tuple[float, float]:
+    """(ratio of the best blocks, median of the paired ratios): bare loop against the engine."""
+    bare_loop(model, batches[:5], cfg, device)  # warm-up both paths once
+    engine_loop(model, batches[:5], cfg, device)
+    off = cfg.replace(alignment_every=None)
+    results = paired(lambda: bare_loop(model, batches, cfg, device), lambda: engine_loop(model, batches, off, device),
+                     repeats)
+    return report(name, ("bare", "engine"), *results)
+
+
+def measure_probe(name: str, model: nn.Module, batches: list, cfg: RunConfig, repeats: int,
+                  device: torch.device) -> tuple[float, float]:
+    """(ratio of the best blocks, median of the paired ratios): the engine without the alignment
+    probe against the engine with it at the default cadence (``RunConfig()``'s
+    ``alignment_every`` and ``alignment_budget``), old-task batches from the training batches."""
+    default = RunConfig()
+    on = cfg.replace(alignment_every=default.alignment_every, alignment_budget=default.alignment_budget)
+    off = cfg.replace(alignment_every=None)
+    old = batches[: max(1, len(batches) // 4)]
+    engine_loop(model, batches[:5], on, device, old_train=old)  # warm-up
+    results = paired(lambda: engine_loop(model, batches, off, device, old_train=old),
+                     lambda: engine_loop(model, batches, on, device, old_train=old), repeats)
+    return report(f"{name} (alignment probe)", ("probe off", "probe on"), *results)
 
 
 def cnn_case(quick: bool) -> tuple[nn.Module, list]:
@@ -128,6 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke run)")
+    parser.add_argument("--probe-only", action="store_true", help="only the alignment probe's cost")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
     device = torch.device("cpu")
@@ -136,14 +179,20 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {threads} torch thread(s), device {device}, "
           f"{repeats} interleaved repeats")
     cfg = RunConfig(loss="ce", optimizer="adamw", lr=1e-3, schedule="constant", device="cpu")
-    results = {}
+    results, probe = {}, {}
     for name, case in (("digits_cnn", cnn_case), ("resnet18_shaped", resnet_case)):
         model, batches = case(args.quick)
-        results[name] = measure(name, model, batches, cfg, repeats, device)
+        if not args.probe_only:
+            results[name] = measure(name, model, batches, cfg, repeats, device)
+        probe[name] = measure_probe(name, model, batches, cfg, repeats, device)
     for name, (_, median) in results.items():
         print(f"median paired overhead ratio {name}: {median:.3f}")
     for name, (best, _) in results.items():
         print(f"overhead ratio {name}: {best:.3f}")
+    for name, (best, median) in probe.items():
+        print(f"alignment probe {name}: median paired ratio {median:.3f}, ratio of the best runs {best:.3f}")
+    print(f"alignment probe overhead ratio: {max(m for _, m in probe.values()):.3f}")
+    print(f"alignment probe best-runs ratio: {max(b for b, _ in probe.values()):.3f}")
 
 if __name__ == "__main__":
     main()

@@ -33,10 +33,12 @@ _NICE = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 _LOG_NICE = (1.0, 2.0, 5.0, 10.0)
 
 
-def style_axes(ax: Any) -> None:
-    """The house style of an axes: fixed limits, small grey spines on the left and bottom."""
-    ax.set_autoscale_on(False)
-    ax.tick_params(labelsize=8.5, colors=C_TEXT, length=3, width=0.8)
+def style_axes(ax: Any, labelsize: float = 8.5, fixed: bool = True) -> None:
+    """The house style of an axes: small grey spines on the left and bottom; with ``fixed`` no
+    autoscaling (the live figure sets every limit itself)."""
+    if fixed:
+        ax.set_autoscale_on(False)
+    ax.tick_params(labelsize=labelsize, colors=C_TEXT, length=3, width=0.8)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     for spine in ax.spines.values():
