@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .batches import Forward, loader_generators, logits_of, to_device
-from .events import Event, EventInfo
+from .events import Event, EventInfo, State
 from .history import History
 
 if TYPE_CHECKING:
@@ -154,10 +154,12 @@ class AlignmentProbe:
         self.samples = 0
         self.seconds = 0.0  # time spent sampling, for benchmarks
         self.error: str | None = None
+        self._primed = False
 
     # ------------------------------------------------------------------ wiring
     def attach(self, run: Retrainer) -> AlignmentProbe:
         """Sample after the run's backward passes and publish with its other probes."""
+        run.on(Event.STATE_CHANGE, self.on_state)
         run.on(Event.BACKWARD_END, self.on_backward)
         run.on(Event.PUBLISH, self.on_publish)
         self.history.meta["alignment"] = {"every": self.every, "budget": self.budget}
@@ -176,6 +178,26 @@ class AlignmentProbe:
     def on_publish(self, info: EventInfo | None = None) -> None:
         self.publish()
 
+    def on_state(self, info: EventInfo) -> None:
+        if info.data.get("state") == State.RUNNING and not self._primed:
+            self.prime()
+
+    def prime(self) -> None:
+        """Before training: one old batch through the old head, without gradients, so a broken
+        loader fails before the first step and the old loss is chosen (on CUDA: the host syncs
+        this needs happen here, not between publishes)."""
+        self._primed = True
+        try:
+            with kept_rng(self.device, self.loader), old_task_mode(self.task) as net, torch.no_grad():
+                batch = to_device(self._next_batch(), self.device, non_blocking=True)
+                with self.task.autocast():
+                    outputs, targets = self.task.forward(net, batch)
+                logits = logits_of(outputs).float()
+                self.task.loss_of(logits, targets)(logits, targets)
+        except Exception as exc:
+            self._fail(0, exc)
+        self._batches = None  # the first sample starts the loader afresh
+
     # ------------------------------------------------------------------ sampling (device only)
     def sample(self, step: int) -> None:
         """Measure now (the parameters' ``.grad`` must hold the step's gradient)."""
@@ -183,18 +205,21 @@ class AlignmentProbe:
         try:
             self._sample(step)
         except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-            self.history.meta["alignment_error"] = self.error
-            raise ValueError(
-                f"the alignment probe stopped at step {step}: {self.error}. It measures the old task on one "
-                f"batch of old_train (or old_val) through the original head; fix that loader, or turn the probe "
-                f"off with RunConfig(alignment_every=None). Training goes on"
-            ) from exc
+            self._fail(step, exc)
         finally:
             self._last_step = step
             self._at = time.perf_counter()
             self._cost = self._at - t0
             self.seconds += self._cost
+
+    def _fail(self, step: int, exc: Exception) -> None:
+        self.error = f"{type(exc).__name__}: {exc}"
+        self.history.meta["alignment_error"] = self.error
+        raise ValueError(
+            f"the alignment probe stopped at step {step}: {self.error}. It measures the old task on one "
+            f"batch of old_train (or old_val) through the original head; fix that loader, or turn the probe "
+            f"off with RunConfig(alignment_every=None). Training goes on"
+        ) from exc
 
     def _sample(self, step: int) -> None:
         active = [i for i, p in enumerate(self.params) if p.requires_grad and p.grad is not None]
