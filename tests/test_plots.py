@@ -277,15 +277,15 @@ def test_heatmap_pixels_match_matplotlib_nearest():
 
 
 def test_incremental_pooling_matches_a_fresh_one():
+    from retrain_widgets.plots._raster import Pooler
     from retrain_widgets.plots.bench import synthetic_history
-    from retrain_widgets.plots.live import _Pooler
 
     h, run = synthetic_history(layers=7, steps=2000)
-    pooler = _Pooler()
+    pooler = Pooler()
     for _ in range(80):  # the history folds old rows several times meanwhile
         run.advance(50)
         steps, _, values = h.snapshot().layer_series("grad_norm")
         got = pooler.pool(steps, values, 0.0, 40.0, 200)
-        want = _Pooler().pool(steps, values, 0.0, 40.0, 200)
+        want = Pooler().pool(steps, values, 0.0, 40.0, 200)
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-12)

@@ -42,7 +42,8 @@ from torch import nn
 from .batches import Forward, logits_of, to_device
 from .events import Event, EventInfo, State
 from .history import History
-from .recipe.training import HeadSwap, loader_generators
+from .recipe.training import HeadSwap, autocast, loader_generators
+from .tree import parameterised_layers
 
 if TYPE_CHECKING:
     from .engine import Retrainer
@@ -150,6 +151,18 @@ class AlignmentProbe:
         self._primed = False
 
     # ------------------------------------------------------------------ wiring
+    @classmethod
+    def for_run(cls, run: Retrainer, loader: Iterable[Any]) -> AlignmentProbe:
+        """The probe of ``run`` on the old-task batches ``loader``, attached, at the run's
+        ``alignment_every`` (every step when it is ``None``) and ``alignment_budget``: its old loss is the one the run's old-task
+        evaluation uses (:meth:`~retrain_widgets.core.validation.Validation.fns`), through the
+        original head, in the run's precision."""
+        task = OldTask(run.model, run.forward, lambda o, t: run.validation.fns(o, t, old=True)[0], run.head_name,
+                       run.original_head, lambda: autocast(run.amp_dtype))
+        cfg = run.config
+        return cls(parameterised_layers(run.model), task, loader, run.history, every=cfg.alignment_every or 1,
+                   budget=cfg.alignment_budget, device=run.device).attach(run)
+
     def attach(self, run: Retrainer) -> AlignmentProbe:
         """Sample after the run's backward passes and publish with its other probes."""
         run.on(Event.STATE_CHANGE, self.on_state)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .alignment import AlignmentProbe, OldTask
+from .alignment import AlignmentProbe
 from .batches import Forward, default_forward, logits_of, to_device
 from .builder import apply_stage, build_run
 from .checkpoint import HeavyProbes
@@ -122,7 +122,9 @@ class Retrainer:
         self.teacher = self.distillation.teacher if self.distillation is not None else None
         self._init_probes()
         self._init_state()
-        self.alignment = self._init_alignment(old_train if old_train is not None else old_val)
+        old_batches = old_train if old_train is not None else old_val  # the alignment probe's old task
+        self.alignment = (AlignmentProbe.for_run(self, old_batches)
+                          if cfg.alignment_every is not None and old_batches is not None else None)
 
     def _init_probes(self) -> None:
         """Per-step probes, drift, the L2-SP reference, the NaN guard's checkpoint and the history."""
@@ -138,17 +140,6 @@ class Retrainer:
         self.drift, self.checkpoint = self.heavy.drift, self.heavy.checkpoint
         self._l2sp = recipe.pretrained_reference(net, self.head_name) if cfg.l2sp > 0 else None
         self.history = _new_history(self)
-
-    def _init_alignment(self, old_batches: Iterable[Any] | None) -> AlignmentProbe | None:
-        """The alignment probe on the old task's batches (``old_train``, else ``old_val``), when on: its old
-        loss is the old-task evaluation's, through the original head."""
-        cfg = self.config
-        if cfg.alignment_every is None or old_batches is None:
-            return None
-        old_task = OldTask(self.model, self.forward, lambda o, t: self.validation.fns(o, t, old=True)[0],
-                           self.head_name, self.original_head, lambda: recipe.autocast(self.amp_dtype))
-        return AlignmentProbe(parameterised_layers(self.model), old_task, old_batches, self.history,
-                              every=cfg.alignment_every, budget=cfg.alignment_budget, device=self.device).attach(self)
 
     def _init_state(self) -> None:
         self.step = 0

@@ -45,7 +45,6 @@ from matplotlib.transforms import blended_transform_factory
 from . import _frame
 from ._frame import Layout as _Layout
 from ._layers import LayerView
-from ._raster import Pooler as _Pooler  # noqa: F401 - the incremental pooling test reads it here
 from ._raster import Stamper
 from ._util import (
     C_CHANGE,
