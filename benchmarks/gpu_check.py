@@ -2,7 +2,8 @@
 
 For the bundled digits CNN and a ResNet-18-shaped model, on CUDA:
 
-1. ``Retrainer`` trains with every probe on while ``torch.cuda.set_sync_debug_mode("error")`` is
+1. ``Retrainer`` trains with every probe on (and again with the alignment probe sampling every
+   step) while ``torch.cuda.set_sync_debug_mode("error")`` is
    set around the steps between publishes: any host-device synchronisation there (an
    ``.item()``, a ``bool(tensor)``, a blocking copy) raises instead of silently stalling the
    GPU queue. Publishing (one copy per chunk of steps) runs with the mode back at default.
@@ -63,8 +64,9 @@ def bare(model: nn.Module, batches: list, cfg: RunConfig, device: torch.device, 
 
 
 def engine(model: nn.Module, batches: list, cfg: RunConfig, device: torch.device, amp: bool,
-           sync_check: bool) -> tuple[float, Retrainer]:
-    r = Retrainer(model, cfg.replace(amp=amp, max_steps=len(batches), epochs=1, device=device.type), batches)
+           sync_check: bool, old_train: list | None = None) -> tuple[float, Retrainer]:
+    r = Retrainer(model, cfg.replace(amp=amp, max_steps=len(batches), epochs=1, device=device.type), batches,
+                  old_train=old_train)
     r._sync_check = sync_check
     stamps: dict[int, float] = {}
 
@@ -115,6 +117,12 @@ def main() -> int:
             _, r = engine(model, batches, cfg, device, amp, sync_check=True)
             print(f"{model_name} amp={'on' if amp else 'off'}: sync check passed ({r.step} steps, "
                   f"amp dtype {r.amp_dtype}, {len(r.layer_names)} probed layers)")
+            # ... and with the alignment probe sampling every step (old-task batches: the first two)
+            _, r = engine(model, batches, cfg.replace(alignment_every=1, alignment_budget=1.0), device, amp,
+                          sync_check=True, old_train=batches[:2])
+            assert r.alignment is not None and r.alignment.error is None and not r.handler_errors, r.handler_errors
+            print(f"{model_name} amp={'on' if amp else 'off'}: sync check with the alignment probe passed "
+                  f"({r.alignment.samples} samples)")
             # 2. overhead against a bare loop, interleaved
             bare(model, batches[:3], cfg, device, amp)
             runs = interleave(partial(bare, model, batches, cfg, device, amp),

@@ -18,7 +18,15 @@ Ends with two lines per model::
     best-runs ratio <model>: <best bare steps/s / best engine steps/s>
 
 Target: <= 1.03 on the bundled CNN and on a ResNet-18-shaped model (CPU). Not a timed test.
-Run: ``.venv/bin/python benchmarks/overhead.py [--repeats 7] [--quick]``.
+
+The alignment probe is measured on its own: the engine without it against the engine with it at the
+default cadence (``RunConfig().alignment_every`` steps within ``alignment_budget`` of the wall
+time), interleaved the same way, ending with (the larger of the two models' values)::
+
+    alignment probe overhead ratio: <median of the paired ratios probe off / probe on>
+    alignment probe best-runs ratio: <best probe-off steps/s / best probe-on steps/s>
+
+Target: <= 1.02. Run: ``.venv/bin/python benchmarks/overhead.py [--repeats 7] [--quick] [--probe-only]``.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -68,10 +77,11 @@ def bare_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.dev
 
 
 def engine_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.device,
-                sync_check: bool = False) -> tuple[float, float]:
+                sync_check: bool = False, old_train: list | None = None) -> tuple[float, float]:
     """(steps/s, steps per CPU second of the training thread) of Retrainer with every probe on
-    (grad norms, LR per group, drift, checkpoints, history, events)."""
-    r = Retrainer(model, cfg.replace(max_steps=len(batches), epochs=1), batches)
+    (grad norms, LR per group, drift, checkpoints, history, events; with ``old_train`` and
+    ``cfg.alignment_every`` the alignment probe too)."""
+    r = Retrainer(model, cfg.replace(max_steps=len(batches), epochs=1), batches, old_train=old_train)
     r._sync_check = sync_check
     stamps: dict[int, tuple[float, float]] = {}
 
@@ -88,22 +98,45 @@ def engine_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.d
     return n / (t1 - t0), n / (c1 - c0)
 
 
-def measure(name: str, model: nn.Module, batches: list, cfg: RunConfig, repeats: int,
-            device: torch.device) -> tuple[float, float]:
-    """(median of the paired ratios, ratio of the best blocks) over interleaved repeats (ABBA order)."""
-    bare_loop(model, batches[:5], cfg, device)  # warm-up both paths once
-    engine_loop(model, batches[:5], cfg, device)
-    pairs = interleave(lambda: bare_loop(model, batches, cfg, device),
-                       lambda: engine_loop(model, batches, cfg, device), repeats)
-    rates = [(b[0], e[0]) for b, e in pairs]
+def compare(name: str, labels: tuple[str, str], run_a: Callable[[], tuple[float, float]],
+            run_b: Callable[[], tuple[float, float]], repeats: int) -> tuple[float, float]:
+    """(median of the paired ratios, ratio of the best blocks) of ``run_a`` (the reference) against
+    ``run_b`` over interleaved repeats (ABBA order); prints the pairs' summary."""
+    pairs = interleave(run_a, run_b, repeats)
+    rates = [(a[0], b[0]) for a, b in pairs]
     median, best = ratios(rates)
-    cpu, _ = ratios([(b[1], e[1]) for b, e in pairs])
-    print(f"{name}: bare {statistics.median(r[0] for r in rates):.1f} steps/s, engine "
-          f"{statistics.median(r[1] for r in rates):.1f} steps/s (medians); best blocks: bare "
-          f"{max(r[0] for r in rates):.1f}, engine {max(r[1] for r in rates):.1f} steps/s")
-    print(f"  wall ratios {', '.join(f'{b / e:.3f}' for b, e in rates)}")
+    cpu, _ = ratios([(a[1], b[1]) for a, b in pairs])
+    la, lb = labels
+    print(f"{name}: {la} {statistics.median(r[0] for r in rates):.1f} steps/s, {lb} "
+          f"{statistics.median(r[1] for r in rates):.1f} steps/s (medians); best blocks: {la} "
+          f"{max(r[0] for r in rates):.1f}, {lb} {max(r[1] for r in rates):.1f} steps/s")
+    print(f"  wall ratios {', '.join(f'{a / b:.3f}' for a, b in rates)}")
     print(f"  median wall ratio {median:.3f}, median cpu-time ratio {cpu:.3f}, ratio of the best blocks {best:.3f}")
     return median, best
+
+
+def measure(name: str, model: nn.Module, batches: list, cfg: RunConfig, repeats: int,
+            device: torch.device) -> tuple[float, float]:
+    """(median of the paired ratios, ratio of the best blocks): the bare loop against the engine."""
+    bare_loop(model, batches[:5], cfg, device)  # warm-up both paths once
+    engine_loop(model, batches[:5], cfg, device)
+    return compare(name, ("bare", "engine"), lambda: bare_loop(model, batches, cfg, device),
+                   lambda: engine_loop(model, batches, cfg, device), repeats)
+
+
+def measure_probe(name: str, model: nn.Module, batches: list, cfg: RunConfig, repeats: int,
+                  device: torch.device) -> tuple[float, float]:
+    """(median of the paired ratios, ratio of the best blocks): the engine without the alignment
+    probe against the engine with it at the default cadence (``RunConfig()``'s ``alignment_every``
+    and ``alignment_budget``), old-task batches from the training batches."""
+    default = RunConfig()
+    on = cfg.replace(alignment_every=default.alignment_every, alignment_budget=default.alignment_budget)
+    off = cfg.replace(alignment_every=None)
+    old = batches[: max(1, len(batches) // 4)]
+    engine_loop(model, batches[:5], on, device, old_train=old)  # warm-up
+    return compare(f"{name} (alignment probe)", ("probe off", "probe on"),
+                   lambda: engine_loop(model, batches, off, device, old_train=old),
+                   lambda: engine_loop(model, batches, on, device, old_train=old), repeats)
 
 
 def cnn_case(quick: bool) -> tuple[nn.Module, list]:
@@ -125,6 +158,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke run)")
+    parser.add_argument("--probe-only", action="store_true", help="only the alignment probe's own cost")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
     device = torch.device("cpu")
@@ -133,13 +167,19 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {threads} torch thread(s), device {device}, "
           f"{repeats} interleaved repeats")
     cfg = RunConfig(loss="ce", optimizer="adamw", lr=1e-3, schedule="constant", device="cpu")
-    results = {}
+    results, probe = {}, {}
     for name, case in (("digits_cnn", cnn_case), ("resnet18_shaped", resnet_case)):
         model, batches = case(args.quick)
-        results[name] = measure(name, model, batches, cfg, repeats, device)
+        if not args.probe_only:
+            results[name] = measure(name, model, batches, cfg, repeats, device)
+        probe[name] = measure_probe(name, model, batches, cfg, repeats, device)
     for name, (median, best) in results.items():
         print(f"overhead ratio {name}: {median:.3f}")
         print(f"best-runs ratio {name}: {best:.3f}")
+    for name, (median, best) in probe.items():
+        print(f"alignment probe {name}: median paired ratio {median:.3f}, best-runs ratio {best:.3f}")
+    print(f"alignment probe overhead ratio: {max(m for m, _ in probe.values()):.3f}")
+    print(f"alignment probe best-runs ratio: {max(b for _, b in probe.values()):.3f}")
 
 
 if __name__ == "__main__":

@@ -145,9 +145,9 @@ class HeadlessStudio:
     _live: ClassVar[weakref.WeakSet[HeadlessStudio]] = weakref.WeakSet()
 
     def __init__(self, model: nn.Module, train: Iterable[Any], val: Iterable[Any] | None = None,
-                 old_val: Iterable[Any] | None = None, *, config: RunConfig | None = None,
-                 forward: Forward | None = None, teacher: nn.Module | None = None, title: str | None = None,
-                 store: RunStore | str | os.PathLike[str] | None | bool = None,
+                 old_val: Iterable[Any] | None = None, *, old_train: Iterable[Any] | None = None,
+                 config: RunConfig | None = None, forward: Forward | None = None, teacher: nn.Module | None = None,
+                 title: str | None = None, store: RunStore | str | os.PathLike[str] | None | bool = None,
                  code: dict[str, str] | None = None, cell: str | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -156,6 +156,7 @@ class HeadlessStudio:
         HeadlessStudio._live.add(self)
         self.pretrained = model
         self.train_loader, self.val_loader, self.old_val_loader = train, val, old_val
+        self.old_train_loader = old_train
         self.forward: Forward = forward or default_forward
         self.teacher = teacher
         self._config = (copy.copy(config) if config is not None else RunConfig()).validate()
@@ -386,7 +387,7 @@ class HeadlessStudio:
         cfg = self._config if config is None else config
         try:
             run = Retrainer(self.pretrained, cfg, self.train_loader, self.val_loader, self.old_val_loader,
-                            forward=self.forward, teacher=self.teacher)
+                            old_train=self.old_train_loader, forward=self.forward, teacher=self.teacher)
         except Exception as exc:  # noqa: BLE001 - shown in the views
             self.emit("error", exc)
             return None

@@ -96,6 +96,18 @@ def test_strategies(cnn, seven):
         s.strategy_changes("most")
 
 
+def test_old_train_feeds_the_runs_alignment_probe(cnn, seven):
+    old_train = [next(iter(seven.old_val))]  # not old_val itself: the probe must take this one
+    s = HeadlessStudio(cnn, seven.train, seven.val, seven.old_val, old_train=old_train, store=False,
+                       config=_short(alignment_every=4, alignment_budget=1.0))
+    run = s.start()
+    s.wait(60)
+    assert run.state == State.FINISHED and s.old_train_loader is old_train
+    assert run.alignment is not None and run.alignment.loader is old_train and run.alignment.error is None
+    steps, losses = run.history.series("old_batch_loss")
+    assert list(steps) == [0, 4, 8] and all(loss > 0 for loss in losses)
+
+
 def test_start_wait_reset(cnn, seven):
     s = HeadlessStudio(cnn, seven.train, seven.val, seven.old_val, config=_short(), store=False)
     rec = Recorder(s)

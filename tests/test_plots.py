@@ -97,7 +97,7 @@ def test_frozen_layers_and_markers(fig):
     assert [labels[i][1] for i in range(len(NAMES))] == [True, True, True, False, False, False]
     assert sum("❄" in text for text, _ in labels.values()) == 3  # two without gradients + one named frozen
     rgba = fig.heatmap.get_array()
-    grey = fig._bad
+    grey = fig.layers.bad
     assert (rgba[:2] == grey).all()  # frozen rows (no gradient) are flat grey
     assert not (rgba[2:] == grey).all(axis=-1).any()
     segs = fig._stage_lines[fig.ax_loss].get_segments()
@@ -105,7 +105,7 @@ def test_frozen_layers_and_markers(fig):
     assert len(fig._change_lines[fig.ax_loss].get_segments()) == 1
     assert any("stage 1" in t.get_text() for t in fig._marker_texts)
     # frozen rows carry a hatched band behind both bar panels
-    assert len(fig._frozen_gbar.get_paths()) == 3
+    assert len(fig.layers.frozen_gbar.get_paths()) == 3
     assert frame.std() > 0
 
 
@@ -277,15 +277,15 @@ def test_heatmap_pixels_match_matplotlib_nearest():
 
 
 def test_incremental_pooling_matches_a_fresh_one():
+    from retrain_widgets.plots._raster import Pooler
     from retrain_widgets.plots.bench import synthetic_history
-    from retrain_widgets.plots.live import _Pooler
 
     h, run = synthetic_history(layers=7, steps=2000)
-    pooler = _Pooler()
+    pooler = Pooler()
     for _ in range(80):  # the history folds old rows several times meanwhile
         run.advance(50)
         steps, _, values = h.snapshot().layer_series("grad_norm")
         got = pooler.pool(steps, values, 0.0, 40.0, 200)
-        want = _Pooler().pool(steps, values, 0.0, 40.0, 200)
+        want = Pooler().pool(steps, values, 0.0, 40.0, 200)
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-12)

@@ -112,6 +112,12 @@ def test_focal_on_ten_logits_shows_mismatch_and_replace_head_fixes_it(cnn, seven
     assert s.config.head_out is None and s.mismatch is not None
 
 
+def test_old_train_is_forwarded_to_the_headless_studio(cnn, seven):
+    old_train = [next(iter(seven.old_val))]
+    s = RetrainStudio(cnn, seven.train, seven.val, seven.old_val, old_train=old_train, store=False)
+    assert s.old_train_loader is old_train and s.headless.old_train_loader is old_train
+
+
 def test_schedule_preview_redraws(studio):
     before = studio.preview.value
     studio.schedule_picker.value = "cosine"

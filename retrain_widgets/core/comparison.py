@@ -19,7 +19,7 @@ from .store import RunRecord, RunStore, run_metrics
 
 __all__ = ["RunSummary", "summarize", "differing_fields", "table", "METRIC_COLUMNS", "grid_variants"]
 
-METRIC_COLUMNS = ("val_metric", "old_metric", "val_loss", "old_loss", "train_loss", "steps")
+METRIC_COLUMNS = ("val_metric", "old_metric", "val_loss", "old_loss", "mean_alignment", "train_loss", "steps")
 
 
 @dataclass(frozen=True)

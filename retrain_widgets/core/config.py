@@ -116,6 +116,12 @@ class RunConfig:
         scale numerator (``None`` = ``lora_r``), dropout on the adapters' input, and the layers
         to adapt (dotted names or glob patterns; ``[]`` = every attention projection). The
         base weights stay frozen; the head trains in full. Not with ``gradual``.
+    alignment_every, alignment_budget
+        The alignment probe (:mod:`~retrain_widgets.core.alignment`): every ``alignment_every``
+        steps at most, and within ``alignment_budget`` of the wall time, the cosine between each
+        trainable layer's gradient of the new loss and of the old task's loss (one old-task batch)
+        and that batch's old-task loss (``alignment_budget=1.0``: no time limit). Needs an old-task
+        loader; ``alignment_every=None`` turns it off.
     """
 
     loss: str | Callable[..., Any] = "ce"
@@ -146,6 +152,8 @@ class RunConfig:
     lora_alpha: float | None = None
     lora_dropout: float = 0.0
     lora_modules: list[str] = field(default_factory=list)
+    alignment_every: int | None = 20
+    alignment_budget: float = 0.015
 
     def __post_init__(self) -> None:
         self.validate()
@@ -212,6 +220,8 @@ class RunConfig:
             raise ValueError(f"RunConfig.amp must be True or False, got {self.amp!r}")
         self.grad_clip = _number("grad_clip", self.grad_clip, low=0.0, low_open=True, optional=True)
         _choice("metric", self.metric, metrics.NAMES)
+        self.alignment_every = _number("alignment_every", self.alignment_every, low=1, whole=True, optional=True)
+        self.alignment_budget = _number("alignment_budget", self.alignment_budget, low=0.0, low_open=True, high=1.0)
         lora.check_lora(self)
         return self
 

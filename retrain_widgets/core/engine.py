@@ -7,8 +7,9 @@ loop applies at the next step boundary. It records a bounded :class:`History` at
 cost (see :mod:`retrain_widgets.core.probes`) and fires typed events.
 
 The loop, in :meth:`Retrainer._train`, reads top to bottom: for each epoch, for each batch:
-apply queued changes, forward, loss (+ distillation), backward, L2-SP pull, clipping, probes,
-optimizer step, scheduler step, publish every few steps; validation after each epoch.
+apply queued changes, forward, loss (+ distillation), backward, L2-SP pull, clipping, the
+``BACKWARD_END`` handlers (the alignment probe), probes, optimizer step, scheduler step,
+publish every few steps; validation after each epoch.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .alignment import AlignmentProbe
 from .batches import Forward, default_forward, logits_of, to_device
 from .builder import apply_stage, build_run
 from .checkpoint import HeavyProbes
@@ -65,6 +67,9 @@ class Retrainer:
         Loaders (any re-iterable of batches; ``DataLoader`` typically). ``val`` measures the
         new task after each epoch; ``old_val`` measures the original task (through the
         original head when the head is replaced): forgetting shows there.
+    old_train
+        Old-task batches for the alignment probe (:mod:`~retrain_widgets.core.alignment`,
+        ``RunConfig.alignment_every``); ``old_val`` is used when none is given.
     forward
         ``forward(model, batch) -> (outputs, targets)`` for batches or outputs that are neither
         ``(inputs, targets)`` / ``{"labels": ...}`` nor tensors / ``.logits``. Receives the
@@ -87,7 +92,7 @@ class Retrainer:
 
     def __init__(self, model: nn.Module, config: RunConfig | None = None, train: Iterable[Any] | None = None,
                  val: Iterable[Any] | None = None, old_val: Iterable[Any] | None = None, *,
-                 forward: Forward | None = None, teacher: nn.Module | None = None,
+                 old_train: Iterable[Any] | None = None, forward: Forward | None = None, teacher: nn.Module | None = None,
                  publish_every: int = 50, publish_seconds: float = 0.25) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -117,6 +122,9 @@ class Retrainer:
         self.teacher = self.distillation.teacher if self.distillation is not None else None
         self._init_probes()
         self._init_state()
+        old_batches = old_train if old_train is not None else old_val  # the alignment probe's old task
+        self.alignment = (AlignmentProbe.for_run(self, old_batches)
+                          if cfg.alignment_every is not None and old_batches is not None else None)
 
     def _init_probes(self) -> None:
         """Per-step probes, drift, the L2-SP reference, the NaN guard's checkpoint and the history."""
@@ -372,6 +380,7 @@ class Retrainer:
                     recipe.pull_to_pretrained(*self._l2sp, cfg.l2sp)
                 if cfg.grad_clip is not None:
                     recipe.clip_gradients(opt, cfg.grad_clip)
+                self._fire(Event.BACKWARD_END)
                 self.probes.record(self.step, loss)
                 if self.device.type == "cpu" and not math.isfinite(float(loss.detach())):
                     self._diverged(self.step)  # free on the CPU; on CUDA checked at publish (no sync)

@@ -36,6 +36,10 @@ class Event(str, enum.Enum):
 
     All are fired from the training thread, between steps.
 
+    ``BACKWARD_END``
+        After the backward pass (and L2-SP, clipping), before the optimizer step: every
+        trainable parameter's ``.grad`` holds this step's gradient (``info.step``). A handler
+        must leave gradients, weights and RNG as it found them (the alignment probe does).
     ``STEP_END``
         After every optimizer step (``info.step``, ``info.epoch``). The loss is not on the
         host yet: read it from the history after ``PUBLISH``.
@@ -50,6 +54,7 @@ class Event(str, enum.Enum):
         The run's state changed (``info.data["state"]``, a :class:`State`).
     """
 
+    BACKWARD_END = "backward_end"
     STEP_END = "step_end"
     PUBLISH = "publish"
     EPOCH_END = "epoch_end"

@@ -33,8 +33,8 @@ import numpy as np
 
 __all__ = ["History", "HistorySnapshot", "SCALAR_SERIES", "LAYER_SERIES"]
 
-SCALAR_SERIES = ("train_loss", "lr", "val_loss", "val_metric", "old_loss", "old_metric")
-LAYER_SERIES = ("grad_norm", "drift", "group_lr")
+SCALAR_SERIES = ("train_loss", "lr", "val_loss", "val_metric", "old_loss", "old_metric", "old_batch_loss")
+LAYER_SERIES = ("grad_norm", "drift", "group_lr", "grad_alignment")
 
 
 def _pow2_at_most(n: int) -> int:
@@ -380,7 +380,7 @@ class History:
 
     def series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, values)`` of a scalar series: ``train_loss``, ``lr``, ``val_loss``,
-        ``val_metric``, ``old_loss``, ``old_metric`` (or any other recorded name)."""
+        ``val_metric``, ``old_loss``, ``old_metric``, ``old_batch_loss`` (or any other recorded name)."""
         with self._lock:
             s = self._scalars.get(name)
             if s is not None:
@@ -392,7 +392,7 @@ class History:
         return _EMPTY, _EMPTY
 
     def layer_series(self, name: str, reduce: str = "mean") -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
-        """``(steps, layer names, values[steps x layers])`` for ``grad_norm``, ``drift`` or
+        """``(steps, layer names, values[steps x layers])`` for ``grad_norm``, ``drift``, ``grad_alignment`` or
         ``group_lr``. Decimated rows hold the bucket's ``reduce`` ("mean", "min", "max")."""
         with self._lock:
             s = self._layers.get(name)

@@ -6,6 +6,7 @@ import math
 import struct
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -26,10 +27,25 @@ C_CHANGE = "#8a8a8a"
 C_GRID = "#e4e4e4"
 C_TEXT = "#222222"
 C_MUTED = "#6b6b6b"
+C_HINT = "#b2182b"  # the alignment panel's "pulling against the old task" marks
 HEAT_CMAP = "viridis"
+ALIGN_CMAP = "RdBu"  # alignment with the old task: red -1 (against it) ... blue +1 (with it)
 
 _NICE = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 _LOG_NICE = (1.0, 2.0, 5.0, 10.0)
+
+
+def style_axes(ax: Any, labelsize: float = 8.5, fixed: bool = True) -> None:
+    """The house style of an axes: small grey spines on the left and bottom; with ``fixed`` no
+    autoscaling (the live figure sets every limit itself)."""
+    if fixed:
+        ax.set_autoscale_on(False)
+    ax.tick_params(labelsize=labelsize, colors=C_TEXT, length=3, width=0.8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    for spine in ax.spines.values():
+        spine.set_color("#9a9a9a")
+        spine.set_linewidth(0.8)
 
 
 def nice_up(x: float, grid: tuple[float, ...] = _NICE) -> float:

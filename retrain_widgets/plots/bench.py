@@ -26,9 +26,12 @@ def _layer_names(n: int) -> list[str]:
 class _Run:
     """A deterministic fake run: a decaying noisy loss, per-layer gradient norms spanning three
     decades (the lower 30 % of layers frozen for the first half), a cosine LR with three groups,
-    weight drift, validation every ``val_every`` steps."""
+    weight drift, validation every ``val_every`` steps and, every ``alignment_every`` steps (``None``:
+    off), the alignment with the old task (drifting from +0.3 to negative in the top layers) and an
+    old-task batch loss."""
 
-    def __init__(self, history: History, layers: int, planned: int, seed: int = 0, val_every: int = 5000) -> None:
+    def __init__(self, history: History, layers: int, planned: int, seed: int = 0, val_every: int = 5000,
+                 alignment_every: int | None = 20) -> None:
         self.h = history
         self.rng = np.random.default_rng(seed)
         self.names = _layer_names(layers)
@@ -38,6 +41,9 @@ class _Run:
         self.scale = 10.0 ** np.linspace(-3, 0, layers)
         self.n_frozen = int(0.3 * layers)
         self.step = 0
+        self.alignment_every = alignment_every
+        if alignment_every:
+            history.meta["alignment"] = {"every": alignment_every, "budget": 0.015}
         history.meta.update({"metric": "accuracy", "higher_is_better": True, "old_metric": "accuracy",
                              "layers": list(self.names), "groups": ["body", "blocks", "head"], "loss": "ce"})
 
@@ -67,9 +73,22 @@ class _Run:
             h.append("val_loss", [s], [2.3 * math.exp(-6 * tt) + 0.12])
             h.append("val_metric", [s], [0.97 - 0.85 * math.exp(-5 * tt)])
             h.append("old_metric", [s], [0.95 - 0.25 * (1 - math.exp(-4 * tt))])
+        if self.alignment_every:
+            self._alignment(steps[steps % self.alignment_every == 0], grads)
         if self.step // 20000 != (self.step + n) // 20000:
             h.mark((self.step + n) // 20000 * 20000, "change", "lr x0.5")
         self.step += n
+
+
+    def _alignment(self, steps: np.ndarray, grads: np.ndarray) -> None:
+        if not len(steps):
+            return
+        t = (steps / self.planned)[:, None]
+        depth = np.linspace(0, 1, self.layers)[None, :]
+        cos = 0.3 - 0.7 * depth * (1 - np.exp(-4 * t)) + self.rng.normal(0, 0.12, (len(steps), self.layers))
+        cos[np.isnan(grads[(steps - self.step - 1).astype(int)])] = np.nan
+        self.h.append_layers("grad_alignment", steps, self.names, np.clip(cos, -1, 1))
+        self.h.append("old_batch_loss", steps, 0.2 + 0.6 * (1 - np.exp(-3 * t[:, 0])) * self.rng.lognormal(0, 0.1, len(steps)))
 
 
 def synthetic_history(layers: int = 100, steps: int = 100_000, chunk: int = 500,

@@ -33,6 +33,7 @@ from ._util import (
     log_nice_up,
     spans_decades,
     step_formatter,
+    style_axes,
 )
 
 __all__ = ["lr_preview_png", "lr_finder_png"]
@@ -59,12 +60,7 @@ def _axes(kind: str, width_px: int, height_px: int) -> tuple[Figure, FigureCanva
     ax.clear()
     ax.set_xscale("linear")
     ax.set_yscale("linear")
-    ax.tick_params(labelsize=8, colors=C_TEXT, length=3, width=0.8)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    for spine in ax.spines.values():
-        spine.set_color("#9a9a9a")
-        spine.set_linewidth(0.8)
+    style_axes(ax, labelsize=8, fixed=False)
     ax.grid(True, color=C_GRID, linewidth=0.7)
     ax.set_axisbelow(True)
     return fig, canvas, ax

@@ -71,6 +71,8 @@ class RetrainStudio(W.VBox):
     train, val, old_val
         Loaders of the new task (``train``, ``val``) and of the original one (``old_val``,
         to watch forgetting).
+    old_train
+        Old-task batches for the alignment probe (``old_val`` when none is given).
     config
         Initial :class:`RunConfig`.
     forward, teacher
@@ -103,13 +105,14 @@ class RetrainStudio(W.VBox):
     """
 
     def __init__(self, model: nn.Module, train: Iterable[Any], val: Iterable[Any] | None = None,
-                 old_val: Iterable[Any] | None = None, *, config: RunConfig | None = None,
-                 forward: Forward | None = None, teacher: nn.Module | None = None, title: str | None = None,
-                 store: RunStore | str | os.PathLike[str] | None | bool = None,
+                 old_val: Iterable[Any] | None = None, *, old_train: Iterable[Any] | None = None,
+                 config: RunConfig | None = None, forward: Forward | None = None, teacher: nn.Module | None = None,
+                 title: str | None = None, store: RunStore | str | os.PathLike[str] | None | bool = None,
                  code: dict[str, str] | None = None) -> None:
         super().__init__()
-        self.headless = HeadlessStudio(model, train, val, old_val, config=config, forward=forward, teacher=teacher,
-                                       title=title, store=store, code=code, cell=_cell_id())
+        self.headless = HeadlessStudio(model, train, val, old_val, old_train=old_train, config=config,
+                                       forward=forward, teacher=teacher, title=title, store=store, code=code,
+                                       cell=_cell_id())
         self.headless.wait_while = wait_while  # waiting handles clicks (Stop) in a kernel
         self.add_class("rw-studio")
         self.bridge: Bridge | None = None
@@ -180,6 +183,7 @@ class RetrainStudio(W.VBox):
     train_loader = _forward("train_loader")
     val_loader = _forward("val_loader")
     old_val_loader = _forward("old_val_loader")
+    old_train_loader = _forward("old_train_loader")
     forward = _forward("forward")
     teacher = _forward("teacher")
     code_hints = _forward("code_hints", settable=True)

@@ -51,17 +51,22 @@ def param_groups(model, groups, lr, lr_decay, weight_decay):
     return out
 
 
-def seed_run(seed, loader):
-    """The run's own randomness starts here, the same on every rerun: dropout, and the order of
-    the training batches (the loader's generator, and its sampler's, when it has one)."""
-    torch.manual_seed(seed)
+def loader_generators(loader):
+    """The torch generators that decide a loader's order (its own, its sampler's), each once."""
     found = {}
     for owner in (loader, getattr(loader, "sampler", None),
                   getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
         generator = getattr(owner, "generator", None)
         if isinstance(generator, torch.Generator):
             found[id(generator)] = generator
-    for generator in found.values():
+    return list(found.values())
+
+
+def seed_run(seed, loader):
+    """The run's own randomness starts here, the same on every rerun: dropout, and the order of
+    the training batches (the loader's generator, and its sampler's, when it has one)."""
+    torch.manual_seed(seed)
+    for generator in loader_generators(loader):
         generator.manual_seed(seed)
 
 

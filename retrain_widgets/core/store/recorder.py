@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..alignment import alignment_summary
 from ..events import Event, EventInfo, State
 from ..history import History
 from .files import Connections, WeightsFolder
@@ -82,6 +83,7 @@ def run_metrics(run: Retrainer) -> dict[str, Any]:
         _, v = h.series(name)
         if len(v) and (value := _finite(v[-1])) is not None:
             out[name] = value
+    out.update(alignment_summary(h))  # mean_alignment, old_batch_loss (the alignment probe)
     meta = h.meta
     if meta.get("metric") is not None:
         out["metric"] = str(meta["metric"])

@@ -41,7 +41,8 @@ class RunRecord:
     metrics
         ``steps``, ``total_steps``, ``train_loss`` (mean over the last 10 % of steps),
         ``val_loss``, ``val_metric``, ``old_loss``, ``old_metric``, ``metric`` (its name),
-        ``old_metric_name``, ``higher_is_better``; those not measured are absent. Saved with
+        ``old_metric_name``, ``higher_is_better``, ``mean_alignment`` and ``old_batch_loss`` (the
+        alignment probe); those not measured are absent. Saved with
         every save, final when the run has ended.
     pretrained_id
         :func:`~retrain_widgets.core.store.fingerprint` of the pretrained weights: runs from

@@ -1,0 +1,336 @@
+"""The alignment probe: does the new loss pull with the old task or against it, layer by layer?
+
+After a step's backward pass every trainable parameter holds ``∇new``, the gradient the optimizer
+is about to follow (the new loss, with distillation and L2-SP when they are on). Every ``every``
+steps at most, and only while its cost stays within ``budget`` of the wall time (the rule the drift
+probe follows), the probe takes one batch of the old task, runs it through the model as the
+old-task evaluation does (inference mode, the original head in place, the old task's own loss:
+cross-entropy, BCE or MSE as the evaluation infers it) and takes that loss's gradient ``∇old``
+with ``torch.autograd.grad`` (so no ``.grad`` is touched). For every parameterised layer it keeps
+
+    cos(∇new, ∇old) = <∇new, ∇old> / (‖∇new‖ ‖∇old‖)      over the layer's trainable parameters,
+
++1 when a step of the new loss also lowers the old task's loss, −1 when it raises it as fast as it
+can. A frozen layer (no trainable parameter), a layer the old task does not reach (a new head) or a
+zero gradient gets NaN: no value. The batch's old-task loss is kept too: forgetting at step
+resolution, between the per-epoch ``old_val`` evaluations.
+
+Cost and side effects: per sample one forward and one backward of the old batch, then fused
+``torch._foreach_*`` kernels (the dot products by polarisation, ``4<a, b> = ‖a + b‖² − ‖a − b‖²``)
+into a small device tensor; the host reads the samples once per publish, like the other probes, so
+a CUDA queue never waits between publishes. The run is left exactly as it was: gradients
+(``autograd.grad``), weights, BatchNorm statistics and every module's mode (inference mode,
+restored module by module), the optimizer (not used) and the RNG (torch's, the device's and the old
+loader's generators: restored after each sample).
+
+History: ``layer_series("grad_alignment")`` (steps x layers) and ``series("old_batch_loss")``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .batches import Forward, logits_of, to_device
+from .events import Event, EventInfo, State
+from .history import History
+from .recipe.training import HeadSwap, autocast, loader_generators
+from .tree import parameterised_layers
+
+if TYPE_CHECKING:
+    from .engine import Retrainer
+
+__all__ = ["OldTask", "AlignmentProbe", "old_task_mode", "kept_rng", "alignment_summary", "pulling_against"]
+
+SERIES = "grad_alignment"
+LOSS_SERIES = "old_batch_loss"
+
+
+@dataclass(frozen=True)
+class OldTask:
+    """How a run measures its old task: what the probe borrows from it.
+
+    ``loss_of(logits, targets)`` returns the old task's loss function (the run's old-task
+    evaluation decides it from the first batch); ``original_head`` goes in place of the layer
+    ``head_name`` while the old task is measured (``None``: the head was kept).
+    """
+
+    model: nn.Module
+    forward: Forward
+    loss_of: Callable[[torch.Tensor, Any], Callable[..., torch.Tensor]]
+    head_name: str | None = None
+    original_head: nn.Module | None = None
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = field(default=contextlib.nullcontext)
+
+
+@contextlib.contextmanager
+def old_task_mode(task: OldTask) -> Iterator[nn.Module]:
+    """The model as the old-task evaluation sees it: inference mode, the original head in place.
+
+    Afterwards every module has the mode it had (set back module by module, so a module the user
+    keeps in inference mode inside a training model stays so) and the current head is back."""
+    net = task.model
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        with HeadSwap(net, task.head_name or "", task.original_head if task.head_name else None):
+            yield net
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+@contextlib.contextmanager
+def kept_rng(device: torch.device, loader: Any = None) -> Iterator[None]:
+    """Restore torch's RNG, ``device``'s (CUDA) and ``loader``'s own generators afterwards: whatever
+    is drawn inside (a loader's shuffle or worker seed, a dropout mask) changes nothing outside."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    gens = [(g, g.get_state()) for g in loader_generators(loader)] if loader is not None else []
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+        for g, state in gens:
+            g.set_state(state)
+
+
+@dataclass
+class _Sample:
+    step: int
+    row: torch.Tensor  # [loss, ‖a‖ (k), ‖b‖ (m), ‖a + b‖ (m), ‖b − a‖ (m)] on the device
+    active: np.ndarray  # indices (into the probe's parameters) of the k parameters with ∇new
+    both: np.ndarray  # positions (into ``active``) of the m that also have ∇old
+
+
+class AlignmentProbe:
+    """cos(∇new, ∇old) per layer and the old-task loss of one old batch, sampled within a budget.
+
+    Parameters
+    ----------
+    layers
+        ``(layer name, parameters)`` pairs: the model's parameterised layers.
+    task
+        How the run measures the old task (:class:`OldTask`).
+    loader
+        Old-task batches (``old_train``, or ``old_val`` when no ``old_train`` is given); cycled.
+    history
+        Where samples go at each publish.
+    every, budget
+        At most one sample every ``every`` steps, and only while the probe's time stays under
+        ``budget`` of the wall time since its last sample (``1.0``: no time limit).
+    """
+
+    def __init__(self, layers: Sequence[tuple[str, Sequence[nn.Parameter]]], task: OldTask, loader: Iterable[Any],
+                 history: History, *, every: int = 20, budget: float = 0.015,
+                 device: torch.device | None = None) -> None:
+        self.layer_names = tuple(name for name, _ in layers)
+        self.params: list[nn.Parameter] = [p for _, ps in layers for p in ps]
+        self._owner = np.array([i for i, (_, ps) in enumerate(layers) for _ in ps], dtype=np.int64)
+        self.task, self.loader, self.history = task, loader, history
+        self.every, self.budget = max(1, int(every)), float(budget)
+        self.device = device or (self.params[0].device if self.params else torch.device("cpu"))
+        self._batches: Iterator[Any] | None = None
+        self._pending: list[_Sample] = []
+        self._last_step = -math.inf
+        self._at = -math.inf
+        self._cost = 0.0
+        self.samples = 0
+        self.seconds = 0.0  # time spent sampling, for benchmarks
+        self.error: str | None = None
+        self._primed = False
+
+    # ------------------------------------------------------------------ wiring
+    @classmethod
+    def for_run(cls, run: Retrainer, loader: Iterable[Any]) -> AlignmentProbe:
+        """The probe of ``run`` on the old-task batches ``loader``, attached, at the run's
+        ``alignment_every`` (every step when it is ``None``) and ``alignment_budget``: its old loss is the one the run's old-task
+        evaluation uses (:meth:`~retrain_widgets.core.validation.Validation.fns`), through the
+        original head, in the run's precision."""
+        task = OldTask(run.model, run.forward, lambda o, t: run.validation.fns(o, t, old=True)[0], run.head_name,
+                       run.original_head, lambda: autocast(run.amp_dtype))
+        cfg = run.config
+        return cls(parameterised_layers(run.model), task, loader, run.history, every=cfg.alignment_every or 1,
+                   budget=cfg.alignment_budget, device=run.device).attach(run)
+
+    def attach(self, run: Retrainer) -> AlignmentProbe:
+        """Sample after the run's backward passes and publish with its other probes."""
+        run.on(Event.STATE_CHANGE, self.on_state)
+        run.on(Event.BACKWARD_END, self.on_backward)
+        run.on(Event.PUBLISH, self.on_publish)
+        self.history.meta["alignment"] = {"every": self.every, "budget": self.budget}
+        return self
+
+    def due(self, step: int) -> bool:
+        """``every`` steps since the last sample, and the budget allows one now (always at 1.0)."""
+        if self.error is not None or step - self._last_step < self.every:
+            return False
+        return self.budget >= 1.0 or (time.perf_counter() - self._at) * self.budget >= self._cost
+
+    def on_backward(self, info: EventInfo) -> None:
+        if self.due(info.step):
+            self.sample(info.step)
+
+    def on_publish(self, info: EventInfo | None = None) -> None:
+        self.publish()
+
+    def on_state(self, info: EventInfo) -> None:
+        if info.data.get("state") == State.RUNNING and not self._primed:
+            self.prime()
+
+    def prime(self) -> None:
+        """Before training: one old batch through the old head, without gradients, so a broken
+        loader fails before the first step and the old loss is chosen (on CUDA: the host syncs
+        this needs happen here, not between publishes)."""
+        self._primed = True
+        try:
+            with kept_rng(self.device, self.loader), old_task_mode(self.task) as net, torch.no_grad():
+                batch = to_device(self._next_batch(), self.device, non_blocking=True)
+                with self.task.autocast():
+                    outputs, targets = self.task.forward(net, batch)
+                logits = logits_of(outputs).float()
+                self.task.loss_of(logits, targets)(logits, targets)
+        except Exception as exc:
+            self._fail(0, exc)
+        self._batches = None  # the first sample starts the loader afresh
+
+    # ------------------------------------------------------------------ sampling (device only)
+    def sample(self, step: int) -> None:
+        """Measure now (the parameters' ``.grad`` must hold the step's gradient)."""
+        t0 = time.perf_counter()
+        try:
+            self._sample(step)
+        except Exception as exc:
+            self._fail(step, exc)
+        finally:
+            self._last_step = step
+            self._at = time.perf_counter()
+            self._cost = self._at - t0
+            self.seconds += self._cost
+
+    def _fail(self, step: int, exc: Exception) -> None:
+        self.error = f"{type(exc).__name__}: {exc}"
+        self.history.meta["alignment_error"] = self.error
+        raise ValueError(
+            f"the alignment probe stopped at step {step}: {self.error}. It measures the old task on one "
+            f"batch of old_train (or old_val) through the original head; fix that loader, or turn the probe "
+            f"off with RunConfig(alignment_every=None). Training goes on"
+        ) from exc
+
+    def _sample(self, step: int) -> None:
+        active = [i for i, p in enumerate(self.params) if p.requires_grad and p.grad is not None]
+        if not active:
+            return
+        params = [self.params[i] for i in active]
+        loss, old = self._old_gradients(params)
+        new = [p.grad for p in params]
+        both = [k for k, g in enumerate(old) if g is not None]
+        parts = [loss.detach().float().reshape(1), torch.stack(torch._foreach_norm(new)).float()]
+        if both:
+            a, b = [new[k] for k in both], [old[k] for k in both]
+            s = torch._foreach_add(a, b)
+            n_sum = torch.stack(torch._foreach_norm(s)).float()
+            torch._foreach_sub_(s, a, alpha=2)  # b - a
+            n_diff = torch.stack(torch._foreach_norm(s)).float()
+            parts += [torch.stack(torch._foreach_norm(b)).float(), n_sum, n_diff]
+        self._pending.append(_Sample(step, torch.cat(parts), np.asarray(active), np.asarray(both, np.int64)))
+        self.samples += 1
+
+    def _old_gradients(self, params: list[nn.Parameter]) -> tuple[torch.Tensor, Sequence[torch.Tensor | None]]:
+        """The old task's loss on the next old batch, and its gradient for ``params`` (None where
+        the old task does not reach)."""
+        task = self.task
+        with kept_rng(self.device, self.loader), old_task_mode(task) as net, torch.enable_grad():
+            batch = to_device(self._next_batch(), self.device, non_blocking=True)
+            with task.autocast():
+                outputs, targets = task.forward(net, batch)
+            logits = logits_of(outputs).float()
+            loss = task.loss_of(logits, targets)(logits, targets).float()
+            if not loss.requires_grad:  # no trainable parameter on the old task's path
+                return loss, [None] * len(params)
+            return loss, torch.autograd.grad(loss, params, allow_unused=True)
+
+    def _next_batch(self) -> Any:
+        """The next old-task batch; a new pass over the loader when one ends."""
+        for _ in range(2):
+            if self._batches is None:
+                self._batches = iter(self.loader)
+            try:
+                return next(self._batches)
+            except StopIteration:
+                self._batches = None
+        raise ValueError("the old-task loader yields no batches")
+
+    # ------------------------------------------------------------------ publishing (one host copy)
+    def publish(self) -> None:
+        """Move the pending samples to the history (one device-to-host copy)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        host = torch.cat([s.row for s in pending]).cpu().numpy().astype(np.float64)
+        L = len(self.layer_names)
+        cos = np.full((len(pending), L), np.nan)
+        losses = np.empty(len(pending))
+        at = 0
+        for j, s in enumerate(pending):
+            v = host[at:at + s.row.shape[0]]
+            at += s.row.shape[0]
+            losses[j] = v[0]
+            cos[j] = self._layer_cosines(v[1:], s.active, s.both)
+        steps = [s.step for s in pending]
+        self.history.append_layers(SERIES, steps, self.layer_names, cos)
+        self.history.append(LOSS_SERIES, steps, losses)
+
+    def _layer_cosines(self, v: np.ndarray, active: np.ndarray, both: np.ndarray) -> np.ndarray:
+        k, m = len(active), len(both)
+        na2 = v[:k] ** 2
+        nb2, dot = np.zeros(k), np.zeros(k)
+        nb2[both] = v[k:k + m] ** 2
+        dot[both] = (v[k + m:k + 2 * m] ** 2 - v[k + 2 * m:k + 3 * m] ** 2) / 4
+        L = len(self.layer_names)
+        owner = self._owner[active]
+        acc = np.zeros((3, L))
+        for row, values in zip(acc, (na2, nb2, dot)):
+            np.add.at(row, owner, values)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            norm = np.sqrt(acc[0] * acc[1])
+            cos = np.where(norm > 0, acc[2] / np.where(norm > 0, norm, 1), np.nan)
+        return np.clip(cos, -1.0, 1.0)
+
+
+# ====================================================================== reading the history
+def alignment_summary(history: Any) -> dict[str, float]:
+    """``mean_alignment`` (over the samples and the layers that have values) and the last
+    ``old_batch_loss`` of a history or snapshot; keys absent when not measured."""
+    out: dict[str, float] = {}
+    _, _, values = history.layer_series(SERIES)
+    finite = values[np.isfinite(values)] if values.size else values
+    if finite.size:
+        out["mean_alignment"] = float(np.mean(finite, dtype=np.float64))
+    _, losses = history.series(LOSS_SERIES)
+    if len(losses) and math.isfinite(float(losses[-1])):
+        out["old_batch_loss"] = float(losses[-1])
+    return out
+
+
+def pulling_against(steps: np.ndarray, names: Sequence[str], values: np.ndarray, *, samples: int = 5,
+                    below: float = -0.1) -> list[str]:
+    """Layers whose alignment stayed below ``below`` in each of the last ``samples`` samples: the
+    new loss keeps working against the old task there. A hint that freezing them may keep the old
+    task (never applied by the engine)."""
+    if values.ndim != 2 or values.shape[0] < samples or not len(names):
+        return []
+    tail = values[-samples:]
+    with np.errstate(invalid="ignore"):
+        against = np.all(np.isfinite(tail) & (tail < below), axis=0)
+    return [str(n) for n, a in zip(names, against) if a]
