@@ -35,6 +35,7 @@ from . import schedules as schedules_mod
 from .batches import Forward, batch_size, default_forward, first_batch, logits_of, to_device
 from .config import RunConfig
 from .events import Event, EventInfo, State
+from .feature_cache import FeatureCache
 from .history import History
 from .params import make_optimizer
 from .probes import DriftProbe, StepProbes
@@ -234,6 +235,10 @@ class Retrainer:
             "loss": self.loss_spec.name if self.loss_spec else getattr(cfg.loss, "__name__", "custom"),
             "has_val": val is not None, "has_old_val": old_val is not None,
         })
+        self.feature_cache = FeatureCache(net, cfg.cache_features, self.forward, self.device, autocast=self._autocast,
+                                          teacher=self.teacher, max_mb=cfg.cache_max_mb, meta=self.history.meta,
+                                          stop=self._stop_flag_set)
+        self.forward = self.feature_cache.forward
         if cfg.amp and self.device.type != "cuda":
             self.history.meta["note"] = f"amp=True has no effect on {self.device.type}; training in float32"
 
@@ -592,7 +597,7 @@ class Retrainer:
                 self._maybe_next_stage()
             n_batches = 0
             self._sync_guard("error")
-            for batch in self.train_loader:
+            for batch in self.feature_cache.batches(self.train_loader, "train"):
                 self._boundary()
                 batch = to_device(batch, self.device, non_blocking=True)
                 loss = self._loss(batch)
@@ -649,6 +654,9 @@ class Retrainer:
                 kd = losses_mod.distillation_loss(s_old.float(), t_logits.float(), cfg.distill["temperature"])
                 loss = cfg.distill["alpha"] * loss + (1 - cfg.distill["alpha"]) * kd
         return loss
+
+    def _stop_flag_set(self) -> bool:
+        return self._stop_flag.is_set()
 
     def _capture_features(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self._features = args[0]
@@ -858,7 +866,7 @@ class Retrainer:
         metric_sum = torch.zeros((), device=self.device)
         n = count = 0
         try:
-            for batch in loader:
+            for batch in self.feature_cache.batches(loader, "old_val" if old else "val"):
                 batch = to_device(batch, self.device, non_blocking=True)
                 with self._autocast():
                     outputs, targets = self.forward(net, batch)
