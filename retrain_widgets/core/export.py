@@ -22,6 +22,7 @@ from typing import Any
 from . import losses as losses_mod
 from . import schedules as schedules_mod
 from .config import RunConfig
+from .feature_cache import EXPORT_NOTE
 
 __all__ = [
     "export_script",
@@ -1158,7 +1159,7 @@ final = {{k: results[k] for k in ("val_loss", "val_metric", "old_metric") if k i
 log("final: " + " ".join(f"{{k}}={{v:.8g}}" for k, v in final.items()))
 if DDP:
     dist.destroy_process_group()'''
-    parts.append(_section("training", loop))
+    parts.append(_section("training", *([EXPORT_NOTE] if cfg.cache_features is not False else []), loop))
 
     def tidy(part: str) -> str:
         if part in (model_block, data_block):  # the given code stays as it is

@@ -55,7 +55,7 @@ MEMORY_FRACTION = 0.5
 #: What the exported script says about the features (it recomputes them every epoch).
 EXPORT_NOTE = ("# The frozen layers' outputs are recomputed every epoch here. In the notebook the engine computes\n"
                "# them once per sample and trains the trainable part on them (RunConfig.cache_features): the\n"
-               "# same numbers, in less time.")
+               "# same numbers up to float rounding, in less time.")
 
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
@@ -140,6 +140,7 @@ def clear() -> None:
     """Drop every cached feature (after changing a dataset in place, or to free the memory)."""
     with _REGISTRY.lock:
         _REGISTRY.entries.clear()
+        _PLANS.clear()
 
 
 def _holder(obj: Any) -> Callable[[], Any]:
@@ -486,13 +487,30 @@ class FeatureCache:
             return self._lookup_or_build(loader, role)
 
     def _plan(self, batch: Any) -> None:
-        """Find the trainable suffix and check that it reproduces the model's predictions."""
+        """Find the trainable suffix; the first run on these frozen weights checks that it
+        reproduces the model's predictions (later runs reuse what it found)."""
         model = self.model
         trainable = {id(p) for p in model.parameters() if p.requires_grad}
         if not trainable:
             raise _Refused("nothing in the model is trainable")
         owner = _owner(model, trainable)
         steps = _first_steps(model, owner, trainable)
+        self.frozen_key = _frozen_key(model, owner, steps)
+        with _REGISTRY.lock:
+            known = _PLANS.get(self.frozen_key)
+        if known is None:
+            known = self._probe(owner, steps, batch)
+            with _REGISTRY.lock:
+                _PLANS[self.frozen_key] = known
+                while len(_PLANS) > 64:
+                    _PLANS.popitem(last=False)
+        self.steps = known
+        self.owned = frozenset(id(p) for s in self.steps for p in _resolve(model, s).parameters())
+        self.info["trainable_part"] = list(self.steps)
+
+    def _probe(self, owner: str, steps: list[str], batch: Any) -> tuple[str, ...]:
+        """One forward pass in eval mode: the suffix's input, and the modules up to the predictions."""
+        model = self.model
         outputs: dict[str, Any] = {}
         seen: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         handles = [_resolve(model, steps[0]).register_forward_pre_hook(
@@ -513,9 +531,7 @@ class FeatureCache:
         exact = torch.equal(again, logits) if self.device.type == "cpu" else torch.allclose(again, logits, 1e-5, 1e-6)
         if not exact:
             raise _Refused(f"running {steps} on their input does not reproduce the model's predictions")
-        self.steps = tuple(steps)
-        self.owned = frozenset(id(p) for s in self.steps for p in _resolve(model, s).parameters())
-        self.info["trainable_part"] = list(self.steps)
+        return tuple(steps)
 
     def _capture(self, batch: Any) -> torch.Tensor:
         box: list[torch.Tensor] = []
@@ -536,13 +552,8 @@ class FeatureCache:
         return box[0].detach()
 
     def _key(self, loader: DataLoader, role: str) -> tuple[Any, ...]:
-        from .store import fingerprint  # late: the store imports the engine's neighbours
+        from .store import fingerprint  # late: the store imports this module's neighbours
 
-        if self.frozen_key is None:
-            model = self.model
-            names = frozen_complement(model, list(self.steps))
-            self.frozen_key = (type(model).__qualname__, self.steps,
-                               tuple((n, fingerprint(_resolve(model, n))) for n in names))
         modes = tuple(m.training for _, m in _frozen_modules(self.model, self.steps))
         teacher = None
         if role == "train" and self.teacher is not None:
@@ -601,6 +612,18 @@ class FeatureCache:
             self._judgement("the dataset gives different samples for the same index on two passes (augmentation)")
         elif not torch.equal(inputs, self._capture(batch)):
             self._judgement("the frozen part gives different outputs for the same batch on two passes")
+
+
+_PLANS: OrderedDict[tuple[Any, ...], tuple[str, ...]] = OrderedDict()
+
+
+def _frozen_key(model: nn.Module, owner: str, steps: list[str]) -> tuple[Any, ...]:
+    """The model's class, its trainable set and a fingerprint of every weight outside it."""
+    from .store import fingerprint
+
+    trainable = tuple(n for n, p in model.named_parameters() if p.requires_grad)
+    frozen = tuple((n, fingerprint(_resolve(model, n))) for n in frozen_complement(model, steps))
+    return type(model).__module__, type(model).__qualname__, owner, tuple(steps), trainable, frozen
 
 
 def _chunk(loader: DataLoader) -> int:

@@ -63,6 +63,7 @@ from .config import RunConfig
 from .events import Event, EventInfo, State
 from .history import History
 from .tree import find_head_or_none, replace_head
+from .weights_delta import save_weights
 
 if TYPE_CHECKING:
     from .engine import Retrainer
@@ -806,19 +807,7 @@ class RunStore:
         return os.path.join(self.weights_dir, f"{run_id}.pt")
 
     def _write_weights(self, run_id: str, model: nn.Module) -> None:
-        final = self._weights_path(run_id)
-        state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
-        tmp = f"{final}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
+        save_weights(self._weights_path(run_id), model)
 
     def _remove_weights(self, run_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
