@@ -304,3 +304,24 @@ def test_config_field_round_trips_and_validates():
         RunConfig(cache_max_mb=0)
     _, h = _fit(_cnn(), CNN_HEAD.replace(epochs=1, cache_features=False), *_digits())
     assert h.meta["feature_cache"]["state"] == "off"
+
+
+def test_exported_script_says_it_recomputes_the_features():
+    from retrain_widgets.core import export_script
+
+    assert "recomputed every epoch" in export_script(CNN_HEAD)
+    assert "recomputed every epoch" not in export_script(CNN_HEAD.replace(cache_features=False))
+
+
+def test_a_reusing_run_never_runs_the_frozen_part_not_even_for_its_check():
+    model = _cnn()
+    calls = []
+    model.features.register_forward_hook(lambda m, a, out: calls.append(len(out)))  # deep copies keep it
+    loaders = _digits()
+    plain, h_plain = _fit(model, CNN_HEAD.replace(cache_features=False), *loaders)
+    _fit(model, CNN_HEAD, *loaders)
+    calls.clear()
+    run = Retrainer(model, CNN_HEAD.replace(lr=3e-3), *loaders)
+    h = run.fit()
+    assert calls == [] and h.meta["feature_cache"]["state"] == "reused"
+    assert h.meta["metric"] == h_plain.meta["metric"]

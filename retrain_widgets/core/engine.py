@@ -32,7 +32,7 @@ from torch import nn
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import schedules as schedules_mod
-from .batches import Forward, batch_size, default_forward, first_batch, logits_of, to_device
+from .batches import Forward, batch_size, default_forward, logits_of, to_device
 from .config import RunConfig
 from .events import Event, EventInfo, State
 from .feature_cache import FeatureCache
@@ -236,8 +236,8 @@ class Retrainer:
             "has_val": val is not None, "has_old_val": old_val is not None,
         })
         self.feature_cache = FeatureCache(net, cfg.cache_features, self.forward, self.device, autocast=self._autocast,
-                                          teacher=self.teacher, max_mb=cfg.cache_max_mb, meta=self.history.meta,
-                                          stop=self._stop_flag_set)
+                                          teacher=self.teacher, pretrained=model, max_mb=cfg.cache_max_mb,
+                                          meta=self.history.meta, stop=self._stop_flag_set)
         self.forward = self.feature_cache.forward
         if cfg.amp and self.device.type != "cuda":
             self.history.meta["note"] = f"amp=True has no effect on {self.device.type}; training in float32"
@@ -287,7 +287,7 @@ class Retrainer:
         and loss do not fit, ``ValueError`` for an empty loader or teacher/student outputs of
         different shapes. Nothing is trained and the model's state is unchanged.
         """
-        batch = first_batch(self.train_loader, self.device, "train")
+        batch = self.feature_cache.first_batch(self.train_loader, "train")
         net = self.model
         was_training = net.training
         net.eval()
@@ -319,7 +319,7 @@ class Retrainer:
     def _check_old_task(self) -> None:
         """One ``old_val`` batch through the original head: a broken old-task loader fails now,
         not after the first epoch, and the old metric is named before training."""
-        batch = first_batch(self.old_val_loader, self.device, "old_val")
+        batch = self.feature_cache.first_batch(self.old_val_loader, "old_val")
         net = self.model
         was_training = net.training
         net.eval()

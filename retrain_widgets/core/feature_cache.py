@@ -41,9 +41,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset, Subset, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    TensorDataset,
+)
 
-from .batches import Forward, default_forward, logits_of, split_batch, to_device
+from .batches import Forward, default_forward, first_batch, logits_of, split_batch, to_device
 from .tree import frozen_complement
 
 __all__ = ["FeatureCache", "CachedBatch", "MEMORY_FRACTION", "memory_bound_mb", "cached_mb", "clear",
@@ -262,17 +270,6 @@ def run_suffix(model: nn.Module, steps: tuple[str, ...], x: torch.Tensor) -> tor
     return x
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 def _frozen_modules(model: nn.Module, steps: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
     inside = {id(m) for s in steps for m in _resolve(model, s).modules()}
     return [(n, m) for n, m in model.named_modules() if id(m) not in inside]
@@ -348,14 +345,18 @@ class _LoaderCache:
         if not (loader.persistent_workers and loader.num_workers > 0 and self.passes > 0):
             torch.empty((), dtype=torch.int64).random_(generator=loader.generator)  # the loader's base seed
         self.passes += 1
-        inputs, targets = self.tensors["inputs"], self.tensors["targets"]
-        teacher = self.tensors.get("teacher")
         for indices in order:
             if not cache.active:
                 yield to_device(self.collate(list(indices)), cache.device)
                 continue
-            i = torch.as_tensor(indices, dtype=torch.long, device=inputs.device)
-            yield CachedBatch(list(indices), inputs[i], targets[i], None if teacher is None else teacher[i], self)
+            yield self.batch(list(indices))
+
+    def batch(self, indices: list[int]) -> CachedBatch:
+        tensors = self.tensors
+        i = torch.as_tensor(indices, dtype=torch.long, device=tensors["inputs"].device)
+        teacher = tensors.get("teacher")
+        return CachedBatch(indices, tensors["inputs"][i], tensors["targets"][i],
+                           None if teacher is None else teacher[i], self)
 
 
 # ====================================================================== the per-run cache
@@ -376,6 +377,9 @@ class FeatureCache:
         A callable giving the run's autocast context (features are computed under it).
     teacher
         The distillation teacher, whose logits are cached too.
+    pretrained
+        The model the run copied (never modified): its frozen modules are fingerprinted instead
+        of the copy's (the same weights), so the runs of a grid hash them once.
     max_mb
         The memory bound in MB (``None``: :func:`memory_bound_mb`'s default).
     meta
@@ -386,10 +390,11 @@ class FeatureCache:
 
     def __init__(self, model: nn.Module, mode: bool | str, forward: Forward, device: torch.device, *,
                  autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-                 teacher: nn.Module | None = None, max_mb: float | None = None,
+                 teacher: nn.Module | None = None, pretrained: nn.Module | None = None, max_mb: float | None = None,
                  meta: dict[str, Any] | None = None, stop: Callable[[], bool] = lambda: False) -> None:
         self.model, self.mode, self.user_forward = model, mode, forward
         self.device, self.autocast, self.teacher = device, autocast, teacher
+        self.pretrained = pretrained
         self.max_mb, self.stop = max_mb, stop
         self.steps: tuple[str, ...] = ()
         self.active = mode is not False
@@ -419,6 +424,38 @@ class FeatureCache:
         if loader is None or self.mode is False:
             return loader  # type: ignore[return-value]
         return self._pass(loader, role)
+
+    def first_batch(self, loader: Iterable[Any], role: str = "train") -> Any:
+        """The loader's first batch for the run's check, on the device; as cached inputs when this
+        loader's cache is already in the registry (another run of the grid built it), so the check
+        costs no pass through the frozen part. It draws from the loader as reading its first
+        batch does (the real first batch is read too)."""
+        hit = self._registered(loader, role) if _standard_order(loader) else None
+        if hit is None:
+            return first_batch(loader, self.device, role)
+        with _saved_rng(self.device), _saved_generators(loader):
+            indices = _first_indices(loader)
+        raw = first_batch(loader, self.device, role)
+        cached = _LoaderCache(loader, hit.tensors).batch(indices)
+        with contextlib.suppress(ValueError):
+            if _same(split_batch(raw)[2], cached.targets):
+                return cached
+        return raw
+
+    def _registered(self, loader: Any, role: str) -> _Entry | None:
+        """The registry's cache of ``loader`` for ``role`` when one is at hand, without building."""
+        if self.mode is False or not self.still_valid() or _loader_problem(loader) is not None \
+                or self.user_forward is not default_forward or (self.mode is not True and _augmentation(loader.dataset)):
+            return None
+        try:
+            with _saved_rng(self.device), torch.no_grad(), self.autocast(), _train_modes(self.model, role == "train"):
+                if not self.steps:
+                    self._plan(None)
+                if self.mode is not True and self.model.training and _nondeterminism(self.model, self.steps):
+                    return None
+                return _REGISTRY.get((*self._key(loader, role), _data_key(loader.dataset)[0]))
+        except _Refused:
+            return None
 
     def _pass(self, loader: Iterable[Any], role: str) -> Iterator[Any]:
         cache = self._cache_for(loader, role) if self.still_valid() else None
@@ -486,7 +523,7 @@ class FeatureCache:
             self._judgement(_nondeterminism(self.model, self.steps) if self.model.training else None)
             return self._lookup_or_build(loader, role)
 
-    def _plan(self, batch: Any) -> None:
+    def _plan(self, batch: Any | None) -> None:
         """Find the trainable suffix; the first run on these frozen weights checks that it
         reproduces the model's predictions (later runs reuse what it found)."""
         model = self.model
@@ -495,10 +532,12 @@ class FeatureCache:
             raise _Refused("nothing in the model is trainable")
         owner = _owner(model, trainable)
         steps = _first_steps(model, owner, trainable)
-        self.frozen_key = _frozen_key(model, owner, steps)
+        self.frozen_key = _frozen_key(model, owner, steps, self.pretrained)
         with _REGISTRY.lock:
             known = _PLANS.get(self.frozen_key)
         if known is None:
+            if batch is None:
+                raise _Refused("no plan yet")
             known = self._probe(owner, steps, batch)
             with _REGISTRY.lock:
                 _PLANS[self.frozen_key] = known
@@ -519,7 +558,7 @@ class FeatureCache:
             handles.append(_resolve(model, name).register_forward_hook(
                 lambda m, a, out, name=name: outputs.setdefault(name, out)))
         try:
-            with _eval_mode(model):
+            with _train_modes(model, False):
                 logits = logits_of(self.user_forward(model, batch)[0])
                 if len(seen) != 1 or len(seen[0][0]) != 1 or seen[0][1] or not isinstance(seen[0][0][0], torch.Tensor):
                     raise _Refused(f"the trainable part {steps[0]!r} is not called once on one tensor")
@@ -617,13 +656,27 @@ class FeatureCache:
 _PLANS: OrderedDict[tuple[Any, ...], tuple[str, ...]] = OrderedDict()
 
 
-def _frozen_key(model: nn.Module, owner: str, steps: list[str]) -> tuple[Any, ...]:
-    """The model's class, its trainable set and a fingerprint of every weight outside it."""
+def _frozen_key(model: nn.Module, owner: str, steps: list[str], pretrained: nn.Module | None) -> tuple[Any, ...]:
+    """The model's class, its trainable set and a fingerprint of every weight outside it (read
+    from ``pretrained``'s module of the same name and shapes when there is one: frozen weights
+    have not moved, and the fingerprint of an unchanged module is remembered)."""
     from .store import fingerprint
 
+    def frozen_module(name: str) -> nn.Module:
+        module = _resolve(model, name)
+        with contextlib.suppress(AttributeError):
+            original = _resolve(pretrained, name) if pretrained is not None else None
+            if original is not None and _shapes(original) == _shapes(module):
+                return original
+        return module
+
     trainable = tuple(n for n, p in model.named_parameters() if p.requires_grad)
-    frozen = tuple((n, fingerprint(_resolve(model, n))) for n in frozen_complement(model, steps))
+    frozen = tuple((n, fingerprint(frozen_module(n))) for n in frozen_complement(model, steps))
     return type(model).__module__, type(model).__qualname__, owner, tuple(steps), trainable, frozen
+
+
+def _shapes(module: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    return [(k, tuple(v.shape), v.dtype) for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)]
 
 
 def _chunk(loader: DataLoader) -> int:
@@ -633,6 +686,46 @@ def _chunk(loader: DataLoader) -> int:
 def _collate(loader: DataLoader, indices: list[int]) -> Any:
     dataset = loader.dataset
     return loader.collate_fn([dataset[i] for i in indices])
+
+
+def _standard_order(loader: Any) -> bool:
+    """A DataLoader whose order comes from torch's own samplers (their draws can be replayed)."""
+    return (isinstance(loader, DataLoader) and type(loader.batch_sampler) is BatchSampler
+            and type(loader.sampler) in (RandomSampler, SequentialSampler))
+
+
+def _first_indices(loader: DataLoader) -> list[int]:
+    """The sample indices of the batch iterating ``loader`` would give first (it draws as that does)."""
+    order = iter(loader.batch_sampler)
+    torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+    return list(next(order))
+
+
+@contextlib.contextmanager
+def _saved_generators(loader: DataLoader) -> Iterator[None]:
+    gens: dict[int, torch.Generator] = {}
+    for owner in (loader, loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator):
+            gens[id(gen)] = gen
+    states = [(g, g.get_state()) for g in gens.values()]
+    try:
+        yield
+    finally:
+        for g, state in states:
+            g.set_state(state)
+
+
+@contextlib.contextmanager
+def _train_modes(model: nn.Module, train: bool) -> Iterator[None]:
+    """The modes the model will have in that pass (``train()`` keeps locked BatchNorm in eval)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.train(train)
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 @contextlib.contextmanager
