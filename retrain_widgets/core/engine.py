@@ -237,7 +237,7 @@ class Retrainer:
         })
         self.feature_cache = FeatureCache(net, cfg.cache_features, self.forward, self.device, autocast=self._autocast,
                                           teacher=self.teacher, pretrained=model, max_mb=cfg.cache_max_mb,
-                                          meta=self.history.meta, stop=self._stop_flag_set)
+                                          meta=self.history.meta, stop=lambda: self._stop_flag.is_set())
         self.forward = self.feature_cache.forward
         if cfg.amp and self.device.type != "cuda":
             self.history.meta["note"] = f"amp=True has no effect on {self.device.type}; training in float32"
@@ -654,9 +654,6 @@ class Retrainer:
                 kd = losses_mod.distillation_loss(s_old.float(), t_logits.float(), cfg.distill["temperature"])
                 loss = cfg.distill["alpha"] * loss + (1 - cfg.distill["alpha"]) * kd
         return loss
-
-    def _stop_flag_set(self) -> bool:
-        return self._stop_flag.is_set()
 
     def _capture_features(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self._features = args[0]
