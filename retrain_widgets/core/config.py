@@ -110,6 +110,12 @@ class RunConfig:
     metric
         ``"auto"`` (accuracy for classification losses, MAE for regression), ``"accuracy"``
         or ``"mae"``.
+    cache_features, cache_max_mb
+        The frozen-feature cache (:mod:`retrain_widgets.core.feature_cache`): ``"auto"`` computes
+        the frozen part's outputs once per sample when that gives the same results and says why
+        not in ``history.meta["feature_cache"]`` otherwise; ``True`` forces it past dropout or
+        augmentation in the frozen part (with a warning); ``False`` turns it off.
+        ``cache_max_mb`` bounds its memory (``None``: half the free RAM or GPU memory).
     """
 
     loss: str | Callable[..., Any] = "ce"
@@ -136,6 +142,8 @@ class RunConfig:
     amp: bool = False
     grad_clip: float | None = None
     metric: str = "auto"
+    cache_features: bool | str = "auto"
+    cache_max_mb: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -202,6 +210,9 @@ class RunConfig:
             raise ValueError(f"RunConfig.amp must be True or False, got {self.amp!r}")
         self.grad_clip = _number("grad_clip", self.grad_clip, low=0.0, low_open=True, optional=True)
         _choice("metric", self.metric, metrics.NAMES)
+        if not (isinstance(self.cache_features, bool) or self.cache_features == "auto"):
+            raise ValueError(f"RunConfig.cache_features must be 'auto', True or False, got {self.cache_features!r}")
+        self.cache_max_mb = _number("cache_max_mb", self.cache_max_mb, low=0.0, low_open=True, optional=True)
         return self
 
     # ------------------------------------------------------------------ JSON

@@ -32,6 +32,7 @@ from .checkpoint import HeavyProbes
 from .config import RunConfig
 from .device import cpu_threads, resolve_device
 from .events import Event, EventInfo, Handlers, State
+from .feature_cache import FeatureCache
 from .history import History
 from .lr_finder import LRFinderResult, lr_find, run_lr_finder
 from .params import scale_lrs
@@ -116,6 +117,12 @@ class Retrainer:
         self.amp_dtype, self.scaler, self.distillation = parts.amp_dtype, parts.scaler, parts.distillation
         self.teacher = self.distillation.teacher if self.distillation is not None else None
         self._init_probes()
+        # the frozen part's outputs computed once per sample when that is safe (history.meta["feature_cache"])
+        self.feature_cache = FeatureCache(self.model, cfg.cache_features, self.forward, self.device,
+                                          autocast=lambda: recipe.autocast(self.amp_dtype), teacher=self.teacher,
+                                          pretrained=model, max_mb=cfg.cache_max_mb, meta=self.history.meta,
+                                          stop=lambda: self._stop_flag.is_set())
+        self.forward = self.feature_cache.forward
         self._init_state()
 
     def _init_probes(self) -> None:
@@ -365,7 +372,7 @@ class Retrainer:
                 self._maybe_next_stage()
             n_batches = 0
             self._sync_guard("error")
-            for batch in self.train_loader:
+            for batch in self.feature_cache.batches(self.train_loader, "train"):
                 self._boundary()
                 batch = to_device(batch, self.device, non_blocking=True)
                 loss = self.batch_loss(batch)
