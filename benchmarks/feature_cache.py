@@ -3,19 +3,21 @@
 The model is Hugging Face's ``ResNetForImageClassification`` with its default config (23.5 M
 parameters, random weights; no download) and a new 3-way head; the data 512 random training
 images of 64x64 with 3 classes, batch 32, 3 epochs, head only, no validation set (the setting
-of issue 11's measurement: 15.3 s a run, 4.3 s one pass through the frozen backbone). A 4-run what-if (4 losses/LRs) and a 12-run grid (3 losses x 4
-LRs) are run with ``cache_features=False`` and with ``"auto"``, interleaved in one process
-(plain grid, cached grid, plain, cached, ...); each cached grid starts from an empty cache, so
-its time includes building it once. The cached grids' training losses are checked against the
+of issue 11's measurement: 15.3 s a run, 4.3 s one pass through the frozen backbone). A 4-run
+what-if (4 losses/LRs) and a 12-run grid (3 losses x 4 LRs) are run with ``cache_features=False``
+and with ``"auto"``, interleaved in one process in ABBA order (``benchmarks/paired.py``); each
+cached grid starts from an empty cache, so its time includes building it once. The cached grids' training losses are checked against the
 plain ones (within 1e-5 relative).
 
 Ends with::
 
     feature cache speedup (4 runs): X
     feature cache speedup (12 runs): Y
+    feature cache best-runs speedup (12 runs): ...
     peak memory: ... MB (process), cache ... MB
 
-Targets: X >= 10, Y >= 25. Not a timed test; run it on a quiet machine:
+X and Y are the medians of the paired ratios; the best-runs lines are best plain time / best
+cached time. Targets: X >= 10, Y >= 25. Not a timed test; run it on a quiet machine:
 ``.venv/bin/python benchmarks/feature_cache.py [--repeats 1] [--quick]``.
 """
 
@@ -33,6 +35,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from paired import interleave, ratios  # noqa: E402  (the script's folder is on sys.path)
 
 from retrain_widgets import Retrainer, RunConfig  # noqa: E402
 from retrain_widgets.core import feature_cache  # noqa: E402
@@ -100,20 +104,20 @@ def main() -> None:
     cache_mb = 0.0
     for n_runs in (2, 3) if args.quick else (4, 12):
         changes = grid(n_runs)
-        plain_t, cached_t = [], []
-        for _ in range(args.repeats):
-            t, plain, _, _ = run_grid(model, train, cfg, changes, cache=False)
-            plain_t.append(t)
-            t, cached, mb, times = run_grid(model, train, cfg, changes, cache=True)
-            cached_t.append(t)
+        pairs = interleave(lambda changes=changes: run_grid(model, train, cfg, changes, cache=True),
+                           lambda changes=changes: run_grid(model, train, cfg, changes, cache=False), args.repeats)
+        for (_, cached, mb, times), (_, plain, _, _) in pairs:
             print(f"  cached grid: first run {times[0]:.2f} s (builds the cache), the others "
                   f"{sum(times[1:]) / max(1, len(times) - 1):.2f} s each", flush=True)
             cache_mb = max(cache_mb, mb)
             for a, b in zip(plain, cached):
                 np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
-        plain_best, cached_best = min(plain_t), min(cached_t)
-        print(f"{n_runs} runs: without the cache {plain_best:.2f} s, with it {cached_best:.2f} s", flush=True)
-        print(f"feature cache speedup ({n_runs} runs): {plain_best / cached_best:.1f}")
+        # rates are grids per second: cached rate / plain rate is the speedup
+        median, best = ratios([(1 / cached[0], 1 / plain[0]) for cached, plain in pairs])
+        print(f"{n_runs} runs: without the cache {min(p[0] for _, p in pairs):.2f} s, with it "
+              f"{min(c[0] for c, _ in pairs):.2f} s (best of {len(pairs)})", flush=True)
+        print(f"feature cache speedup ({n_runs} runs): {median:.1f}")
+        print(f"feature cache best-runs speedup ({n_runs} runs): {best:.1f}")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"peak memory: {rss:.0f} MB (process), cache {cache_mb:.1f} MB")
 
