@@ -55,7 +55,7 @@ from .batches import Forward, default_forward, first_batch, logits_of, split_bat
 from .tree import frozen_complement
 
 __all__ = ["FeatureCache", "CachedBatch", "MEMORY_FRACTION", "memory_bound_mb", "cached_mb", "clear",
-           "EXPORT_NOTE"]
+           "EXPORT_NOTE", "describe"]
 
 #: Default memory bound: this share of the free RAM (or free GPU memory on CUDA).
 MEMORY_FRACTION = 0.5
@@ -64,6 +64,23 @@ MEMORY_FRACTION = 0.5
 EXPORT_NOTE = ("# The frozen layers' outputs are recomputed every epoch here. In the notebook the engine computes\n"
                "# them once per sample and trains the trainable part on them (RunConfig.cache_features): the\n"
                "# same numbers up to float rounding, in less time.")
+
+
+def describe(info: Mapping[str, Any] | None) -> str:
+    """One line for a run's ``history.meta["feature_cache"]``: ``"cache: reused, 12.3 MB"``,
+    ``"cache: refused: <reason>"``, ...; ``""`` for no run."""
+    if not info:
+        return ""
+    state, reason, mb = info.get("state", ""), info.get("reason", ""), float(info.get("mb") or 0.0)
+    if state in ("built", "reused"):
+        warned = f" (forced although {'; '.join(info['warnings'])})" if info.get("warnings") else ""
+        return f"cache: {state}, {mb:.1f} MB{warned}"
+    if state == "pending":
+        return "cache: not decided yet (on the first pass)"
+    if state == "off":
+        return "cache: off"
+    return f"cache: {state}: {reason}" if reason else f"cache: {state}"
+
 
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
