@@ -117,11 +117,7 @@ class Retrainer:
         self.amp_dtype, self.scaler, self.distillation = parts.amp_dtype, parts.scaler, parts.distillation
         self.teacher = self.distillation.teacher if self.distillation is not None else None
         self._init_probes()
-        # the frozen part's outputs computed once per sample when that is safe (history.meta["feature_cache"])
-        self.feature_cache = FeatureCache(self.model, cfg.cache_features, self.forward, self.device,
-                                          autocast=lambda: recipe.autocast(self.amp_dtype), teacher=self.teacher,
-                                          pretrained=model, max_mb=cfg.cache_max_mb, meta=self.history.meta,
-                                          stop=lambda: self._stop_flag.is_set())
+        self.feature_cache = _new_feature_cache(self, model)
         self.forward = self.feature_cache.forward
         self._init_state()
 
@@ -589,6 +585,14 @@ def _new_history(run: Retrainer) -> History:
     if cfg.amp and run.device.type != "cuda":
         history.meta["note"] = f"amp=True has no effect on {run.device.type}; training in float32"
     return history
+
+
+def _new_feature_cache(run: Retrainer, pretrained: nn.Module) -> FeatureCache:
+    """The run's frozen-feature cache: the frozen part's outputs computed once per sample when
+    that is safe, its state in ``history.meta["feature_cache"]``; ``run.forward`` becomes its forward."""
+    return FeatureCache(run.model, run.config.cache_features, run.forward, run.device,
+                        autocast=lambda: recipe.autocast(run.amp_dtype), teacher=run.teacher, pretrained=pretrained,
+                        max_mb=run.config.cache_max_mb, meta=run.history.meta, stop=lambda: run._stop_flag.is_set())
 
 
 def _record_probes(history: History, layer_names: tuple[str, ...], lr_group_names: tuple[str, ...],
