@@ -27,6 +27,7 @@ reset      (none)                              back to the pretrained weights (n
 queue      ``text, error``                     what-if progress
 queue_done ``keys``                            the what-if queue ended; keys of its runs
 focus      ``"loss"`` or ``"runs"``            the part of the dashboard to look at now
+cache      ``text`` (see ``cache_state``)      the current run's feature cache changed (training thread)
 ========== =================================== ==============================================
 """
 
@@ -43,13 +44,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .core import losses, schedules
+from .core import feature_cache, losses, schedules
 from .core.batches import Forward, default_forward, first_batch, logits_of
 from .core.builder import build_model, count_steps
 from .core.comparison import RunSummary, grid_variants
 from .core.config import RunConfig
 from .core.engine import Retrainer
-from .core.events import State
+from .core.events import Event, State
 from .core.history import History
 from .core.losses import LossMismatchError
 from .core.store import RunStore
@@ -68,7 +69,7 @@ __all__ = ["HeadlessStudio", "LossVerdict", "Preview", "STRATEGIES", "plain_wait
 
 STRATEGIES = ("custom", "head only", "full", "gradual")
 TOPICS = frozenset({"config", "work", "loss_check", "preview", "lr_find", "status", "error", "run", "run_failed",
-                    "state", "plot", "reset", "queue", "queue_done", "focus"})
+                    "state", "plot", "reset", "queue", "queue_done", "focus", "cache"})
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ class HeadlessStudio:
         self.update_preview()
         self.emit("plot", self.figure.render(History().snapshot()))
         self.emit("state", None)
+        self.emit("cache", self.cache_state())
 
     # ================================================================== config
     @property
@@ -395,6 +397,8 @@ class HeadlessStudio:
         self._layers = {id(run.model): parameterised_layers(run.model)}
         self.run, self._restored = run, None
         self.book.name(run, name or self.default_name(cfg))
+        for event in (Event.EPOCH_END, Event.STAGE_CHANGE, Event.STATE_CHANGE):
+            run.on(event, lambda _info, run=run: self.announce_cache(run))
         self.emit("run", run)
         try:
             run.start()
@@ -408,7 +412,19 @@ class HeadlessStudio:
             self.emit("state", self.run)
             return None
         self.book.add(run)
+        self.announce_cache(run)
         return run
+
+    def cache_state(self, run: Retrainer | None = None) -> str:
+        """The feature cache of ``run`` (default: the current run) in one line: built / reused,
+        its size in MB, or refused and why (``history.meta["feature_cache"]``); ``""`` for none."""
+        run = run if run is not None else self.run
+        return feature_cache.describe(run.history.meta.get("feature_cache") if run is not None else None)
+
+    def announce_cache(self, run: Retrainer) -> None:
+        """Announce ``run``'s cache state on ``cache`` while it is the current run (from any thread)."""
+        if run is self.run:
+            self.emit("cache", self.cache_state(run))
 
     def default_name(self, cfg: RunConfig) -> str:
         strategy = self.strategy_of(cfg)
@@ -451,6 +467,7 @@ class HeadlessStudio:
         self.work = self.working_copy()
         self.refresh_work()
         self.emit("state", None)
+        self.emit("cache", "")
         self.status("reset: the next Start trains from the pretrained weights.")
 
     def busy(self) -> bool:

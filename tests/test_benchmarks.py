@@ -54,3 +54,11 @@ def test_each_benchmark_prints_its_headline_and_best_runs_lines():
                                     'f"gpu best-runs ratio {case}: {best:.3f}"')):
         source = (ROOT / "benchmarks" / script).read_text()
         assert "from paired import interleave, ratios" in source and headline in source and best in source, script
+
+
+def test_feature_cache_benchmark_quick_runs_and_reports():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "feature_cache.py"), "--quick"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "feature cache speedup (2 runs):" in out.stdout and "feature cache speedup (3 runs):" in out.stdout
+    assert "peak memory:" in out.stdout

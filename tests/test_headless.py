@@ -203,3 +203,30 @@ def test_a_new_studio_from_the_same_cell_stops_the_old_run(cnn, seven):
     other = examples.pretrained_digits_cnn()  # another model: only the cell is the same
     HeadlessStudio(other, seven.train, config=_short(), store=False, cell="cell-1")
     assert run.state == State.STOPPED
+
+
+def test_the_feature_cache_state_is_announced_built_reused_off_and_refused(cnn, seven):
+    from retrain_widgets.core import feature_cache
+
+    feature_cache.clear()
+    s = HeadlessStudio(cnn, seven.train, seven.val, seven.old_val, config=_short(frozen=["features"]), store=False)
+    seen: list[str] = []
+    s.on("cache", seen.append)
+    s.start()
+    s.wait(60)
+    info = s.run.history.meta["feature_cache"]
+    assert info["state"] == "built" and seen[-1] == f"cache: built, {info['mb']:.1f} MB" == s.cache_state()
+    s.start()
+    s.wait(60)
+    assert seen[-1].startswith("cache: reused, ") and seen[-1].endswith(" MB")
+    s.set(cache_features=False)
+    s.start()
+    s.wait(60)
+    assert seen[-1] == "cache: off"
+    s.set(cache_features="auto", frozen=[])  # everything trains: nothing is frozen to cache
+    s.start()
+    s.wait(60)
+    reason = s.run.history.meta["feature_cache"]["reason"]
+    assert reason and seen[-1] == f"cache: refused: {reason}"
+    s.reset()
+    assert seen[-1] == "" and s.cache_state() == ""

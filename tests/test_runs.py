@@ -71,6 +71,10 @@ def test_studio_records_runs_and_the_runs_tab(cnn, seven, tmp_path):
     panel = s.runs_panel
     assert len(panel.select.options) == 2
     assert "focal" in panel.table.value and "bce" in panel.table.value
+    # each stored run's weights size on disk (what it changed against the pretrained model)
+    assert "disk MB" in panel.table.value
+    sizes = [summary.disk_mb for summary in s.run_summaries()]
+    assert sizes == [store.weights_size(summary.id) / 1e6 for summary in s.run_summaries()] and all(sizes)
     panel.select.value = tuple(k for _, k in panel.select.options)
     panel.overlay_button.click()
     assert panel.figure.value[:4] == b"\x89PNG" and panel.figure.layout.display == ""

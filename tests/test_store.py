@@ -114,7 +114,7 @@ def test_restore_gives_the_trained_model_and_leaves_the_pretrained_one(finished,
     with torch.no_grad():
         assert torch.equal(restored(x), run.model(x))
         assert fresh.eval()(x).shape[1] == 10  # the original head is still there
-    weights = store.load_weights(run_id)
+    weights = store.load_weights(run_id, fresh)
     assert set(weights) == set(run.model.state_dict()) and all(w.device.type == "cpu" for w in weights.values())
 
 
@@ -466,3 +466,75 @@ def test_store_threads_end(tmp_path, pretrained, seven):
         run.join(5)
         assert run.thread.ident not in store.connections.threads() and store.recording() == []
     assert {t.name for t in set(threading.enumerate()) - before} <= {"retrain_widgets-store-heartbeat"}
+
+
+# ----------------------------------------------------------------------------- weights stored as what they changed
+
+
+@pytest.fixture(scope="module")
+def head_only(tmp_path_factory, pretrained, seven):
+    """A finished run that trains the classifier only: its weights file holds the classifier's tensors."""
+    store = RunStore(tmp_path_factory.mktemp("delta"))
+    run = make_run(pretrained, seven, short_config(frozen=["features"]))
+    run_id = store.record(run, save_every=0)
+    run.fit()
+    yield store, run, run_id
+    store.close()
+
+
+def test_a_classifier_only_run_is_stored_as_what_it_changed_and_restored_bit_for_bit(head_only, pretrained):
+    from retrain_widgets.core import weights_delta
+
+    store, run, run_id = head_only
+    saved = torch.load(store._weights.path(run_id), weights_only=True)
+    assert weights_delta.is_delta(saved) and saved["pretrained_id"] == fingerprint(pretrained)
+    assert {f"{run.head_name}.weight", f"{run.head_name}.bias"} <= set(saved["changed"])
+    assert all(name.startswith("classifier.") for name in saved["changed"])  # the frozen features are not there
+    full = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
+    changed = sum(t.numel() * t.element_size() for t in saved["changed"].values())
+    assert store.weights_size(run_id) < min(full / 3, changed + 12_000)  # the tensors it changed, and names
+    restored = store.restore(run_id, examples.pretrained_digits_cnn())
+    trained = run.model.state_dict()
+    assert list(restored.state_dict()) == list(trained)
+    for name, tensor in restored.state_dict().items():
+        assert tensor.dtype == trained[name].dtype and torch.equal(tensor, trained[name].cpu()), name
+
+
+def test_a_delta_needs_the_pretrained_model_it_was_stored_against(head_only, pretrained):
+    store, _, run_id = head_only
+    with pytest.raises(ValueError, match=fingerprint(pretrained)):
+        store.load_weights(run_id)  # no model: the message names the one to pass
+    other = examples.pretrained_digits_cnn()
+    with torch.no_grad():
+        other.features[0].weight.add_(1.0)
+    with pytest.raises(ValueError, match="pass the model the run started from"):
+        store.restore(run_id, other)
+
+
+def test_full_weights_files_of_earlier_stores_and_runs_without_a_pretrained_model_stay_readable(
+        tmp_path, pretrained, seven):
+    with RunStore(tmp_path) as store:
+        run = make_run(pretrained, seven, short_config(frozen=["features"], max_steps=5))
+        run_id = store.record(run, save_every=0)
+        run.fit()
+        path = store._weights.path(run_id)
+        torch.save({k: v.detach().cpu() for k, v in run.model.state_dict().items()}, path)  # as stores wrote them
+        for weights in (store.load_weights(run_id), store.load_weights(run_id, pretrained)):
+            assert all(torch.equal(weights[k], v) for k, v in run.model.state_dict().items())
+        store._weights.write(run_id, run.model)  # no pretrained model at hand: the full weights
+        assert set(torch.load(path, weights_only=True)) == set(run.model.state_dict())
+        restored = store.restore(run_id, pretrained)
+        assert all(torch.equal(restored.state_dict()[k], v) for k, v in run.model.state_dict().items())
+
+
+def test_deleting_a_run_frees_its_weights_on_disk(tmp_path, pretrained, seven):
+    with RunStore(tmp_path) as store:
+        run = make_run(pretrained, seven, short_config(frozen=["features"], max_steps=5))
+        run_id = store.record(run, save_every=0)
+        run.fit()
+        path = store._weights.path(run_id)
+        assert store.weights_size(run_id) == os.path.getsize(path) > 0
+        store.delete(run_id)
+        assert not os.path.exists(path)
+        with pytest.raises(KeyError):
+            store.weights_size(run_id)

@@ -362,3 +362,23 @@ def test_drawing_stays_within_its_budget(budget, max_interval, bound):
     gaps = [later - earlier for earlier, later in zip(drawn_at, drawn_at[1:])]
     assert min(gaps) >= b.min_interval and max(gaps) <= max_interval + 0.05 + 0.01 + 1e-9
     assert wall - drawn_at[-1] <= max_interval + 0.01 + 1e-9
+
+
+def test_cache_control_is_bound_to_the_config_and_shows_the_runs_cache(cnn, seven):
+    from retrain_widgets.core import feature_cache
+
+    feature_cache.clear()
+    s = RetrainStudio(cnn, seven.train, seven.val, seven.old_val,
+                      config=RunConfig(loss="bce", head_out=1, max_steps=12, frozen=["features"]))
+    assert s.cache.value == "auto" and s.cache_state.value == ""
+    s.cache.value = False
+    assert s.config.cache_features is False
+    s.set(cache_features=True)
+    assert s.cache.value is True
+    s.cache.value = "auto"
+    s.start()
+    s.wait(60)
+    assert _until(lambda: s.cache_state.value.startswith("cache: built, ")), s.cache_state.value
+    assert s.cache_state.value.endswith(" MB")
+    s.reset()
+    assert s.cache_state.value == ""

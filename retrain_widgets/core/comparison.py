@@ -17,7 +17,11 @@ from .engine import Retrainer
 from .history import History
 from .store import RunRecord, RunStore, run_metrics
 
-__all__ = ["RunSummary", "summarize", "differing_fields", "table", "METRIC_COLUMNS", "grid_variants"]
+__all__ = ["RunSummary", "summarize", "differing_fields", "table", "METRIC_COLUMNS", "DISK_COLUMN",
+           "grid_variants"]
+
+#: The table's column of each stored run's weights size on disk, in MB.
+DISK_COLUMN = "disk MB"
 
 METRIC_COLUMNS = ("val_metric", "old_metric", "val_loss", "old_loss", "mean_alignment", "train_loss", "steps")
 
@@ -32,6 +36,7 @@ class RunSummary:
     config: dict[str, Any]
     metrics: dict[str, Any]
     history: History | None
+    disk_mb: float | None = None  # a stored run's weights on disk (``RunStore.weights_size``)
 
 
 def summarize(run: Retrainer | RunRecord | RunSummary | str, store: RunStore | None = None,
@@ -51,7 +56,9 @@ def summarize(run: Retrainer | RunRecord | RunSummary | str, store: RunStore | N
         run = store.get(run)
     if isinstance(run, RunRecord):
         history = store.history(run.id) if store is not None else None
-        return RunSummary(run.id, name or run.name, run.state, dict(run.config), dict(run.metrics), history)
+        size = store.weights_size(run.id) if store is not None else None
+        return RunSummary(run.id, name or run.name, run.state, dict(run.config), dict(run.metrics), history,
+                          None if size is None else size / 1e6)
     raise ValueError(f"cannot compare a {type(run).__name__}: give Retrainer objects, stored runs or run ids")
 
 
@@ -77,14 +84,16 @@ def _sort_key(value: Any, descending: bool) -> tuple[int, Any]:
 
 def table(summaries: Sequence[RunSummary], sort_by: str | None = None,
           descending: bool | None = None) -> tuple[list[str], list[dict[str, Any]]]:
-    """Columns and rows: run, state, the config fields that differ, then the final metrics.
+    """Columns and rows: run, state, the config fields that differ, the final metrics, then
+    ``disk MB`` (the weights' size on disk) when a run is stored.
 
     ``sort_by`` defaults to ``val_metric`` (best first, using the metric's direction), or the
     order given when no run has a validation metric.
     """
     diff = differing_fields([s.config for s in summaries])
     metric_cols = [m for m in METRIC_COLUMNS if any(m in s.metrics for s in summaries)]
-    columns = ["run", "state", *diff, *metric_cols]
+    disk = [DISK_COLUMN] if any(s.disk_mb is not None for s in summaries) else []
+    columns = ["run", "state", *diff, *metric_cols, *disk]
     rows = []
     for s in summaries:
         row: dict[str, Any] = {"run": s.name, "id": s.id, "state": s.state}
@@ -92,6 +101,8 @@ def table(summaries: Sequence[RunSummary], sort_by: str | None = None,
             row[k] = s.config.get(k)
         for m in metric_cols:
             row[m] = s.metrics.get(m)
+        if disk:
+            row[DISK_COLUMN] = s.disk_mb
         rows.append(row)
     if sort_by is None and "val_metric" in metric_cols:
         sort_by = "val_metric"

@@ -122,6 +122,12 @@ class RunConfig:
         trainable layer's gradient of the new loss and of the old task's loss (one old-task batch)
         and that batch's old-task loss (``alignment_budget=1.0``: no time limit). Needs an old-task
         loader; ``alignment_every=None`` turns it off.
+    cache_features, cache_max_mb
+        The frozen-feature cache (:mod:`retrain_widgets.core.feature_cache`): ``"auto"`` computes
+        the frozen part's outputs once per sample when that gives the same results and says why
+        not in ``history.meta["feature_cache"]`` otherwise; ``True`` forces it past dropout or
+        augmentation in the frozen part (with a warning); ``False`` turns it off.
+        ``cache_max_mb`` bounds its memory (``None``: half the free RAM or GPU memory).
     """
 
     loss: str | Callable[..., Any] = "ce"
@@ -154,6 +160,8 @@ class RunConfig:
     lora_modules: list[str] = field(default_factory=list)
     alignment_every: int | None = 20
     alignment_budget: float = 0.015
+    cache_features: bool | str = "auto"
+    cache_max_mb: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -222,6 +230,9 @@ class RunConfig:
         _choice("metric", self.metric, metrics.NAMES)
         self.alignment_every = _number("alignment_every", self.alignment_every, low=1, whole=True, optional=True)
         self.alignment_budget = _number("alignment_budget", self.alignment_budget, low=0.0, low_open=True, high=1.0)
+        if not (isinstance(self.cache_features, bool) or self.cache_features == "auto"):
+            raise ValueError(f"RunConfig.cache_features must be 'auto', True or False, got {self.cache_features!r}")
+        self.cache_max_mb = _number("cache_max_mb", self.cache_max_mb, low=0.0, low_open=True, optional=True)
         lora.check_lora(self)
         return self
 

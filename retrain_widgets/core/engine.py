@@ -34,6 +34,7 @@ from .checkpoint import HeavyProbes
 from .config import RunConfig
 from .device import cpu_threads, resolve_device
 from .events import Event, EventInfo, Handlers, State
+from .feature_cache import FeatureCache
 from .history import History
 from .lr_finder import LRFinderResult, lr_find, run_lr_finder
 from .params import scale_lrs
@@ -121,6 +122,8 @@ class Retrainer:
         self.amp_dtype, self.scaler, self.distillation = parts.amp_dtype, parts.scaler, parts.distillation
         self.teacher = self.distillation.teacher if self.distillation is not None else None
         self._init_probes()
+        self.feature_cache = _new_feature_cache(self, model)
+        self.forward = self.feature_cache.forward
         self._init_state()
         old_batches = old_train if old_train is not None else old_val  # the alignment probe's old task
         self.alignment = (AlignmentProbe.for_run(self, old_batches)
@@ -371,7 +374,7 @@ class Retrainer:
                 self._maybe_next_stage()
             n_batches = 0
             self._sync_guard("error")
-            for batch in self.train_loader:
+            for batch in self.feature_cache.batches(self.train_loader, "train"):
                 self._boundary()
                 batch = to_device(batch, self.device, non_blocking=True)
                 loss = self.batch_loss(batch)
@@ -589,6 +592,14 @@ def _new_history(run: Retrainer) -> History:
     if cfg.amp and run.device.type != "cuda":
         history.meta["note"] = f"amp=True has no effect on {run.device.type}; training in float32"
     return history
+
+
+def _new_feature_cache(run: Retrainer, pretrained: nn.Module) -> FeatureCache:
+    """The run's frozen-feature cache: the frozen part's outputs computed once per sample when
+    that is safe, its state in ``history.meta["feature_cache"]``; ``run.forward`` becomes its forward."""
+    return FeatureCache(run.model, run.config.cache_features, run.forward, run.device,
+                        autocast=lambda: recipe.autocast(run.amp_dtype), teacher=run.teacher, pretrained=pretrained,
+                        max_mb=run.config.cache_max_mb, meta=run.history.meta, stop=lambda: run._stop_flag.is_set())
 
 
 def _record_probes(history: History, layer_names: tuple[str, ...], lr_group_names: tuple[str, ...],

@@ -27,6 +27,7 @@ from . import metrics as metrics_mod
 from . import recipe_source
 from . import schedules as schedules_mod
 from .config import RunConfig
+from .feature_cache import EXPORT_NOTE
 
 __all__ = [
     "export_script",
@@ -586,7 +587,7 @@ def _loop_section(plan: _Plan) -> str:
     plateau = _indent(_PLATEAU, 4) + "\n" if plan.plateau else ""
     loop = (_LOOP.replace("@METRIC_NAME@", plan.metric_name).replace("@STAGE@", stage)
             .replace("@STEP@", _indent(_step(plan), 8)).replace("@PLATEAU@", plateau))
-    return _section("training", loop)
+    return _section("training", *([EXPORT_NOTE] if plan.cfg.cache_features is not False else []), loop)
 
 
 def export_script(config: RunConfig, *, model_code: str | None = None, data_code: str | None = None,

@@ -13,7 +13,7 @@ from torch import nn
 
 from . import losses as losses_mod
 from . import metrics as metrics_mod
-from .batches import first_batch, logits_of, to_device
+from .batches import logits_of, to_device
 from .errors import code_label, note_user_error
 from .recipe import evaluation as recipe_eval
 from .recipe import training as recipe
@@ -52,7 +52,7 @@ class Validation:
         """One training batch through the model, the loss and (when distilling) the teacher,
         in eval mode; then one ``old_val`` batch through the original head."""
         run = self.run
-        batch = first_batch(run.train_loader, run.device, "train")
+        batch = run.feature_cache.first_batch(run.train_loader, "train")
         with _eval_mode(run.model), torch.no_grad(), recipe.autocast(run.amp_dtype):
             try:
                 outputs, targets = run.forward(run.model, batch)
@@ -84,7 +84,7 @@ class Validation:
         """One ``old_val`` batch through the original head: a broken old-task loader fails now,
         not after the first epoch, and the old metric is named before training."""
         run = self.run
-        batch = first_batch(run.old_val_loader, run.device, "old_val")
+        batch = run.feature_cache.first_batch(run.old_val_loader, "old_val")
         with _eval_mode(run.model):
             with run.built.original_head_in(), recipe.autocast(run.amp_dtype):
                 logits, targets = run.run_batch(run.model, batch)
@@ -108,7 +108,8 @@ class Validation:
         """Mean loss and metric over ``loader``; ``old``: the original task, through the original head."""
         run = self.run
         with recipe.HeadSwap(run.model, run.head_name or "", run.original_head if old else None):
-            totals = recipe_eval.evaluation_sums(run.model, loader, self._batch,
+            passes = run.feature_cache.batches(loader, "old_val" if old else "val")
+            totals = recipe_eval.evaluation_sums(run.model, passes, self._batch,
                                                  lambda logits, targets: self.fns(logits, targets, old),
                                                  run.device, run.amp_dtype)
         if float(totals[2]) == 0:

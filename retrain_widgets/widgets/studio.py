@@ -47,7 +47,7 @@ _VIEW_WIDGETS = {
                  "head_label"),
     "optimisation_tab": ("optimizer_picker", "lr", "weight_decay", "lr_decay", "strategy", "unfreeze_every",
                          "distill", "distill_alpha", "distill_t", "l2sp", "lr_find_button", "use_lr_button",
-                         "lr_find_plot"),
+                         "lr_find_plot", "cache", "cache_state"),
     "schedule_tab": ("schedule_picker", "schedule_params", "epochs", "max_steps", "preview", "preview_note"),
     "controls": ("start_button", "pause_button", "stop_button", "reset_button", "progress", "progress_label",
                  "status", "error", "plot"),

@@ -146,13 +146,21 @@ class OptimisationTab(W.VBox):
                                     "unfreeze_every", int)
         self._build_regularisers(cfg)
         self._build_lr_finder()
+        self.cache = css(field(W.ToggleButtons(
+            options=[("auto", "auto"), ("on", True), ("off", False)], value=cfg.cache_features,
+            description="cache frozen features", style={"description_width": "initial"},
+            tooltips=["when it is safe (the reason shows when not)", "also past dropout or augmentation (warns)",
+                      "full passes every epoch"]), "cache_features"), "rw-cache")
+        self.cache_state = css(W.HTML(studio.cache_state()), "rw-cache-state")
         self.children = [
             W.HBox([self.optimizer_picker, self.weight_decay]), self.lr, self.lr_decay,
             _row(self.strategy, self.unfreeze_every),
             _row(self.distill, self.distill_alpha, self.distill_t),
-            self.l2sp, W.HBox([self.lr_find_button, self.use_lr_button]), self.lr_find_plot,
+            self.l2sp, _row(self.cache, self.cache_state),
+            W.HBox([self.lr_find_button, self.use_lr_button]), self.lr_find_plot,
         ]
         studio.on("lr_find", self.show_lr_find)
+        studio.on("cache", self.show_cache_state)
 
     def _build_regularisers(self, cfg: RunConfig) -> None:
         distill = cfg.distill or {}
@@ -197,6 +205,11 @@ class OptimisationTab(W.VBox):
             self.distill_alpha.value = cfg.distill["alpha"]
             self.distill_t.value = cfg.distill["temperature"]
         self.l2sp.value = cfg.l2sp
+        self.cache.value = cfg.cache_features
+
+    def show_cache_state(self, text: str) -> None:
+        """The current run's feature cache (any thread)."""
+        write(self.cache_state, value=html.escape(text))
 
     def show_lr_find(self, result: Any, png: bytes) -> None:
         write(self.lr_find_plot, value=png)

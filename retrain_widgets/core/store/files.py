@@ -1,11 +1,10 @@
 """The store's two kinds of files: the SQLite database (one connection per thread) and the
-weights folder (one ``torch.save`` file per run, written atomically)."""
+weights folder (one ``torch.save`` file per run, written atomically: the tensors it changed, or its full weights)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ..weights_delta import load_weights, save_weights
 from .records import check_id
 
 __all__ = ["Connections", "WeightsFolder", "BUSY_TIMEOUT_S"]
@@ -102,7 +102,10 @@ class Connections:
 class WeightsFolder:
     """``<folder>/<run id>.pt`` files: written to a temporary file then moved into place
     (``os.replace``, atomic), read with ``weights_only=True`` on the CPU. A path is derived from
-    the validated run id, never read from the database."""
+    the validated run id, never read from the database.
+
+    A file holds what the run changed against the pretrained model (``weights_delta``) when that
+    model is given, its full ``state_dict`` otherwise (and in stores written before deltas)."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
@@ -110,29 +113,23 @@ class WeightsFolder:
     def path(self, run_id: str) -> str:
         return os.path.join(self.folder, f"{check_id(run_id)}.pt")
 
-    def write(self, run_id: str, model: nn.Module) -> None:
-        final = self.path(run_id)
-        state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
-        tmp = f"{final}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
+    def write(self, run_id: str, model: nn.Module, pretrained: nn.Module | None = None) -> int:
+        """Write the run's weights (a delta against ``pretrained`` when given); returns the bytes on disk."""
+        return save_weights(self.path(run_id), model, pretrained)
 
-    def read(self, run_id: str) -> dict[str, torch.Tensor]:
+    def read(self, run_id: str, pretrained: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The full ``state_dict``; a delta file needs ``pretrained`` (the model the run started from)."""
         path = self.path(run_id)
         if not os.path.exists(path):
             raise FileNotFoundError(f"the weights file of run {run_id} is missing: {path}")
-        state = torch.load(path, weights_only=True, map_location="cpu")
-        if not isinstance(state, dict):
-            raise ValueError(f"{path} does not hold a state_dict (found {type(state).__name__})")
-        return state
+        return load_weights(path, pretrained)
+
+    def size(self, run_id: str) -> int | None:
+        """Bytes on disk of the run's weights file (None: there is none)."""
+        try:
+            return os.path.getsize(self.path(run_id))
+        except FileNotFoundError:
+            return None
 
     def remove(self, run_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -209,7 +209,7 @@ class Recorder:
         notes = [self.note]
         weights_error: BaseException | None = None
         try:
-            self.weights.write(self.id, run.model)
+            self.weights.write(self.id, run.model, run.pretrained)  # what it changed against the pretrained model
         except Exception as exc:  # noqa: BLE001 - recorded in the message, then re-raised
             weights_error = exc
             notes.append(f"the weights could not be saved: {type(exc).__name__}: {exc}")

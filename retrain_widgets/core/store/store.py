@@ -245,20 +245,29 @@ class RunStore:
         except (ValueError, zlib.error, KeyError, TypeError) as exc:
             raise ValueError(f"the history of run {run_id} cannot be read: {type(exc).__name__}: {exc}") from exc
 
-    def load_weights(self, run_id: str) -> dict[str, torch.Tensor]:
-        """The run's trained weights (a ``state_dict`` on the CPU), loaded with ``weights_only=True``."""
+    def load_weights(self, run_id: str, pretrained: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The run's trained weights (a full ``state_dict`` on the CPU), loaded with ``weights_only=True``.
+
+        Runs are stored as the tensors they changed against the pretrained model: pass that model
+        (``pretrained``, checked by its :func:`fingerprint`) to rebuild the rest bit for bit. Runs
+        stored with their full weights need none."""
         rec = self.get(run_id)
         if not rec.has_weights:
             raise ValueError(f"run {run_id} ({rec.state}) has no saved weights: they are saved when a recorded "
                              f"run ends (finished, stopped or failed)")
-        return self._weights.read(run_id)
+        return self._weights.read(run_id, pretrained)
+
+    def weights_size(self, run_id: str) -> int | None:
+        """Bytes on disk of the run's weights (None when it has none); :meth:`delete` frees them."""
+        self.get(run_id)  # unknown id -> KeyError
+        return self._weights.size(run_id)
 
     def restore(self, run_id: str, model: nn.Module) -> nn.Module:
         """A copy of ``model`` (the pretrained model the run started from) with the run's head
         replacement, its LoRA adapters and trained weights. ``model`` itself is not modified, nor torch's RNG."""
         if not isinstance(model, nn.Module):
             raise ValueError(f"restore() takes the pretrained torch.nn.Module, got {type(model).__name__}")
-        weights = self.load_weights(run_id)
+        weights = self.load_weights(run_id, model)
         head, head_out = self._conn().execute("SELECT head, head_out FROM runs WHERE id = ?", (run_id,)).fetchone()
         net = copy.deepcopy(model)
         if head_out is not None:
