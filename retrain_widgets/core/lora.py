@@ -29,7 +29,7 @@ __all__ = [
     "attention_projections",
     "add_lora_adapters",
     "apply_lora",
-    "restore_adapters",
+    "CONFIG_FIELDS",
     "is_adaptable",
     "is_adapted",
     "adapter_size",
@@ -38,6 +38,9 @@ __all__ = [
     "lora_fields",
     "export_section",
 ]
+
+#: The RunConfig fields that describe a run's adapters (what the store's restore rebuilds).
+CONFIG_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_modules")
 
 #: How to install what LoRA needs.
 PEFT_EXTRA = 'pip install "retrain_widgets[peft]"'
@@ -176,12 +179,6 @@ def apply_lora(model: nn.Module, config: Any, head: str | None = None) -> nn.Mod
     targets = lora_target_names(model, list(get("lora_modules") or []), head)
     return add_lora_adapters(model, targets, int(r), _alpha(r, get("lora_alpha")), float(get("lora_dropout") or 0.0),
                              head)
-
-
-def restore_adapters(model: nn.Module, config: Mapping[str, Any], head: str | None) -> nn.Module:
-    """For the store's ``restore``: the same adapters as the run's stored config (a dict), so its
-    saved state_dict loads into the copy."""
-    return apply_lora(model, config, head)
 
 
 def check_lora(config: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import sqlite3
@@ -15,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..builder import build_model
+from ..config import RunConfig
 from ..events import State
 from ..history import History
-from ..lora import restore_adapters
-from ..tree import find_head_or_none, replace_head
+from ..lora import CONFIG_FIELDS
 from . import schema
 from .files import Connections, WeightsFolder
 from .fingerprints import fingerprint
@@ -269,15 +269,14 @@ class RunStore:
             raise ValueError(f"restore() takes the pretrained torch.nn.Module, got {type(model).__name__}")
         weights = self.load_weights(run_id, model)
         head, head_out = self._conn().execute("SELECT head, head_out FROM runs WHERE id = ?", (run_id,)).fetchone()
-        net = copy.deepcopy(model)
-        if head_out is not None:
-            name = head or find_head_or_none(net)
-            if name is None:
-                raise ValueError(f"run {run_id} replaced the head ({head!r}) but this model has no nn.Linear head")
-            devices = sorted({p.device.index or 0 for p in net.parameters() if p.device.type == "cuda"})
-            with torch.random.fork_rng(devices=devices):  # the new head's init must not move the user's RNG
-                replace_head(net, int(head_out), name, bias=f"{name}.bias" in weights)
-        net = restore_adapters(net, self.get(run_id).config, head or find_head_or_none(net))  # LoRA runs
+        stored = self.get(run_id).config
+        lora = {key: stored[key] for key in CONFIG_FIELDS if key in stored}
+        devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+        with torch.random.fork_rng(devices=devices):  # the new head's init must not move the user's RNG
+            try:
+                net = build_model(model, RunConfig(head=head, head_out=head_out, **lora), apply_freezing=False).model
+            except ValueError as exc:
+                raise ValueError(f"run {run_id} cannot be rebuilt on this model: {exc}") from exc
         try:
             net.load_state_dict(weights)
         except RuntimeError as exc:
