@@ -314,6 +314,7 @@ def test_exported_script_says_it_recomputes_the_features():
 
 
 def test_a_reusing_run_never_runs_the_frozen_part_not_even_for_its_check():
+    # the alignment probe's old-task batches run the whole model (README: Limits), so it is off here
     model = _cnn()
     calls = []
     model.features.register_forward_hook(lambda m, a, out: calls.append(len(out)))  # deep copies keep it
@@ -321,7 +322,7 @@ def test_a_reusing_run_never_runs_the_frozen_part_not_even_for_its_check():
     plain, h_plain = _fit(model, CNN_HEAD.replace(cache_features=False), *loaders)
     _fit(model, CNN_HEAD, *loaders)
     calls.clear()
-    run = Retrainer(model, CNN_HEAD.replace(lr=3e-3), *loaders)
+    run = Retrainer(model, CNN_HEAD.replace(lr=3e-3, alignment_every=None), *loaders)
     h = run.fit()
     assert calls == [] and h.meta["feature_cache"]["state"] == "reused"
     assert h.meta["metric"] == h_plain.meta["metric"]

@@ -51,6 +51,7 @@ from torch.utils.data import (
     TensorDataset,
 )
 
+from .alignment import kept_rng
 from .batches import Forward, default_forward, first_batch, logits_of, split_batch, to_device
 from .tree import frozen_complement
 
@@ -450,7 +451,7 @@ class FeatureCache:
         hit = self._registered(loader, role) if _standard_order(loader) else None
         if hit is None:
             return first_batch(loader, self.device, role)
-        with _saved_rng(self.device), _saved_generators(loader):
+        with kept_rng(self.device, loader):
             indices = _first_indices(loader)
         raw = first_batch(loader, self.device, role)
         cached = _LoaderCache(loader, hit.tensors).batch(indices)
@@ -465,7 +466,7 @@ class FeatureCache:
                 or self.user_forward is not default_forward or (self.mode is not True and _augmentation(loader.dataset)):
             return None
         try:
-            with _saved_rng(self.device), torch.no_grad(), self.autocast(), _train_modes(self.model, role == "train"):
+            with kept_rng(self.device), torch.no_grad(), self.autocast(), _train_modes(self.model, role == "train"):
                 if not self.steps:
                     self._plan(None)
                 if self.mode is not True and self.model.training and _nondeterminism(self.model, self.steps):
@@ -531,7 +532,7 @@ class FeatureCache:
             raise _Refused("the run has a custom forward: the cache needs (inputs, targets) or {'labels': ...} "
                            "batches to know the targets")
         self._judgement(_augmentation(loader.dataset))
-        with _saved_rng(self.device), torch.no_grad(), self.autocast():
+        with kept_rng(self.device), torch.no_grad(), self.autocast():
             first = list(range(min(len(loader.dataset), _chunk(loader))))
             if not first:
                 raise _Refused("the loader's dataset is empty")
@@ -696,6 +697,19 @@ def _shapes(module: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]
     return [(k, tuple(v.shape), v.dtype) for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)]
 
 
+@contextlib.contextmanager
+def _train_modes(model: nn.Module, train: bool) -> Iterator[None]:
+    """The modes the model will have in that pass (``train()`` keeps locked BatchNorm in eval)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.train(train)
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+
 def _chunk(loader: DataLoader) -> int:
     return int(loader.batch_size or getattr(loader.batch_sampler, "batch_size", None) or 32)
 
@@ -718,41 +732,3 @@ def _first_indices(loader: DataLoader) -> list[int]:
     return list(next(order))
 
 
-@contextlib.contextmanager
-def _saved_generators(loader: DataLoader) -> Iterator[None]:
-    gens: dict[int, torch.Generator] = {}
-    for owner in (loader, loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
-        gen = getattr(owner, "generator", None)
-        if isinstance(gen, torch.Generator):
-            gens[id(gen)] = gen
-    states = [(g, g.get_state()) for g in gens.values()]
-    try:
-        yield
-    finally:
-        for g, state in states:
-            g.set_state(state)
-
-
-@contextlib.contextmanager
-def _train_modes(model: nn.Module, train: bool) -> Iterator[None]:
-    """The modes the model will have in that pass (``train()`` keeps locked BatchNorm in eval)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.train(train)
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-@contextlib.contextmanager
-def _saved_rng(device: torch.device) -> Iterator[None]:
-    """Building the cache draws nothing from the run's random streams."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda, device)
