@@ -23,7 +23,6 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +37,7 @@ from .history import History
 from .lr_finder import LRFinderResult, lr_find, run_lr_finder
 from .params import scale_lrs
 from .probes import StepProbes
+from .publisher import Publisher
 from .recipe import training as recipe
 from .tree import check_names, freeze, parameterised_layers, unfreeze
 from .validation import Validation
@@ -157,10 +157,8 @@ class Retrainer:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._checked = False
-        self._sync_check = False  # benchmarks/gpu_check.py: fail on any host sync between publishes
         self._t_start = 0.0
-        self._last_pub = (0, 0.0)
-        self.steps_per_second = 0.0
+        self.publisher = Publisher(self, self._diverged)  # probes -> history, on the publish cadence
         self.validation = Validation(self)
 
     # ================================================================== public control
@@ -305,6 +303,11 @@ class Retrainer:
         return self.history.snapshot()
 
     @property
+    def steps_per_second(self) -> float:
+        """Training speed, measured at each publish (smoothed; 0.0 before the first)."""
+        return self.publisher.steps_per_second
+
+    @property
     def progress(self) -> dict[str, Any]:
         """Step, total, epoch, steps/s and ETA in seconds (plain numbers, cheap)."""
         sps = self.steps_per_second
@@ -331,7 +334,7 @@ class Retrainer:
         try:
             self._run_guarded()
         finally:
-            self._sync_guard("default")
+            self.publisher.sync_guard("default")
 
     def _run_guarded(self) -> None:
         try:
@@ -341,13 +344,13 @@ class Retrainer:
                 recipe.seed_run(self.config.seed, self.train_loader)
             with cpu_threads(self.device):
                 self._t_start = time.perf_counter()
-                self._last_pub = (self.step, self._t_start)
+                self.publisher.restart(self._t_start)
                 self._train()
-            self._publish(force=True)
+            self.publisher.publish(force=True)
             self._finish(State.STOPPED if self._stop_flag.is_set() and self.step < self.total_steps
                          else State.FINISHED)
         except _Stop:
-            self._publish(force=True)
+            self.publisher.publish(force=True)
             self._finish(State.STOPPED)
         except TrainingFailed as exc:
             self._fail(exc)
@@ -360,7 +363,7 @@ class Retrainer:
                 f"freeze more layers. Weights restored to step {self.checkpoint.step}."), cause=exc)
         except BaseException as exc:  # noqa: BLE001 - user code: recorded and re-raised by wait()
             with contextlib.suppress(Exception):
-                self._publish()
+                self.publisher.publish()
             self._fail(exc)
 
     def _train(self) -> None:
@@ -370,7 +373,7 @@ class Retrainer:
             if cfg.gradual:
                 self._maybe_next_stage()
             n_batches = 0
-            self._sync_guard("error")
+            self.publisher.sync_guard("error")
             for batch in self.train_loader:
                 self._boundary()
                 batch = to_device(batch, self.device, non_blocking=True)
@@ -390,15 +393,15 @@ class Retrainer:
                 if not self._metric_driven and self.step < self.total_steps:
                     self.scheduler.step()
                 self._fire(Event.STEP_END)
-                if self.probes.full or time.perf_counter() - self._last_pub[1] > self.publish_seconds:
-                    self._publish()
+                if self.publisher.due:
+                    self.publisher.publish()
                 if self.step >= self.total_steps:
                     break
-            self._sync_guard("default")
+            self.publisher.sync_guard("default")
             if n_batches == 0:
                 raise ValueError("the training loader yielded no batches: check the dataset and batch size")
             self.epoch += 1
-            self._publish(force=True)
+            self.publisher.publish(force=True)
             self._validate()
         if self.step == 0:
             raise ValueError("no training steps were run: check epochs, max_steps and the loader")
@@ -422,12 +425,12 @@ class Retrainer:
         if self._pending:
             self._apply_pending()
         if not self._resume_flag.is_set() and not self._stop_flag.is_set():
-            self._publish()
+            self.publisher.publish()
             self._set_state(State.PAUSED)
             while not self._resume_flag.wait(0.05):
                 if self._pending:
                     self._apply_pending()
-            self._last_pub = (self.step, time.perf_counter())
+            self.publisher.restart()
             if not self._stop_flag.is_set():
                 self._set_state(State.RUNNING)
         if self._stop_flag.is_set():
@@ -436,7 +439,7 @@ class Retrainer:
     def _change(self, action: Callable[[], None], text: str, trainable_changes: bool = True) -> None:
         def apply() -> None:
             if trainable_changes:
-                self._flush_probes()
+                self.publisher.flush()
             action()
             if trainable_changes:
                 self.probes.refresh()
@@ -459,7 +462,7 @@ class Retrainer:
         stage = min(self.epoch // self.config.unfreeze_every, len(self.groups) - 1)
         if stage == self.stage:
             return
-        self._flush_probes()
+        self.publisher.flush()
         apply_stage(self.model, self.groups, stage, self.config)
         self.stage = stage
         self.probes.refresh()
@@ -467,45 +470,7 @@ class Retrainer:
         self.history.mark(self.step, "stage", f"stage {stage}: unfroze {group}")
         self._fire(Event.STAGE_CHANGE, stage=stage, group=group)
 
-    # ================================================================== publishing
-    def _record(self, *chunk: np.ndarray) -> None:
-        _record_probes(self.history, self.layer_names, self.lr_group_names, *chunk)
-
-    def _flush_probes(self) -> None:
-        if self.probes.n:
-            self._publish()
-
-    def _publish(self, force: bool = False) -> None:
-        """Move the buffered probes to the history (one host copy); check for divergence.
-
-        Drift and the checkpoint are measured when their time budget allows, or ``force``."""
-        mode = self._sync_guard("default")
-        steps, loss, layer_norms, lrs = self.probes.flush()
-        now = time.perf_counter()
-        if len(steps):
-            bad = ~np.isfinite(loss)
-            if bad.any():
-                first = int(steps[np.argmax(bad)])
-                n_ok = int(np.argmax(bad))
-                self._record(steps[:n_ok], loss[:n_ok], layer_norms[:n_ok], lrs[:n_ok])
-                self._diverged(first)
-            self._record(steps, loss, layer_norms, lrs)
-            last_step, last_t = self._last_pub
-            if now > last_t and self.step > last_step:
-                rate = (self.step - last_step) / (now - last_t)
-                self.steps_per_second = rate if self.steps_per_second == 0 else 0.7 * self.steps_per_second + 0.3 * rate
-            self._last_pub = (self.step, now)
-            drift = self.heavy.measure(self.step, now, force)
-            if drift is not None:
-                self.history.append_layers("drift", [self.step], self.layer_names, drift[None, :])
-            self._fire(Event.PUBLISH)
-        self._sync_guard(mode)
-
-    def _sync_guard(self, mode: str | int | None) -> str | int | None:
-        """With ``_sync_check`` on CUDA: set the sync debug mode (``"error"`` makes any host sync
-        raise); return the previous one. Used by ``benchmarks/gpu_check.py``."""
-        return _set_sync_mode(mode) if self._sync_check and self.device.type == "cuda" else None
-
+    # ================================================================== the NaN guard
     @property
     def _ckpt_step(self) -> int:
         return self.checkpoint.step
@@ -568,14 +533,6 @@ class Retrainer:
                 f"loss={self.history.meta.get('loss')!r}, device={self.device})")
 
 
-def _set_sync_mode(mode: str | int | None) -> str | int | None:
-    if mode is None:
-        return None
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode(mode)
-    return previous
-
-
 def _new_history(run: Retrainer) -> History:
     """An empty history whose meta describe the run."""
     cfg, history = run.config, History()
@@ -589,17 +546,6 @@ def _new_history(run: Retrainer) -> History:
     if cfg.amp and run.device.type != "cuda":
         history.meta["note"] = f"amp=True has no effect on {run.device.type}; training in float32"
     return history
-
-
-def _record_probes(history: History, layer_names: tuple[str, ...], lr_group_names: tuple[str, ...],
-                   steps: np.ndarray, loss: np.ndarray, layer_norms: np.ndarray, lrs: np.ndarray) -> None:
-    """One published chunk of per-step probes into the history."""
-    if not len(steps):
-        return
-    history.append("train_loss", steps, loss)
-    history.append("lr", steps, lrs[:, -1])  # the top (head) group's LR
-    history.append_layers("group_lr", steps, lr_group_names, lrs)
-    history.append_layers("grad_norm", steps, layer_names, layer_norms)
 
 
 def _config_meta(cfg: RunConfig) -> dict[str, Any]:

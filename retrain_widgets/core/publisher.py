@@ -1,0 +1,101 @@
+"""Publishing: the run's buffered per-step probes reach its history, one host copy at a time.
+
+A :class:`Publisher` is attached to a :class:`~retrain_widgets.core.engine.Retrainer`. The
+training loop asks it after every step whether a publish is due: when the probe buffer is full
+(every ``publish_every`` steps) or ``publish_seconds`` have passed, whichever comes first. A
+publish copies the chunk to the host (the only sync), stops the run at the first non-finite
+loss, updates the steps/s rate, measures drift and saves the NaN guard's checkpoint when their
+time budget allows, and fires :attr:`~retrain_widgets.core.events.Event.PUBLISH`.
+
+With :attr:`Publisher.sync_check` on CUDA, the steps between publishes run under
+``torch.cuda.set_sync_debug_mode("error")``: any host sync there raises
+(``benchmarks/gpu_check.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .events import Event
+
+if TYPE_CHECKING:
+    from .engine import Retrainer
+
+__all__ = ["Publisher"]
+
+
+class Publisher:
+    """Publishes ``run``'s probes to ``run.history``; ``diverged(step)`` is called (and raises)
+    when a published loss is NaN or infinite."""
+
+    def __init__(self, run: Retrainer, diverged: Callable[[int], None]) -> None:
+        self.run = run
+        self.diverged = diverged
+        self.sync_check = False  # fail on any host sync between publishes (CUDA only)
+        self.last = (0, 0.0)  # (step, perf_counter time) of the last publish
+        self.steps_per_second = 0.0
+
+    def restart(self, now: float | None = None) -> None:
+        """Time the next publish (and the rate) from now, e.g. when training starts or resumes."""
+        self.last = (self.run.step, time.perf_counter() if now is None else now)
+
+    @property
+    def due(self) -> bool:
+        """Whether the probe buffer is full or ``run.publish_seconds`` have passed."""
+        return self.run.probes.full or time.perf_counter() - self.last[1] > self.run.publish_seconds
+
+    def flush(self) -> None:
+        """Publish what the probes hold, if anything (before the trainable set changes)."""
+        if self.run.probes.n:
+            self.publish()
+
+    def publish(self, force: bool = False) -> None:
+        """Move the buffered probes to the history (one host copy); check for divergence.
+
+        Drift and the checkpoint are measured when their time budget allows, or ``force``."""
+        run = self.run
+        mode = self.sync_guard("default")
+        steps, loss, layer_norms, lrs = run.probes.flush()
+        now = time.perf_counter()
+        if len(steps):
+            bad = ~np.isfinite(loss)
+            if bad.any():
+                first = int(steps[np.argmax(bad)])
+                n_ok = int(np.argmax(bad))
+                self.record(steps[:n_ok], loss[:n_ok], layer_norms[:n_ok], lrs[:n_ok])
+                self.diverged(first)
+            self.record(steps, loss, layer_norms, lrs)
+            last_step, last_t = self.last
+            if now > last_t and run.step > last_step:
+                rate = (run.step - last_step) / (now - last_t)
+                self.steps_per_second = rate if self.steps_per_second == 0 else 0.7 * self.steps_per_second + 0.3 * rate
+            self.last = (run.step, now)
+            drift = run.heavy.measure(run.step, now, force)
+            if drift is not None:
+                run.history.append_layers("drift", [run.step], run.layer_names, drift[None, :])
+            run.handlers.fire(Event.PUBLISH, run.step, run.epoch, {})
+        self.sync_guard(mode)
+
+    def record(self, steps: np.ndarray, loss: np.ndarray, layer_norms: np.ndarray, lrs: np.ndarray) -> None:
+        """One published chunk of per-step probes into the history."""
+        if not len(steps):
+            return
+        history = self.run.history
+        history.append("train_loss", steps, loss)
+        history.append("lr", steps, lrs[:, -1])  # the top (head) group's LR
+        history.append_layers("group_lr", steps, self.run.lr_group_names, lrs)
+        history.append_layers("grad_norm", steps, self.run.layer_names, layer_norms)
+
+    def sync_guard(self, mode: str | int | None) -> str | int | None:
+        """With :attr:`sync_check` on CUDA: set the sync debug mode (``"error"`` makes any host
+        sync raise); return the previous one. Otherwise nothing, and ``None``."""
+        if mode is None or not (self.sync_check and self.run.device.type == "cuda"):
+            return None
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode(mode)
+        return previous
