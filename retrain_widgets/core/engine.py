@@ -19,7 +19,6 @@ import copy
 import math
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -158,7 +157,7 @@ class Retrainer:
         self._thread: threading.Thread | None = None
         self._checked = False
         self._t_start = 0.0
-        self.publisher = Publisher(self, self._diverged)  # probes -> history, on the publish cadence
+        self.publisher = Publisher(self)  # probes -> history, on the publish cadence
         self.validation = Validation(self)
 
     # ================================================================== public control
@@ -355,12 +354,7 @@ class Retrainer:
         except TrainingFailed as exc:
             self._fail(exc)
         except torch.OutOfMemoryError as exc:
-            self.checkpoint.restore()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            self._fail(TrainingFailed(
-                f"out of memory at step {self.step} on {self.device}: lower the batch size, set amp=True, or "
-                f"freeze more layers. Weights restored to step {self.checkpoint.step}."), cause=exc)
+            self._fail(self.publisher.out_of_memory(), cause=exc)
         except BaseException as exc:  # noqa: BLE001 - user code: recorded and re-raised by wait()
             with contextlib.suppress(Exception):
                 self.publisher.publish()
@@ -386,7 +380,7 @@ class Retrainer:
                 self._fire(Event.BACKWARD_END)
                 self.probes.record(self.step, loss)
                 if self.device.type == "cpu" and not math.isfinite(float(loss.detach())):
-                    self._diverged(self.step)  # free on the CPU; on CUDA checked at publish (no sync)
+                    self.publisher.diverged(self.step)  # free on the CPU; on CUDA checked at publish (no sync)
                 recipe.optimizer_step(opt, self.scaler)
                 self.step += 1
                 n_batches += 1
@@ -470,19 +464,9 @@ class Retrainer:
         self.history.mark(self.step, "stage", f"stage {stage}: unfroze {group}")
         self._fire(Event.STAGE_CHANGE, stage=stage, group=group)
 
-    # ================================================================== the NaN guard
     @property
     def _ckpt_step(self) -> int:
         return self.checkpoint.step
-
-    def _diverged(self, step: int) -> None:
-        self.checkpoint.restore()
-        self.probes.n = 0
-        raise TrainingFailed(
-            f"the loss became NaN or infinite at step {step} (epoch {self.epoch + 1}); training stopped and the "
-            f"weights were restored to step {self.checkpoint.step}, the last whose losses were all finite. Lower the "
-            f"learning rate, add grad_clip, or check the data and the loss"
-        )
 
     # ================================================================== validation
     def _validate(self) -> None:
@@ -493,15 +477,9 @@ class Retrainer:
         if self.old_val_loader is not None:
             oloss, ometric = self.validation.evaluate(self.old_val_loader, old=True)
             data.update(old_loss=oloss, old_metric=ometric)
-        for name, value in data.items():
-            self.history.append(name, [self.step], [value])
         if self._metric_driven:
             self.scheduler.step(data.get("val_loss", float(self.history.series("train_loss")[1][-1])))
-        if self.config.gradual:
-            stages = self.history.meta.setdefault("stages", [])
-            stages.append({"stage": self.stage, "epoch": self.epoch, "step": self.step,
-                           "group": self.groups[len(self.groups) - 1 - self.stage].name, **data})
-        self._fire(Event.EPOCH_END, **data)
+        self.publisher.publish_epoch(data)
 
     # ================================================================== state and events
     def _set_state(self, state: State) -> None:
@@ -518,9 +496,7 @@ class Retrainer:
             exc.__cause__ = cause
         self.error = exc
         self.message = f"{type(exc).__name__}: {exc}"
-        self.history.meta["error"] = self.message
-        self.history.meta["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self.history.mark(self.step, "state", f"failed: {self.message}")
+        self.publisher.publish_failure(exc)
         self._set_state(State.FAILED)
         self._done.set()
 

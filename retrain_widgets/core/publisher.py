@@ -15,7 +15,7 @@ With :attr:`Publisher.sync_check` on CUDA, the steps between publishes run under
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+import traceback
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,18 +24,16 @@ import torch
 from .events import Event
 
 if TYPE_CHECKING:
-    from .engine import Retrainer
+    from .engine import Retrainer, TrainingFailed
 
 __all__ = ["Publisher"]
 
 
 class Publisher:
-    """Publishes ``run``'s probes to ``run.history``; ``diverged(step)`` is called (and raises)
-    when a published loss is NaN or infinite."""
+    """Publishes ``run``'s probes and validation results to ``run.history``; the NaN guard."""
 
-    def __init__(self, run: Retrainer, diverged: Callable[[int], None]) -> None:
+    def __init__(self, run: Retrainer) -> None:
         self.run = run
-        self.diverged = diverged
         self.sync_check = False  # fail on any host sync between publishes (CUDA only)
         self.last = (0, 0.0)  # (step, perf_counter time) of the last publish
         self.steps_per_second = 0.0
@@ -80,6 +78,52 @@ class Publisher:
                 run.history.append_layers("drift", [run.step], run.layer_names, drift[None, :])
             run.handlers.fire(Event.PUBLISH, run.step, run.epoch, {})
         self.sync_guard(mode)
+
+    def publish_epoch(self, data: dict[str, float]) -> None:
+        """The epoch's validation results into the history (and the stage's summary when
+        unfreezing gradually); fires ``EPOCH_END``."""
+        run = self.run
+        for name, value in data.items():
+            run.history.append(name, [run.step], [value])
+        if run.config.gradual:
+            stages = run.history.meta.setdefault("stages", [])
+            stages.append({"stage": run.stage, "epoch": run.epoch, "step": run.step,
+                           "group": run.groups[len(run.groups) - 1 - run.stage].name, **data})
+        run.handlers.fire(Event.EPOCH_END, run.step, run.epoch, dict(data))
+
+    def diverged(self, step: int) -> None:
+        """The NaN guard: put back the checkpoint (the last weights whose losses were all finite,
+        saved at a publish) and fail the run, saying so."""
+        from .engine import TrainingFailed
+
+        run = self.run
+        run.checkpoint.restore()
+        run.probes.n = 0
+        raise TrainingFailed(
+            f"the loss became NaN or infinite at step {step} (epoch {run.epoch + 1}); training stopped and the "
+            f"weights were restored to step {run.checkpoint.step}, the last whose losses were all finite. Lower the "
+            f"learning rate, add grad_clip, or check the data and the loss"
+        )
+
+    def out_of_memory(self) -> TrainingFailed:
+        """After running out of memory: the checkpoint put back, the cache emptied; the
+        :class:`~retrain_widgets.core.engine.TrainingFailed` that says what to do."""
+        from .engine import TrainingFailed
+
+        run = self.run
+        run.checkpoint.restore()
+        if run.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return TrainingFailed(
+            f"out of memory at step {run.step} on {run.device}: lower the batch size, set amp=True, or "
+            f"freeze more layers. Weights restored to step {run.checkpoint.step}.")
+
+    def publish_failure(self, exc: BaseException) -> None:
+        """A failed run's message (``run.message``) and traceback into the history."""
+        run = self.run
+        run.history.meta["error"] = run.message
+        run.history.meta["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        run.history.mark(run.step, "state", f"failed: {run.message}")
 
     def record(self, steps: np.ndarray, loss: np.ndarray, layer_norms: np.ndarray, lrs: np.ndarray) -> None:
         """One published chunk of per-step probes into the history."""
