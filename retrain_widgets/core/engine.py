@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import threading
 import time
@@ -309,11 +310,7 @@ class Retrainer:
     @property
     def progress(self) -> dict[str, Any]:
         """Step, total, epoch, steps/s and ETA in seconds (plain numbers, cheap)."""
-        sps = self.steps_per_second
-        left = max(0, self.total_steps - self.step)
-        return {"step": self.step, "total": self.total_steps, "epoch": self.epoch, "epochs": self.config.epochs,
-                "steps_per_second": sps, "eta": left / sps if sps > 0 else None, "state": self.state.value,
-                "stage": self.stage, "stages": self.n_stages}
+        return self.publisher.progress()
 
     # ================================================================== LR finder
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
@@ -345,11 +342,9 @@ class Retrainer:
                 self._t_start = time.perf_counter()
                 self.publisher.restart(self._t_start)
                 self._train()
-            self.publisher.publish(force=True)
             self._finish(State.STOPPED if self._stop_flag.is_set() and self.step < self.total_steps
                          else State.FINISHED)
         except _Stop:
-            self.publisher.publish(force=True)
             self._finish(State.STOPPED)
         except TrainingFailed as exc:
             self._fail(exc)
@@ -431,14 +426,7 @@ class Retrainer:
             raise _Stop
 
     def _change(self, action: Callable[[], None], text: str, trainable_changes: bool = True) -> None:
-        def apply() -> None:
-            if trainable_changes:
-                self.publisher.flush()
-            action()
-            if trainable_changes:
-                self.probes.refresh()
-            self.history.mark(self.step, "change", text)
-
+        apply = functools.partial(self.publisher.change, action, "change", text, trainable_changes)
         if self.state.active:
             with self._lock:
                 self._pending.append(apply)
@@ -456,12 +444,10 @@ class Retrainer:
         stage = min(self.epoch // self.config.unfreeze_every, len(self.groups) - 1)
         if stage == self.stage:
             return
-        self.publisher.flush()
-        apply_stage(self.model, self.groups, stage, self.config)
-        self.stage = stage
-        self.probes.refresh()
         group = self.groups[len(self.groups) - 1 - stage].name
-        self.history.mark(self.step, "stage", f"stage {stage}: unfroze {group}")
+        self.publisher.change(lambda: apply_stage(self.model, self.groups, stage, self.config), "stage",
+                              f"stage {stage}: unfroze {group}")
+        self.stage = stage
         self._fire(Event.STAGE_CHANGE, stage=stage, group=group)
 
     @property
@@ -487,6 +473,7 @@ class Retrainer:
         self._fire(Event.STATE_CHANGE, state=state)
 
     def _finish(self, state: State) -> None:
+        self.publisher.publish(force=True)
         self.history.mark(self.step, "state", state.value)
         self._set_state(state)
         self._done.set()

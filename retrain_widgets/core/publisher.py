@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,6 +52,24 @@ class Publisher:
         """Publish what the probes hold, if anything (before the trainable set changes)."""
         if self.run.probes.n:
             self.publish()
+
+    def change(self, action: Callable[[], None], kind: str, text: str, trainable_changes: bool = True) -> None:
+        """Apply a change between two steps, marked in the history as ``kind``: when it changes the
+        trainable set, the probes' buffer is published first and follows the new set after."""
+        if trainable_changes:
+            self.flush()
+        action()
+        if trainable_changes:
+            self.run.probes.refresh()
+        self.run.history.mark(self.run.step, kind, text)
+
+    def progress(self) -> dict[str, Any]:
+        """Step, total, epoch, steps/s and ETA in seconds, state and stage (plain numbers, cheap)."""
+        run, sps = self.run, self.steps_per_second
+        left = max(0, run.total_steps - run.step)
+        return {"step": run.step, "total": run.total_steps, "epoch": run.epoch, "epochs": run.config.epochs,
+                "steps_per_second": sps, "eta": left / sps if sps > 0 else None, "state": run.state.value,
+                "stage": run.stage, "stages": run.n_stages}
 
     def publish(self, force: bool = False) -> None:
         """Move the buffered probes to the history (one host copy); check for divergence.
