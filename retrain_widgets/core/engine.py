@@ -4,7 +4,8 @@
 in a background thread, so a notebook's kernel stays free: ``pause()``, ``resume()``,
 ``stop()``, ``freeze()``, ``unfreeze()`` and ``set_lr()`` are flags and queued changes that the
 loop applies at the next step boundary. It records a bounded :class:`History` at almost no
-cost (see :mod:`retrain_widgets.core.probes`) and fires typed events.
+cost (see :mod:`retrain_widgets.core.probes`; :mod:`retrain_widgets.core.publisher` moves the probes
+to it) and fires typed events.
 
 The loop, in :meth:`Retrainer._train`, reads top to bottom: for each epoch, for each batch:
 apply queued changes, forward, loss (+ distillation), backward, L2-SP pull, clipping, the
