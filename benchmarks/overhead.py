@@ -82,7 +82,7 @@ def engine_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.d
     (grad norms, LR per group, drift, checkpoints, history, events; with ``old_train`` and
     ``cfg.alignment_every`` the alignment probe too)."""
     r = Retrainer(model, cfg.replace(max_steps=len(batches), epochs=1), batches, old_train=old_train)
-    r._sync_check = sync_check
+    r.publisher.sync_check = sync_check
     stamps: dict[int, tuple[float, float]] = {}
 
     def stamp(info):

@@ -272,16 +272,18 @@ def test_nan_guard_restores_last_finite_weights(cnn, loaders):
         loss = F.cross_entropy(out, target)
         return loss * float("nan") if calls["n"] == 13 else loss
 
-    r = Retrainer(cnn, RunConfig(loss=flaky, epochs=2, lr=1e-2), loaders[0], publish_every=5)
+    # publishes only every 5 steps (never on time), each with a checkpoint (no time budget): deterministic
+    r = Retrainer(cnn, RunConfig(loss=flaky, epochs=2, lr=1e-2), loaders[0], publish_every=5, publish_seconds=math.inf)
+    r.heavy.budget = math.inf
     saved = {}
     r.on(Event.PUBLISH, lambda info: saved.update({info.step: state_copy(r.model)}))
     r.start()
     with pytest.raises(TrainingFailed, match=r"NaN or infinite at step 11 .*restored to step (\d+)") as info:
         r.wait(30)
     assert r.state == State.FAILED and "step 11" in r.message
-    # checkpoints are taken at publishes (every 5 steps here) when their time budget allows
+    # checkpoints are taken at publishes (steps 5 and 10 here): the last before step 11 is kept
     restored = int(re.search(r"restored to step (\d+)", str(info.value)).group(1))
-    assert restored in (5, 10) and restored == r._ckpt_step
+    assert restored == 10 == r._ckpt_step
     assert_same_state(r.model, saved[restored])
     # calls: 1 from check() + 12 training steps succeed, the 13th call is step 11 (0-based)
 
@@ -392,7 +394,10 @@ def test_out_of_memory_is_a_clear_failure(cnn, loaders):
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return model(x), y
 
-    r = Retrainer(cnn, RunConfig(epochs=2, lr=1e-2), loaders[0], forward=hungry, publish_every=5)
+    # publishes only every 5 steps (never on time), each with a checkpoint (no time budget): deterministic
+    r = Retrainer(cnn, RunConfig(epochs=2, lr=1e-2), loaders[0], forward=hungry, publish_every=5,
+                  publish_seconds=math.inf)
+    r.heavy.budget = math.inf
     saved = {}
     r.on(Event.PUBLISH, lambda info: saved.update({info.step: state_copy(r.model)}))
     r.start()
@@ -400,8 +405,8 @@ def test_out_of_memory_is_a_clear_failure(cnn, loaders):
         r.wait(30)
     assert r.state == State.FAILED
     assert isinstance(r.error.__cause__, torch.OutOfMemoryError)
-    assert r._ckpt_step in (0, 5)
-    assert_same_state(r.model, saved[5] if r._ckpt_step == 5 else state_copy(cnn))  # step 0: the pretrained
+    assert r._ckpt_step == 5  # the publish at step 5, the last before step 7
+    assert_same_state(r.model, saved[5])
 
 
 def test_runs_are_reproducible_and_measuring_changes_nothing(cnn, seven):

@@ -4,7 +4,8 @@
 in a background thread, so a notebook's kernel stays free: ``pause()``, ``resume()``,
 ``stop()``, ``freeze()``, ``unfreeze()`` and ``set_lr()`` are flags and queued changes that the
 loop applies at the next step boundary. It records a bounded :class:`History` at almost no
-cost (see :mod:`retrain_widgets.core.probes`) and fires typed events.
+cost (see :mod:`retrain_widgets.core.probes`; :mod:`retrain_widgets.core.publisher` moves the probes
+to it) and fires typed events.
 
 The loop, in :meth:`Retrainer._train`, reads top to bottom: for each epoch, for each batch:
 apply queued changes, forward, loss (+ distillation), backward, L2-SP pull, clipping, the
@@ -16,14 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -39,6 +39,7 @@ from .history import History
 from .lr_finder import LRFinderResult, lr_find, run_lr_finder
 from .params import scale_lrs
 from .probes import StepProbes
+from .publisher import Publisher
 from .recipe import training as recipe
 from .tree import check_names, freeze, parameterised_layers, unfreeze
 from .validation import Validation
@@ -160,10 +161,8 @@ class Retrainer:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._checked = False
-        self._sync_check = False  # benchmarks/gpu_check.py: fail on any host sync between publishes
         self._t_start = 0.0
-        self._last_pub = (0, 0.0)
-        self.steps_per_second = 0.0
+        self.publisher = Publisher(self)  # probes -> history, on the publish cadence
         self.validation = Validation(self)
 
     # ================================================================== public control
@@ -308,13 +307,14 @@ class Retrainer:
         return self.history.snapshot()
 
     @property
+    def steps_per_second(self) -> float:
+        """Training speed, measured at each publish (smoothed; 0.0 before the first)."""
+        return self.publisher.steps_per_second
+
+    @property
     def progress(self) -> dict[str, Any]:
         """Step, total, epoch, steps/s and ETA in seconds (plain numbers, cheap)."""
-        sps = self.steps_per_second
-        left = max(0, self.total_steps - self.step)
-        return {"step": self.step, "total": self.total_steps, "epoch": self.epoch, "epochs": self.config.epochs,
-                "steps_per_second": sps, "eta": left / sps if sps > 0 else None, "state": self.state.value,
-                "stage": self.stage, "stages": self.n_stages}
+        return self.publisher.progress()
 
     # ================================================================== LR finder
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
@@ -334,7 +334,7 @@ class Retrainer:
         try:
             self._run_guarded()
         finally:
-            self._sync_guard("default")
+            self.publisher.sync_guard("default")
 
     def _run_guarded(self) -> None:
         try:
@@ -344,26 +344,19 @@ class Retrainer:
                 recipe.seed_run(self.config.seed, self.train_loader)
             with cpu_threads(self.device):
                 self._t_start = time.perf_counter()
-                self._last_pub = (self.step, self._t_start)
+                self.publisher.restart(self._t_start)
                 self._train()
-            self._publish(force=True)
             self._finish(State.STOPPED if self._stop_flag.is_set() and self.step < self.total_steps
                          else State.FINISHED)
         except _Stop:
-            self._publish(force=True)
             self._finish(State.STOPPED)
         except TrainingFailed as exc:
             self._fail(exc)
         except torch.OutOfMemoryError as exc:
-            self.checkpoint.restore()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            self._fail(TrainingFailed(
-                f"out of memory at step {self.step} on {self.device}: lower the batch size, set amp=True, or "
-                f"freeze more layers. Weights restored to step {self.checkpoint.step}."), cause=exc)
+            self._fail(self.publisher.out_of_memory(), cause=exc)
         except BaseException as exc:  # noqa: BLE001 - user code: recorded and re-raised by wait()
             with contextlib.suppress(Exception):
-                self._publish()
+                self.publisher.publish()
             self._fail(exc)
 
     def _train(self) -> None:
@@ -373,7 +366,7 @@ class Retrainer:
             if cfg.gradual:
                 self._maybe_next_stage()
             n_batches = 0
-            self._sync_guard("error")
+            self.publisher.sync_guard("error")
             for batch in self.feature_cache.batches(self.train_loader, "train"):
                 self._boundary()
                 batch = to_device(batch, self.device, non_blocking=True)
@@ -386,22 +379,22 @@ class Retrainer:
                 self._fire(Event.BACKWARD_END)
                 self.probes.record(self.step, loss)
                 if self.device.type == "cpu" and not math.isfinite(float(loss.detach())):
-                    self._diverged(self.step)  # free on the CPU; on CUDA checked at publish (no sync)
+                    self.publisher.diverged(self.step)  # free on the CPU; on CUDA checked at publish (no sync)
                 recipe.optimizer_step(opt, self.scaler)
                 self.step += 1
                 n_batches += 1
                 if not self._metric_driven and self.step < self.total_steps:
                     self.scheduler.step()
                 self._fire(Event.STEP_END)
-                if self.probes.full or time.perf_counter() - self._last_pub[1] > self.publish_seconds:
-                    self._publish()
+                if self.publisher.due:
+                    self.publisher.publish()
                 if self.step >= self.total_steps:
                     break
-            self._sync_guard("default")
+            self.publisher.sync_guard("default")
             if n_batches == 0:
                 raise ValueError("the training loader yielded no batches: check the dataset and batch size")
             self.epoch += 1
-            self._publish(force=True)
+            self.publisher.publish(force=True)
             self._validate()
         if self.step == 0:
             raise ValueError("no training steps were run: check epochs, max_steps and the loader")
@@ -425,26 +418,19 @@ class Retrainer:
         if self._pending:
             self._apply_pending()
         if not self._resume_flag.is_set() and not self._stop_flag.is_set():
-            self._publish()
+            self.publisher.publish()
             self._set_state(State.PAUSED)
             while not self._resume_flag.wait(0.05):
                 if self._pending:
                     self._apply_pending()
-            self._last_pub = (self.step, time.perf_counter())
+            self.publisher.restart()
             if not self._stop_flag.is_set():
                 self._set_state(State.RUNNING)
         if self._stop_flag.is_set():
             raise _Stop
 
     def _change(self, action: Callable[[], None], text: str, trainable_changes: bool = True) -> None:
-        def apply() -> None:
-            if trainable_changes:
-                self._flush_probes()
-            action()
-            if trainable_changes:
-                self.probes.refresh()
-            self.history.mark(self.step, "change", text)
-
+        apply = functools.partial(self.publisher.change, action, "change", text, trainable_changes)
         if self.state.active:
             with self._lock:
                 self._pending.append(apply)
@@ -462,65 +448,15 @@ class Retrainer:
         stage = min(self.epoch // self.config.unfreeze_every, len(self.groups) - 1)
         if stage == self.stage:
             return
-        self._flush_probes()
-        apply_stage(self.model, self.groups, stage, self.config)
-        self.stage = stage
-        self.probes.refresh()
         group = self.groups[len(self.groups) - 1 - stage].name
-        self.history.mark(self.step, "stage", f"stage {stage}: unfroze {group}")
+        self.publisher.change(lambda: apply_stage(self.model, self.groups, stage, self.config), "stage",
+                              f"stage {stage}: unfroze {group}")
+        self.stage = stage
         self._fire(Event.STAGE_CHANGE, stage=stage, group=group)
-
-    # ================================================================== publishing
-    def _record(self, *chunk: np.ndarray) -> None:
-        _record_probes(self.history, self.layer_names, self.lr_group_names, *chunk)
-
-    def _flush_probes(self) -> None:
-        if self.probes.n:
-            self._publish()
-
-    def _publish(self, force: bool = False) -> None:
-        """Move the buffered probes to the history (one host copy); check for divergence.
-
-        Drift and the checkpoint are measured when their time budget allows, or ``force``."""
-        mode = self._sync_guard("default")
-        steps, loss, layer_norms, lrs = self.probes.flush()
-        now = time.perf_counter()
-        if len(steps):
-            bad = ~np.isfinite(loss)
-            if bad.any():
-                first = int(steps[np.argmax(bad)])
-                n_ok = int(np.argmax(bad))
-                self._record(steps[:n_ok], loss[:n_ok], layer_norms[:n_ok], lrs[:n_ok])
-                self._diverged(first)
-            self._record(steps, loss, layer_norms, lrs)
-            last_step, last_t = self._last_pub
-            if now > last_t and self.step > last_step:
-                rate = (self.step - last_step) / (now - last_t)
-                self.steps_per_second = rate if self.steps_per_second == 0 else 0.7 * self.steps_per_second + 0.3 * rate
-            self._last_pub = (self.step, now)
-            drift = self.heavy.measure(self.step, now, force)
-            if drift is not None:
-                self.history.append_layers("drift", [self.step], self.layer_names, drift[None, :])
-            self._fire(Event.PUBLISH)
-        self._sync_guard(mode)
-
-    def _sync_guard(self, mode: str | int | None) -> str | int | None:
-        """With ``_sync_check`` on CUDA: set the sync debug mode (``"error"`` makes any host sync
-        raise); return the previous one. Used by ``benchmarks/gpu_check.py``."""
-        return _set_sync_mode(mode) if self._sync_check and self.device.type == "cuda" else None
 
     @property
     def _ckpt_step(self) -> int:
         return self.checkpoint.step
-
-    def _diverged(self, step: int) -> None:
-        self.checkpoint.restore()
-        self.probes.n = 0
-        raise TrainingFailed(
-            f"the loss became NaN or infinite at step {step} (epoch {self.epoch + 1}); training stopped and the "
-            f"weights were restored to step {self.checkpoint.step}, the last whose losses were all finite. Lower the "
-            f"learning rate, add grad_clip, or check the data and the loss"
-        )
 
     # ================================================================== validation
     def _validate(self) -> None:
@@ -531,15 +467,9 @@ class Retrainer:
         if self.old_val_loader is not None:
             oloss, ometric = self.validation.evaluate(self.old_val_loader, old=True)
             data.update(old_loss=oloss, old_metric=ometric)
-        for name, value in data.items():
-            self.history.append(name, [self.step], [value])
         if self._metric_driven:
             self.scheduler.step(data.get("val_loss", float(self.history.series("train_loss")[1][-1])))
-        if self.config.gradual:
-            stages = self.history.meta.setdefault("stages", [])
-            stages.append({"stage": self.stage, "epoch": self.epoch, "step": self.step,
-                           "group": self.groups[len(self.groups) - 1 - self.stage].name, **data})
-        self._fire(Event.EPOCH_END, **data)
+        self.publisher.publish_epoch(data)
 
     # ================================================================== state and events
     def _set_state(self, state: State) -> None:
@@ -547,6 +477,7 @@ class Retrainer:
         self._fire(Event.STATE_CHANGE, state=state)
 
     def _finish(self, state: State) -> None:
+        self.publisher.publish(force=True)
         self.history.mark(self.step, "state", state.value)
         self._set_state(state)
         self._done.set()
@@ -556,9 +487,7 @@ class Retrainer:
             exc.__cause__ = cause
         self.error = exc
         self.message = f"{type(exc).__name__}: {exc}"
-        self.history.meta["error"] = self.message
-        self.history.meta["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self.history.mark(self.step, "state", f"failed: {self.message}")
+        self.publisher.publish_failure(exc)
         self._set_state(State.FAILED)
         self._done.set()
 
@@ -569,14 +498,6 @@ class Retrainer:
     def __repr__(self) -> str:
         return (f"Retrainer(state={self.state.value}, step={self.step}/{self.total_steps}, "
                 f"loss={self.history.meta.get('loss')!r}, device={self.device})")
-
-
-def _set_sync_mode(mode: str | int | None) -> str | int | None:
-    if mode is None:
-        return None
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode(mode)
-    return previous
 
 
 def _new_history(run: Retrainer) -> History:
@@ -600,17 +521,6 @@ def _new_feature_cache(run: Retrainer, pretrained: nn.Module) -> FeatureCache:
     return FeatureCache(run.model, run.config.cache_features, run.forward, run.device,
                         autocast=lambda: recipe.autocast(run.amp_dtype), teacher=run.teacher, pretrained=pretrained,
                         max_mb=run.config.cache_max_mb, meta=run.history.meta, stop=lambda: run._stop_flag.is_set())
-
-
-def _record_probes(history: History, layer_names: tuple[str, ...], lr_group_names: tuple[str, ...],
-                   steps: np.ndarray, loss: np.ndarray, layer_norms: np.ndarray, lrs: np.ndarray) -> None:
-    """One published chunk of per-step probes into the history."""
-    if not len(steps):
-        return
-    history.append("train_loss", steps, loss)
-    history.append("lr", steps, lrs[:, -1])  # the top (head) group's LR
-    history.append_layers("group_lr", steps, lr_group_names, lrs)
-    history.append_layers("grad_norm", steps, layer_names, layer_norms)
 
 
 def _config_meta(cfg: RunConfig) -> dict[str, Any]:
