@@ -678,23 +678,30 @@ def _frozen_key(model: nn.Module, owner: str, steps: list[str], pretrained: nn.M
     """The model's class, its trainable set and a fingerprint of every weight outside it (read
     from ``pretrained``'s module of the same name and shapes when there is one: frozen weights
     have not moved, and the fingerprint of an unchanged module is remembered)."""
-    from .store import fingerprint
+    from .store.fingerprints import fingerprint, hash_state
 
-    def frozen_module(name: str) -> nn.Module:
-        module = _resolve(model, name)
+    def frozen_part(name: str) -> nn.Module | torch.Tensor:
+        """The frozen module (or parameter held by a module) called ``name``, taken from the
+        pretrained model when it has it unchanged in shape."""
+        part = _resolve(model, name)
         with contextlib.suppress(AttributeError):
             original = _resolve(pretrained, name) if pretrained is not None else None
-            if original is not None and _shapes(original) == _shapes(module):
+            if original is not None and _shapes(original) == _shapes(part):
                 return original
-        return module
+        return part
+
+    def frozen_fingerprint(name: str) -> str:
+        part = frozen_part(name)
+        return fingerprint(part) if isinstance(part, nn.Module) else hash_state({name: part.detach()})
 
     trainable = tuple(n for n, p in model.named_parameters() if p.requires_grad)
-    frozen = tuple((n, fingerprint(frozen_module(n))) for n in frozen_complement(model, steps))
+    frozen = tuple((n, frozen_fingerprint(n)) for n in frozen_complement(model, steps))
     return type(model).__module__, type(model).__qualname__, owner, tuple(steps), trainable, frozen
 
 
-def _shapes(module: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-    return [(k, tuple(v.shape), v.dtype) for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)]
+def _shapes(part: nn.Module | torch.Tensor) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    state = part.state_dict() if isinstance(part, nn.Module) else {"": part}
+    return [(k, tuple(v.shape), v.dtype) for k, v in state.items() if isinstance(v, torch.Tensor)]
 
 
 @contextlib.contextmanager
