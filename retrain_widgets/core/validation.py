@@ -57,7 +57,7 @@ class Validation:
             try:
                 outputs, targets = run.forward(run.model, batch)
             except Exception as exc:  # the user's model or forward: their exception, with a note
-                note_user_error(exc, code_label(run.forward, "the model's forward"), batch=batch)
+                note_user_error(exc, code_label(run.feature_cache.user_forward, "the model's forward"), batch=batch)
                 raise
             logits = logits_of(outputs)
             losses_mod.check_compatibility(logits, targets, run.loss_spec.name if run.loss_spec else
