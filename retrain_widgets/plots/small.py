@@ -78,12 +78,7 @@ def lr_preview_png(lrs: Sequence[float], *, title: str = "", width_px: int = 420
         n = len(y)
         lo, hi = finite_range(y, positive=True)
         if n == 0 or not math.isfinite(hi):
-            ax.text(0.5, 0.5, "no schedule to show", transform=ax.transAxes, ha="center", va="center",
-                    fontsize=10, color=C_MUTED)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            canvas.draw()
-            return encode_png(canvas, 6)
+            return _empty_png(ax, canvas, "no schedule to show")
         x = np.arange(n, dtype=np.float64)
         nb = max(2, int(width_px))
         if n > 2 * nb:
@@ -132,12 +127,7 @@ def lr_finder_png(result: Any, width_px: int = 420, height_px: int = 220) -> byt
                      fontsize=9.5, fontweight="bold", color=C_TEXT, pad=5)
         ok = np.isfinite(lrs) & (lrs > 0)
         if ok.sum() < 2:
-            ax.text(0.5, 0.5, "no LR range test yet", transform=ax.transAxes, ha="center", va="center",
-                    fontsize=10, color=C_MUTED)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            canvas.draw()
-            return encode_png(canvas, 6)
+            return _empty_png(ax, canvas, "no LR range test yet")
         if len(smooth) != len(lrs):
             smooth = raw
         ax.set_xscale("log")
@@ -173,3 +163,12 @@ def lr_finder_png(result: Any, width_px: int = 420, height_px: int = 220) -> byt
                   labelcolor=C_MUTED)
         canvas.draw()
         return encode_png(canvas, 6)
+
+
+def _empty_png(ax: Any, canvas: Any, text: str) -> bytes:
+    """A panel that says there is nothing to draw yet, as PNG bytes."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=10, color=C_MUTED)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    canvas.draw()
+    return encode_png(canvas, 6)
