@@ -148,6 +148,8 @@ class Estimate:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
@@ -173,7 +175,7 @@ def estimate(studio: HeadlessStudio, grid: dict[str, list[Any]], timer: RunTimer
         return Estimate(n, total, None, f"{head}; no time estimate: {why} (a finished Start measures the speed).")
     name, per_step = measured
     seconds = per_step * total
-    return Estimate(n, total, seconds, f"{head}: about {_duration(seconds)} in all, at {per_step * 1000:.0f} ms a "
+    return Estimate(n, total, seconds, f"{head}: about {_duration(seconds)} in all, at {per_step * 1000:.3g} ms a "
                                       f"step as measured on {name!r} (freezing less trains slower).")
 
 
