@@ -64,7 +64,7 @@ FIELDS: dict[str, WhatIfField] = {
                       suggest=lambda c: f"{c.lr / 3:.3g}, {c.lr:.3g}, {c.lr * 3:.3g}"),
     "lr_decay": WhatIfField("lr_decay", parse=_number, hint="numbers in (0, 1], e.g. 1, 0.38",
                             suggest=lambda c: "1, 0.38" if c.lr_decay == 1 else f"1, {c.lr_decay:.3g}"),
-    "distill": WhatIfField("distillation", parse=_distill, hint="off, or the new loss's weight alpha: off, 0.5",
+    "distill": WhatIfField("distillation", parse=_distill, hint="off or alphas, e.g. off, 0.5",
                            suggest=lambda c: "off, 0.5"),
     "l2sp": WhatIfField("L2-SP", parse=_number, hint="strengths, e.g. 0, 0.01",
                         suggest=lambda c: "0, 0.01" if c.l2sp == 0 else f"0, {c.l2sp:g}"),
@@ -201,7 +201,7 @@ class WhatIfBuilder(W.VBox):
             self.values[name].observe(lambda _: self.update(), names="value")
         self.summary = css(W.HTML(), "rw-whatif-summary")
         self.run_button = css(W.Button(description="Run what-ifs", button_style="success", disabled=True,
-                                       layout=W.Layout(width="auto")), "rw-whatif-build-run")
+                                       layout=W.Layout(width="auto", flex="0 0 auto")), "rw-whatif-build-run")
         self.run_button.on_click(lambda _: self.run())
 
         def column(names: Sequence[str]) -> W.VBox:

@@ -68,3 +68,10 @@ def wait_static_final(nb, timeout: float = 15.0) -> None:
         """() => { const im = document.querySelector('.rw-studio').closest('.jp-Cell')
                                  .querySelector('.jp-RenderedImage img');
                    return !!im && im.complete && im.naturalWidth > 600; }""", timeout=timeout * 1000)
+
+
+def dashboard_cell_shot(nb, step: str):
+    """Screenshot of the dashboard's output area: the widget and the static final figure below it."""
+    nb.page.locator(".jp-OutputArea", has=nb.page.locator(".rw-studio")).first.evaluate(
+        "el => el.classList.add('rw-dashboard-cell')")
+    return nb.screenshot(step, css_class="rw-dashboard-cell")

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from .browser_harness import REPO_ROOT
-from .figures import wait_static_final
+from .figures import dashboard_cell_shot, wait_static_final
 
 pytestmark = pytest.mark.browser
 
@@ -52,9 +52,7 @@ def test_dashboard_of_a_finished_run(notebook_file, open_notebook):
     width, height = nb.wait_image_loaded("rw-plot")
     assert width > 600 and height > 300, (width, height)
     wait_static_final(nb)  # the run's final figure replaced the live plot
-    nb.page.locator(".jp-OutputArea", has=nb.page.locator(".rw-studio")).first.evaluate(
-        "el => el.classList.add('rw-dashboard-cell')")  # the dashboard and its final figure below it
-    shot = nb.screenshot("dashboard", css_class="rw-dashboard-cell")
+    shot = dashboard_cell_shot(nb, "dashboard")  # the dashboard and its final figure below it
     nb.assert_no_console_errors()
     if os.environ.get("RW_UPDATE_FIGURES") == "1":
         shutil.copyfile(shot, FIGURE)

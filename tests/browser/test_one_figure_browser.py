@@ -10,7 +10,7 @@ import time
 import nbformat
 import pytest
 
-from .figures import figures_on_screen, studio_cells, wait_static_final, watch_figures
+from .figures import dashboard_cell_shot, figures_on_screen, studio_cells, wait_static_final, watch_figures
 
 pytestmark = pytest.mark.browser
 
@@ -45,7 +45,7 @@ def test_one_figure_per_run(notebook_file, open_notebook, jupyter_root, frontend
     _one_run(nb, "first-run-ended")
     nb.page.locator(".rw-studio").first.scroll_into_view_if_needed()
     _one_run(nb, "second-run-ended")  # the first run's figure never sits under the live one
-    nb.screenshot("dashboard", css_class="rw-studio")
+    dashboard_cell_shot(nb, "dashboard")
 
     before = (jupyter_root / name).stat().st_mtime
     nb.page.keyboard.press("Control+s")

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 
 from .browser_harness import REPO_ROOT
-from .figures import wait_static_final, watch_figures
+from .figures import dashboard_cell_shot, wait_static_final, watch_figures
 
 pytestmark = pytest.mark.browser
 
@@ -34,7 +34,7 @@ def test_quickstart_runs_all_with_one_figure_per_run(jupyter_root, open_notebook
     watch_figures(nb, lambda: "What we measured" in texts(), timeout=300)
     nb.wait_all_cells_done(timeout=60)
     wait_static_final(nb)
-    nb.screenshot("dashboard", css_class="rw-studio")
+    dashboard_cell_shot(nb, "dashboard")
 
     assert nb.page.locator("[data-mime-type='application/vnd.jupyter.error']").count() == 0
     assert "focal: finished" in texts() and "bce: finished" in texts()
