@@ -572,19 +572,25 @@ class HeadlessStudio:
         """Run every combination of ``grid`` from the same pretrained weights, one after another.
 
         ``grid`` maps config fields to lists of values, e.g. ``{"loss": ["bce", "focal"],
-        "frozen": [["features"], []]}``; the other fields come from the studio's config. Stop
+        "frozen": [["features"], []]}`` (``"strategy"``: names of :data:`STRATEGIES`, see
+        :meth:`variant_changes`); the other fields come from the studio's config. Stop
         ends the queue cleanly. Returns the configs queued; ``wait=True`` blocks until they are
         done (Stop still works).
         """
         if (self.run is not None and self.run.state.active) or self.queue.alive():
             raise ValueError("a run is going: stop it before starting what-ifs")
         variants = grid_variants(grid)
-        configs = [self._config.replace(**v) for v in variants]
+        configs = [self._config.replace(**self.variant_changes(v)) for v in variants]
         names = [" · ".join(f"{k}={_short(v)}" for k, v in variant.items()) for variant in variants]
         self.queue.start(configs, names)
         if wait:
             self.wait()
         return configs
+
+    def variant_changes(self, variant: dict[str, Any]) -> dict[str, Any]:
+        """One what-if variant as config changes: a ``"strategy"`` becomes :meth:`strategy_changes`."""
+        changes = dict(variant)
+        return {**self.strategy_changes(changes.pop("strategy")), **changes} if "strategy" in changes else changes
 
 
 def _short(value: Any) -> str:

@@ -16,6 +16,7 @@ from ..core.comparison import METRIC_COLUMNS, RunSummary, table
 from ..headless import HeadlessStudio
 from ..plots.comparison import comparison_png
 from .binding import message_html
+from .whatif import WhatIfBuilder
 from .writes import show, write
 
 __all__ = ["RunsPanel"]
@@ -60,6 +61,7 @@ class RunsPanel(W.VBox):
         self.grid_button.add_class("rw-whatif-run")
         self.message = W.HTML()
         self.message.add_class("rw-runs-message")
+        self.builder = WhatIfBuilder(studio, say=self.say)
         self.refresh_button.on_click(lambda _: self.refresh())
         self._refreshing = False
         self.sort_by.observe(lambda _: None if self._refreshing else self.refresh(), names="value")
@@ -74,8 +76,10 @@ class RunsPanel(W.VBox):
             self.table,
             W.HBox([self.select, W.VBox([self.overlay_button, self.restore_button, self.code_button,
                                          self.delete_button])]),
-            W.HTML("<b>What if…</b> each field with a list of values; every combination runs from the same "
+            W.HTML("<b>What if…</b> tick the fields to vary and their values; every combination runs from the same "
                    "pretrained weights, one after another."),
+            self.builder,
+            W.HTML(f"<i>Advanced:</i> the grid as a dict of any config fields, e.g. <code>{_GRID_HINT}</code>"),
             W.HBox([self.grid, self.grid_button], layout=W.Layout(align_items="center")),
             self.message, self.figure, self.code,
         ]

@@ -32,7 +32,7 @@ from .controls import ControlsView
 from .runs import RunsPanel
 from .tabs import LayersTab, LossTab, OptimisationTab, ScheduleTab
 from .uipoll import wait_while
-from .writes import write
+from .writes import show, write
 
 __all__ = ["RetrainStudio"]
 
@@ -145,9 +145,11 @@ class RetrainStudio(W.VBox):
         h.on("config", lambda old, new: b.sync())
         h.on("focus", lambda where: write(self.tabs, selected_index=_FOCUS[where]))
         h.on("run", self._attach)
+        h.on("plot", lambda png: self._live_again())
         h.on("run_failed", lambda run: self.bridge.detach() if self.bridge is not None else None)
 
     def _attach(self, run: Retrainer) -> None:
+        self._live_again()
         self.bridge = Bridge(self.controls, run, self.headless.figure)
 
     # ================================================================== the Python API (see HeadlessStudio)
@@ -198,14 +200,31 @@ class RetrainStudio(W.VBox):
             display({"text/plain": ""}, raw=True, display_id=self.display_id)
 
     def _keep_final(self, png: bytes) -> None:
-        """A run ended: keep its final figure as a static output (it outlives the widgets)."""
+        """A run ended: its final figure becomes a static output (it outlives the widgets: a notebook
+        saved and reopened without a kernel shows it) and replaces the live plot, so that one figure
+        is on screen (the live plot comes back, and the static one goes, at the next frame)."""
         if self.display_id is not None:
-            try:
-                from IPython.display import Image, update_display
+            show(self.plot, False)  # hidden first: never two figures, not even for a moment
+            if not self._update_final(png):
+                show(self.plot, True)
 
+    def _live_again(self) -> None:
+        """The live plot shows again (a run starts, a reset or a restore drew it): no static copy."""
+        if self.display_id is not None and self.plot.layout.display == "none":
+            self._update_final(None)
+            show(self.plot, True)
+
+    def _update_final(self, png: bytes | None) -> bool:
+        try:
+            from IPython.display import Image, update_display
+
+            if png is None:
+                update_display({"text/plain": ""}, display_id=self.display_id, raw=True)
+            else:
                 update_display(Image(data=png, format="png"), display_id=self.display_id)
-            except Exception:  # noqa: BLE001 - no IPython display here: nothing to keep
-                pass
+        except Exception:  # noqa: BLE001 - no IPython display here: nothing to keep
+            return False
+        return True
 
 
 def _cell_id() -> str | None:

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from .browser_harness import REPO_ROOT
+from .figures import dashboard_cell_shot, wait_static_final
 
 pytestmark = pytest.mark.browser
 
@@ -50,7 +51,8 @@ def test_dashboard_of_a_finished_run(notebook_file, open_notebook):
     time.sleep(2.0)
     width, height = nb.wait_image_loaded("rw-plot")
     assert width > 600 and height > 300, (width, height)
-    shot = nb.screenshot("dashboard", css_class="rw-studio")
+    wait_static_final(nb)  # the run's final figure replaced the live plot
+    shot = dashboard_cell_shot(nb, "dashboard")  # the dashboard and its final figure below it
     nb.assert_no_console_errors()
     if os.environ.get("RW_UPDATE_FIGURES") == "1":
         shutil.copyfile(shot, FIGURE)

@@ -1,0 +1,45 @@
+"""The quickstart as a new user runs it (issue 14, item 9): notebooks/01_quickstart.ipynb opened in
+JupyterLab 4 (its saved outputs cleared), Run All, wait for the end; no console error, no error
+output, and one figure per run: the dashboard's cell never shows two figures (sampled while its
+runs train) and ends with the last run's final figure alone; the comparison cell shows its one.
+Screenshots go to test-artifacts/browser/."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from .browser_harness import REPO_ROOT
+from .figures import dashboard_cell_shot, wait_static_final, watch_figures
+
+pytestmark = pytest.mark.browser
+
+QUICKSTART = REPO_ROOT / "notebooks" / "01_quickstart.ipynb"
+
+
+def test_quickstart_runs_all_with_one_figure_per_run(jupyter_root, open_notebook):
+    nb_file = nbformat.read(str(QUICKSTART), as_version=4)
+    for cell in nb_file.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb_file.metadata.pop("widgets", None)
+    folder = jupyter_root / "walkthrough"  # its own folder: its .retrain_runs/ holds only its runs
+    folder.mkdir(exist_ok=True)
+    nbformat.write(nb_file, str(folder / QUICKSTART.name))
+
+    nb = open_notebook(f"walkthrough/{QUICKSTART.name}", "lab")
+    nb.run_all()
+    nb.wait_widget("rw-studio", timeout=120)
+    texts = lambda: " ".join(nb.output_texts())  # noqa: E731
+    watch_figures(nb, lambda: "What we measured" in texts(), timeout=300)
+    nb.wait_all_cells_done(timeout=60)
+    wait_static_final(nb)
+    dashboard_cell_shot(nb, "dashboard")
+
+    assert nb.page.locator("[data-mime-type='application/vnd.jupyter.error']").count() == 0
+    assert "focal: finished" in texts() and "bce: finished" in texts()
+    comparison = nb.page.locator(".jp-Cell", has=nb.page.locator(".jp-RenderedHTMLCommon[data-mime-type='text/html'] table"))
+    assert comparison.locator(".jp-RenderedImage img").count() == 1
+    nb.page.set_viewport_size({"width": 1280, "height": 3000})
+    nb.screenshot("end")
+    nb.assert_no_console_errors()
