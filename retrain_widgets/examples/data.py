@@ -190,7 +190,8 @@ class Task:
         The validation split with the ORIGINAL 10-class labels (int64), to measure how much
         of the original task is forgotten.
     losses
-        Suitable loss names from the project's loss registry; the first is the suggestion.
+        Suitable loss names from the project's loss registry, the textbook choice first (``config``
+        holds the measured suggestion, which may differ: BCE, not focal, for ``"is_seven"``).
     head_out
         Number of outputs the model's head needs for this task.
     kind
