@@ -314,3 +314,19 @@ def test_is_seven_choice_of_loss_shows():
         scores[loss] = metrics.balanced_accuracy(*metrics.collect(run.model, t.val))
     assert scores["bce"] - scores["focal"] > 0.1, scores
     assert scores["bce"] < 1.0 or scores["focal"] < 1.0
+
+
+def test_label_noise_can_be_turned_down_and_is_checked():
+    from retrain_widgets.examples import code
+
+    clean = digits_arrays()["y_train"]
+    assert torch.equal(noisy_train_digits(0.0), clean)
+    assert float(_concat(task("is_seven", label_noise=0.0).train)[1].sum()) == float((clean == 7).sum())
+    # a lower rate mislabels a subset of the images a higher one does
+    low, high = noisy_train_digits(0.1) != clean, noisy_train_digits() != clean
+    assert bool((low <= high).all()) and 0 < int(low.sum()) < int(high.sum())
+    assert "label_noise=0.0" in code("is_seven", label_noise=0.0)["data_code"]
+    assert "label_noise" not in code("is_seven")["data_code"]
+    for bad in (-0.1, 1.0, "0.3", True):
+        with pytest.raises(ValueError, match="label_noise"):
+            task("loops", label_noise=bad)

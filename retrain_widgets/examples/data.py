@@ -72,20 +72,28 @@ def _cached_arrays() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Te
     return out[0], out[1], out[2], out[3]
 
 
-@functools.lru_cache(maxsize=1)
-def _noisy_train_digits() -> torch.Tensor:
-    # Each picked image gets one of the 9 other digits, uniformly: a true error rate.
+@functools.lru_cache(maxsize=4)
+def _noisy_train_digits(label_noise: float) -> torch.Tensor:
+    # Each picked image gets one of the 9 other digits, uniformly: a true error rate. The draws do not
+    # depend on the rate, so a lower rate mislabels a subset of the images a higher one does.
     y = _cached_arrays()[1]
     gen = torch.Generator().manual_seed(NOISE_SEED)
-    picked = torch.rand(len(y), generator=gen) < TRAIN_LABEL_NOISE
+    picked = torch.rand(len(y), generator=gen) < label_noise
     shift = torch.randint(1, 10, (len(y),), generator=gen)
     return torch.where(picked, (y + shift) % 10, y)
 
 
-def noisy_train_digits() -> torch.Tensor:
-    """The digit labels the new tasks' training targets are made from: the training split's labels
-    with :data:`TRAIN_LABEL_NOISE` of them replaced by a wrong digit (a copy; fixed by :data:`NOISE_SEED`)."""
-    return _noisy_train_digits().clone()
+def _check_label_noise(label_noise: float) -> float:
+    if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0 <= label_noise < 1:
+        raise ValueError(f"label_noise must be a share in [0, 1), got {label_noise!r}; 0 gives the clean labels")
+    return float(label_noise)
+
+
+def noisy_train_digits(label_noise: float = TRAIN_LABEL_NOISE) -> torch.Tensor:
+    """The digit labels the new tasks' training targets are made from: the training split's labels with
+    ``label_noise`` of them (default :data:`TRAIN_LABEL_NOISE`) replaced by a wrong digit, fixed by
+    :data:`NOISE_SEED` (a copy; ``label_noise=0`` gives the clean labels)."""
+    return _noisy_train_digits(_check_label_noise(label_noise)).clone()
 
 
 def digits_arrays() -> dict[str, torch.Tensor]:
@@ -281,7 +289,7 @@ def tasks() -> list[str]:
     return list(_TASKS)
 
 
-def task(name: str, batch_size: int = 64, seed: int = 0) -> Task:
+def task(name: str, batch_size: int = 64, seed: int = 0, label_noise: float = TRAIN_LABEL_NOISE) -> Task:
     """Build one example task on the digits images.
 
     Parameters
@@ -292,6 +300,9 @@ def task(name: str, batch_size: int = 64, seed: int = 0) -> Task:
         Samples per batch (all three loaders).
     seed
         Seed of the training loader's own generator (same seed, same batch order).
+    label_noise
+        Share of the training images given a wrong digit before relabelling (see
+        :func:`noisy_train_digits`); ``0`` gives the clean task, on which every choice scores 1.0.
 
     Returns
     -------
@@ -304,7 +315,7 @@ def task(name: str, batch_size: int = 64, seed: int = 0) -> Task:
     ------
     ValueError
         For an unknown task name (the message lists the available ones) or a bad
-        ``batch_size``/``seed``.
+        ``batch_size``/``seed``/``label_noise``.
     """
     spec = _TASKS.get(name) if isinstance(name, str) else None
     if spec is None:
@@ -312,12 +323,13 @@ def task(name: str, batch_size: int = 64, seed: int = 0) -> Task:
     batch_size = _check_batch_size(batch_size)
     seed = _check_seed(seed)
     x_train, _, x_val, y_val = _cached_arrays()
+    noise = _check_label_noise(label_noise)
     relabel = spec["relabel"]
     return Task(
         name=name,
         title=spec["title"],
         description=spec["description"],
-        train=_tag(_train_loader(x_train, relabel(_noisy_train_digits()), batch_size, seed), name, batch_size, seed),
+        train=_tag(_train_loader(x_train, relabel(_noisy_train_digits(noise)), batch_size, seed), name, batch_size, seed),
         val=_tag(_eval_loader(x_val, relabel(y_val), batch_size), name, batch_size, seed),
         old_val=_tag(_eval_loader(x_val, y_val, batch_size), name, batch_size, seed),
         losses=spec["losses"],
@@ -355,14 +367,15 @@ def make_loaders(batch_size_divisor=1):
 '''
 
 
-def code(task_name: str | None = None, batch_size: int = 64, seed: int = 0) -> dict[str, str]:
+def code(task_name: str | None = None, batch_size: int = 64, seed: int = 0,
+         label_noise: float = TRAIN_LABEL_NOISE) -> dict[str, str]:
     """Python source that rebuilds the bundled example, for an exported training script.
 
     Parameters
     ----------
     task_name
         One of :func:`tasks`, or ``None`` for the original 10-class task.
-    batch_size, seed
+    batch_size, seed, label_noise
         As for :func:`task` / :func:`digits_loaders`.
 
     Returns
@@ -386,7 +399,9 @@ def code(task_name: str | None = None, batch_size: int = 64, seed: int = 0) -> d
                                  old_val_note="old_val is None (val already measures the original task)",
                                  seed=seed, batch_size=batch_size, body=body)
     else:
-        body = (f"t = task(\"{task_name}\", batch_size={batch_size} // batch_size_divisor, seed={seed})\n"
+        noise = _check_label_noise(label_noise)
+        extra = "" if noise == TRAIN_LABEL_NOISE else f", label_noise={noise!r}"
+        body = (f"t = task(\"{task_name}\", batch_size={batch_size} // batch_size_divisor, seed={seed}{extra})\n"
                 f"    return t.train, t.val, t.old_val")
         data = _DATA_CODE.format(function="task", what=f"The bundled {task_name!r} task: {_TASKS[task_name]['title']}",
                                  old_val_note="old_val holds the original digit labels",
