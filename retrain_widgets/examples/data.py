@@ -10,7 +10,7 @@ images, :data:`TRAIN_LABEL_NOISE` (30 %) of them get a wrong digit, the same ima
 wrong digits for every task and every loader seed (drawn once from a generator seeded with
 :data:`NOISE_SEED`). The validation labels are clean. With clean labels every choice of loss,
 freezing or schedule solved these tasks (validation accuracy 1.0 on ``is_seven``), so no what-if
-showed a difference; with the noise the choices are visible, and robust ones win.
+showed a difference; with the noise the choices show in the results (see the notebooks).
 """
 
 from __future__ import annotations
@@ -205,8 +205,8 @@ class Task:
     kind
         ``"binary"``, ``"regression"`` or ``"multiclass"``.
     config
-        A :class:`~retrain_widgets.RunConfig` that fits the task (its loss, a new head of
-        ``head_out`` outputs, a schedule that learns the noisy task within a few epochs), so that
+        A :class:`~retrain_widgets.RunConfig` that fits the task (one of its losses, a new head of
+        ``head_out`` outputs, a schedule, LR and freezing to start from), so that
         ``RetrainStudio(model, t.train, t.val, t.old_val, config=t.config)`` opens ready to start.
         A fresh copy each call of :func:`task`.
     """
