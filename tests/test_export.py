@@ -70,6 +70,11 @@ REPRO_GRADUAL = RunConfig(loss="focal", head_out=1, frozen=["features.0"], sched
                           epochs=3, seed=1, gradual=True, lr_decay=0.5, distill={"alpha": 0.7, "temperature": 2.0},
                           l2sp=0.01, grad_clip=1.0)
 
+#: The reproduction runs train on the clean labels of "is seven?" (the bundled tasks mislabel 30 % of the
+#: training images by default): the DDP tolerances above were measured there, and the noise widens the
+#: spread between seeds that a DDP run amounts to.
+CLEAN = {"label_noise": 0.0}
+
 TASK_OF = {"multiclass": ("loops", 3), "binary": ("is_seven", 1), "regression": ("digit_value", 1)}
 
 #: Data code for the in-process comparisons: a slice of the bundled example's task (256 training
@@ -176,8 +181,8 @@ DDP_OK = torch.distributed.is_available()
 def scripts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     sources = {
-        "repro": export_script(REPRO, **code("is_seven", seed=REPRO.seed)),
-        "gradual": export_script(REPRO_GRADUAL, **code("is_seven", seed=REPRO_GRADUAL.seed)),
+        "repro": export_script(REPRO, **code("is_seven", seed=REPRO.seed, **CLEAN)),
+        "gradual": export_script(REPRO_GRADUAL, **code("is_seven", seed=REPRO_GRADUAL.seed, **CLEAN)),
         "stub": export_script(REPRO),
     }
     paths = {}
@@ -396,7 +401,7 @@ _ENGINE: dict[str, dict[str, float]] = {}
 
 def engine_once(name: str, cfg: RunConfig) -> dict[str, float]:
     if name not in _ENGINE:
-        _ENGINE[name] = engine_run(cfg, code("is_seven", seed=cfg.seed)["data_code"])
+        _ENGINE[name] = engine_run(cfg, code("is_seven", seed=cfg.seed, **CLEAN)["data_code"])
     return _ENGINE[name]
 
 

@@ -102,3 +102,62 @@ def test_select_by_config_name() -> None:
         metrics.select("accuracy", "regression")
     with pytest.raises(ValueError, match="did you mean 'accuracy'"):
         metrics.select("acuracy")
+
+
+# ----------------------------------------------------------------------------- whole-set scores
+
+
+def test_balanced_accuracy_sees_a_missed_rare_class() -> None:
+    y = torch.tensor([0.0] * 9 + [1.0])
+    always_no = torch.full((10, 1), -3.0)  # accuracy 0.9, the positive never found
+    assert metrics.balanced_accuracy(always_no, y) == pytest.approx(0.5)
+    logits = torch.tensor([-1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, 2.0, 2.0, 2.0])  # 2 false positives, TP 1
+    assert metrics.balanced_accuracy(logits, y) == pytest.approx((7 / 9 + 1.0) / 2)
+    assert metrics.balanced_accuracy(logits.unsqueeze(1), y) == pytest.approx((7 / 9 + 1.0) / 2)
+    # multi-class: the mean of the per-class recalls, over the classes present
+    out = torch.tensor([[3.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [3.0, 0.0, 0.0]])
+    ids = torch.tensor([0, 0, 1, 1])
+    assert metrics.balanced_accuracy(out, ids) == pytest.approx((1.0 + 0.5) / 2)
+    with pytest.raises(ValueError, match="do not match"):
+        metrics.balanced_accuracy(torch.randn(10, 3), y)
+
+
+def test_f1_by_hand() -> None:
+    y = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    logits = torch.tensor([2.0, 1.0, -1.0, 3.0, -2.0, -2.0])  # TP 2, FN 1, FP 1
+    assert metrics.f1(logits, y) == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert metrics.f1(torch.full((6,), -1.0), y) == 0.0
+    assert metrics.f1(torch.full((6, 1), 1.0), y) == pytest.approx(2 * 3 / (2 * 3 + 3))
+
+
+def test_auroc_by_hand_with_ties() -> None:
+    y = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    assert metrics.auroc(torch.tensor([0.1, 0.2, 0.3, 0.4]), y) == pytest.approx(1.0)
+    assert metrics.auroc(torch.tensor([0.4, 0.3, 0.2, 0.1]), y) == pytest.approx(0.0)
+    # pairs (pos, neg): 0.3 > 0.1, 0.3 = 0.3 (half), 0.5 > both: (1 + 0.5 + 2) / 4
+    assert metrics.auroc(torch.tensor([[0.1], [0.3], [0.3], [0.5]]), y) == pytest.approx(3.5 / 4)
+    assert metrics.auroc(torch.zeros(4), y) == pytest.approx(0.5)
+    # the same as counting every pair on random data
+    torch.manual_seed(0)
+    scores, labels = torch.randn(50).round(decimals=1), (torch.rand(50) < 0.3).float()
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    pairs = (pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()
+    assert metrics.auroc(scores, labels) == pytest.approx(float(pairs.mean()))
+    with pytest.raises(ValueError, match="both classes"):
+        metrics.auroc(torch.randn(3), torch.ones(3))
+
+
+def test_collect_keeps_mode_and_rng() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Dropout(0.5)).train()
+    x, y = torch.randn(10, 2), torch.rand(10)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4, shuffle=True)
+    state = torch.get_rng_state()
+    outputs, targets = metrics.collect(net, loader)
+    assert net.training and torch.equal(torch.get_rng_state(), state)
+    assert outputs.shape == (10, 1) and targets.shape == (10,)
+    order = torch.argsort(targets)
+    with torch.no_grad():
+        expected = net.eval()(x)[torch.argsort(y)]
+    assert torch.allclose(outputs[order], expected)
+    with pytest.raises(ValueError, match="no batch"):
+        metrics.collect(net, [])
