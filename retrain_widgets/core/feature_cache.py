@@ -417,6 +417,8 @@ class FeatureCache:
         self.steps: tuple[str, ...] = ()
         self.active = mode is not False
         self.owned: frozenset[int] = frozenset()
+        self._outside: list[nn.Parameter] = []
+        self._first_inputs: torch.Tensor | None = None
         self.frozen_key: tuple[Any, ...] | None = None
         self.loaders: dict[tuple[int, str], _LoaderCache | None] = {}
         self._entry_mb: dict[int, float] = {}
@@ -488,7 +490,7 @@ class FeatureCache:
             return False
         if not self.owned:
             return True  # nothing decided yet
-        if {id(p) for p in self.model.parameters() if p.requires_grad} <= self.owned:
+        if not any(p.requires_grad for p in self._outside):  # per batch: a plain loop, no module walk
             return True
         self.active = False
         self.info.update(state="dropped", reason="unfreezing reached into the cached part: the run goes on with "
@@ -536,6 +538,7 @@ class FeatureCache:
             first = list(range(min(len(loader.dataset), _chunk(loader))))
             if not first:
                 raise _Refused("the loader's dataset is empty")
+            self._first_inputs = None
             if not self.steps:
                 self._plan(to_device(_collate(loader, first), self.device))
             self._judgement(_nondeterminism(self.model, self.steps) if self.model.training else None)
@@ -563,6 +566,7 @@ class FeatureCache:
                     _PLANS.popitem(last=False)
         self.steps = known
         self.owned = frozenset(id(p) for s in self.steps for p in _resolve(model, s).parameters())
+        self._outside = [p for p in model.parameters() if id(p) not in self.owned]
         self.info["trainable_part"] = list(self.steps)
 
     def _probe(self, owner: str, steps: list[str], batch: Any) -> tuple[str, ...]:
@@ -582,6 +586,7 @@ class FeatureCache:
                     raise _Refused(f"the trainable part {steps[0]!r} is not called once on one tensor")
                 steps = _extend_to_output(model, owner, steps, outputs, logits)
                 again = run_suffix(model, tuple(steps), seen[0][0][0])
+                self._first_inputs = seen[0][0][0].detach()  # the first chunk's features, seen in eval mode
         finally:
             for h in handles:
                 h.remove()
@@ -657,7 +662,9 @@ class FeatureCache:
 
     def _check_first(self, loader: DataLoader, indices: list[int], raw: Any, batch: Any, inputs: torch.Tensor,
                      targets: torch.Tensor, n: int, bound_mb: float) -> None:
-        """The memory bound, then two passes over the first batch: same samples, same features."""
+        """The memory bound, then two passes over the first batch: same samples, same features
+        (the plan's probe, when it ran on this loader, was the other pass)."""
+        probed, self._first_inputs = self._first_inputs, None
         per_sample = (inputs.numel() * inputs.element_size() + targets.numel() * targets.element_size()) / len(indices)
         if self.teacher is not None:
             per_sample *= 1.1
@@ -667,7 +674,8 @@ class FeatureCache:
                            f"RunConfig.cache_max_mb to cache anyway")
         if not _same(raw, _collate(loader, indices)):
             self._judgement("the dataset gives different samples for the same index on two passes (augmentation)")
-        elif not torch.equal(inputs, self._capture(batch)):
+        elif not torch.equal(inputs, probed if probed is not None else inputs[:0]) \
+                and not torch.equal(inputs, self._capture(batch)):  # the plan's probe saw it once already
             self._judgement("the frozen part gives different outputs for the same batch on two passes")
 
 
