@@ -18,7 +18,7 @@ Ends with::
 
 X and Y are the medians of the paired ratios; the best-runs lines are best plain time / best
 cached time. Targets: X >= 10, Y >= 25. Not a timed test; run it on a quiet machine:
-``.venv/bin/python benchmarks/feature_cache.py [--repeats 1] [--quick]``.
+``.venv/bin/python benchmarks/feature_cache.py [--repeats 1] [--runs 4 12] [--quick]``.
 """
 
 from __future__ import annotations
@@ -95,14 +95,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="plain/cached pairs per grid size")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny ResNet, tiny data, grids of 2 and 3 runs (a smoke run)")
+    parser.add_argument("--runs", type=int, nargs="+", choices=(4, 12), default=(4, 12),
+                        help="the grid sizes to measure (default both; one at a time splits a long measurement)")
     args = parser.parse_args()
     model, train, cfg = build(args.quick)
     params = sum(p.numel() for p in model.parameters())
-    print(f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s); "
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s); "
           f"{type(model).__name__} {params / 1e6:.2f} M parameters, {len(train.dataset)} images, "
           f"batch {train.batch_size}, {cfg.epochs} epochs, head {cfg.head!r}", flush=True)
     cache_mb = 0.0
-    for n_runs in (2, 3) if args.quick else (4, 12):
+    for n_runs in (2, 3) if args.quick else args.runs:
         changes = grid(n_runs)
         pairs = interleave(lambda changes=changes: run_grid(model, train, cfg, changes, cache=True),
                            lambda changes=changes: run_grid(model, train, cfg, changes, cache=False), args.repeats)

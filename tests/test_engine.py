@@ -288,6 +288,37 @@ def test_nan_guard_restores_last_finite_weights(cnn, loaders):
     # calls: 1 from check() + 12 training steps succeed, the 13th call is step 11 (0-based)
 
 
+def test_drift_and_checkpoint_copy_only_what_can_move_and_follow_an_unfreeze(cnn, loaders):
+    """A frozen backbone is neither copied nor put back by the NaN guard; a layer unfrozen
+    mid-run is followed from then on: its drift shows, and the guard restores it too."""
+    calls = {"n": 0}
+
+    def flaky(out, target):
+        calls["n"] += 1
+        loss = F.cross_entropy(out, target)
+        return loss * float("nan") if calls["n"] == 13 else loss
+
+    r = Retrainer(cnn, RunConfig(loss=flaky, frozen=["features"], epochs=2, lr=1e-2), loaders[0], publish_every=5,
+                  publish_seconds=math.inf)
+    r.heavy.budget = math.inf
+    assert not any(p is t for p in r.model.features.parameters() for t in r.checkpoint.sources)
+    name = [n for n, m in r.model.features.named_children() if isinstance(m, nn.Conv2d)][-1]
+    unfrozen = list(getattr(r.model.features, name).parameters())
+    saved = {}
+    r.on(Event.STEP_END, lambda info: r.unfreeze(f"features.{name}") if info.step == 2 else None)
+    r.on(Event.PUBLISH, lambda info: saved.update({info.step: state_copy(r.model)}))
+    r.start()
+    with pytest.raises(TrainingFailed, match=r"restored to step (\d+)") as info:
+        r.wait(30)
+    restored = int(re.search(r"restored to step (\d+)", str(info.value)).group(1))
+    assert restored > 2 and all(any(p is t for t in r.checkpoint.sources) for p in unfrozen)
+    assert_same_state(r.model, saved[restored])  # the unfrozen layer put back as well
+    _, cols, drift = r.history.layer_series("drift")
+    col = {c: i for i, c in enumerate(cols)}
+    assert drift[-1][col[f"features.{name}"]] > 0
+    assert all(drift[-1][i] == 0 for c, i in col.items() if c.startswith("features.") and c != f"features.{name}")
+
+
 def test_user_exception_is_reraised_with_traceback(cnn, loaders):
     def broken_forward(model, batch):
         x, y = batch

@@ -326,3 +326,14 @@ def test_a_reusing_run_never_runs_the_frozen_part_not_even_for_its_check():
     h = run.fit()
     assert calls == [] and h.meta["feature_cache"]["state"] == "reused"
     assert h.meta["metric"] == h_plain.meta["metric"]
+
+
+def test_the_first_run_passes_its_data_through_the_frozen_part_once_and_its_check_batch_once():
+    # the check's forward is the plan's probe, and its features are the build's second pass
+    model = _cnn()
+    calls = []
+    model.features.register_forward_hook(lambda m, a, out: calls.append(len(out)))
+    train = _digits()[0]
+    _, h = _fit(model, CNN_HEAD.replace(alignment_every=None), train)
+    assert h.meta["feature_cache"]["state"] == "built"
+    assert calls[0] == train.batch_size and sum(calls[1:]) == len(train.dataset), calls

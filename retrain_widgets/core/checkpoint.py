@@ -15,13 +15,28 @@ __all__ = ["Checkpoint", "HeavyProbes"]
 
 
 class Checkpoint:
-    """A copy of every parameter and buffer of ``model``, refreshed with :meth:`save` and put
-    back with :meth:`restore` (fused copies, no host transfer)."""
+    """A copy of every trainable parameter and every buffer of ``model``, refreshed with
+    :meth:`save` and put back with :meth:`restore` (fused copies, no host transfer).
+
+    A frozen parameter does not move, so it is neither copied nor put back (a frozen backbone
+    costs nothing here); :meth:`follow` adds the parameters unfreezing makes trainable."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.sources = [*model.parameters(), *model.buffers()]
+        self.params = list(model.parameters())
+        self.sources: list[torch.Tensor] = list(model.buffers())
         self.saved = [t.detach().clone() for t in self.sources]
+        self._followed: set[int] = set()
+        self.follow()
         self.step = 0
+
+    def follow(self) -> None:
+        """Keep every parameter trainable now (call after unfreezing, before a step: its copy is
+        its value at the last checkpoint, which it has kept while frozen)."""
+        for p in self.params:
+            if p.requires_grad and id(p) not in self._followed:
+                self._followed.add(id(p))
+                self.sources.append(p)
+                self.saved.append(p.detach().clone())
 
     @torch.no_grad()
     def save(self, step: int) -> None:
@@ -44,6 +59,11 @@ class HeavyProbes:
         self.budget = budget
         self._at = 0.0
         self._cost = 0.0
+
+    def follow(self) -> None:
+        """After the trainable set changed: follow the parameters that can move now."""
+        self.drift.follow()
+        self.checkpoint.follow()
 
     def measure(self, step: int, now: float, force: bool = False) -> np.ndarray | None:
         """The drift of each layer (and a checkpoint at ``step``) when due, else None."""

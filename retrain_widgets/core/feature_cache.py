@@ -417,6 +417,13 @@ class FeatureCache:
         self.steps: tuple[str, ...] = ()
         self.active = mode is not False
         self.owned: frozenset[int] = frozenset()
+        self._outside: list[nn.Parameter] = []
+        # features seen once by the plan's probe: (id of the loader, sample indices, features); the
+        # check's first batch (the batch, its loader, its indices); what the probe's forward gave
+        self._seen: tuple[int, list[int], torch.Tensor] | None = None
+        self._check: tuple[Any, Any, list[int]] | None = None
+        self._probe_out: tuple[Any, Any] | None = None
+        self._probe_inputs: torch.Tensor | None = None
         self.frozen_key: tuple[Any, ...] | None = None
         self.loaders: dict[tuple[int, str], _LoaderCache | None] = {}
         self._entry_mb: dict[int, float] = {}
@@ -430,6 +437,8 @@ class FeatureCache:
     def forward(self, model: nn.Module, batch: Any) -> tuple[Any, Any]:
         """The run's forward: the suffix on a :class:`CachedBatch`, the user's forward otherwise."""
         if not isinstance(batch, CachedBatch):
+            if self._check is not None and batch is self._check[0] and model is self.model:
+                return self._plan_on_check()
             return self.user_forward(model, batch)
         if model is self.teacher and batch.teacher is not None:
             return batch.teacher, batch.targets
@@ -448,22 +457,45 @@ class FeatureCache:
         loader's cache is already in the registry (another run of the grid built it), so the check
         costs no pass through the frozen part. It draws from the loader as reading its first
         batch does (the real first batch is read too)."""
-        hit = self._registered(loader, role) if _standard_order(loader) else None
-        if hit is None:
+        standard = _standard_order(loader)
+        hit = self._registered(loader, role) if standard else None
+        if hit is None and not (standard and role == "train" and not self.steps and self._eligible(loader)):
             return first_batch(loader, self.device, role)
         with kept_rng(self.device, loader):
             indices = _first_indices(loader)
         raw = first_batch(loader, self.device, role)
+        if hit is None:  # the check's forward pass will be the plan's probe too
+            self._check = (raw, loader, indices)
+            return raw
         cached = _LoaderCache(loader, hit.tensors).batch(indices)
         with contextlib.suppress(ValueError):
             if _same(split_batch(raw)[2], cached.targets):
                 return cached
         return raw
 
+    def _eligible(self, loader: Any) -> bool:
+        """Whether caching could apply to ``loader`` at all (what :meth:`_decide` checks first)."""
+        return not (self.mode is False or not self.still_valid() or _loader_problem(loader) is not None
+                    or self.user_forward is not default_forward
+                    or (self.mode is not True and _augmentation(loader.dataset) is not None))
+
+    def _plan_on_check(self) -> tuple[Any, Any]:
+        """The check's forward pass on its first batch, which is the plan's probe too when no plan
+        is known yet: the first run of a grid runs that batch through the model once."""
+        assert self._check is not None
+        batch, loader, indices = self._check
+        self._check, self._probe_out = None, None
+        with contextlib.suppress(_Refused), kept_rng(self.device):
+            self._probe_inputs = None
+            self._plan(batch)
+            if self._probe_inputs is not None:
+                self._seen = (id(loader), indices, self._probe_inputs)
+        out, self._probe_out = self._probe_out, None
+        return out if out is not None else self.user_forward(self.model, batch)
+
     def _registered(self, loader: Any, role: str) -> _Entry | None:
         """The registry's cache of ``loader`` for ``role`` when one is at hand, without building."""
-        if self.mode is False or not self.still_valid() or _loader_problem(loader) is not None \
-                or self.user_forward is not default_forward or (self.mode is not True and _augmentation(loader.dataset)):
+        if not self._eligible(loader):
             return None
         try:
             with kept_rng(self.device), torch.no_grad(), self.autocast(), _train_modes(self.model, role == "train"):
@@ -488,7 +520,7 @@ class FeatureCache:
             return False
         if not self.owned:
             return True  # nothing decided yet
-        if {id(p) for p in self.model.parameters() if p.requires_grad} <= self.owned:
+        if not any(p.requires_grad for p in self._outside):  # per batch: a plain loop, no module walk
             return True
         self.active = False
         self.info.update(state="dropped", reason="unfreezing reached into the cached part: the run goes on with "
@@ -537,7 +569,11 @@ class FeatureCache:
             if not first:
                 raise _Refused("the loader's dataset is empty")
             if not self.steps:
+                self._probe_inputs = None
                 self._plan(to_device(_collate(loader, first), self.device))
+                if self._probe_inputs is not None:
+                    self._seen = (id(loader), first, self._probe_inputs)
+                self._probe_out = None
             self._judgement(_nondeterminism(self.model, self.steps) if self.model.training else None)
             return self._lookup_or_build(loader, role)
 
@@ -563,6 +599,7 @@ class FeatureCache:
                     _PLANS.popitem(last=False)
         self.steps = known
         self.owned = frozenset(id(p) for s in self.steps for p in _resolve(model, s).parameters())
+        self._outside = [p for p in model.parameters() if id(p) not in self.owned]
         self.info["trainable_part"] = list(self.steps)
 
     def _probe(self, owner: str, steps: list[str], batch: Any) -> tuple[str, ...]:
@@ -577,11 +614,13 @@ class FeatureCache:
                 lambda m, a, out, name=name: outputs.setdefault(name, out)))
         try:
             with _train_modes(model, False):
-                logits = logits_of(self.user_forward(model, batch)[0])
+                self._probe_out = self.user_forward(model, batch)
+                logits = logits_of(self._probe_out[0])
                 if len(seen) != 1 or len(seen[0][0]) != 1 or seen[0][1] or not isinstance(seen[0][0][0], torch.Tensor):
                     raise _Refused(f"the trainable part {steps[0]!r} is not called once on one tensor")
                 steps = _extend_to_output(model, owner, steps, outputs, logits)
                 again = run_suffix(model, tuple(steps), seen[0][0][0])
+                self._probe_inputs = seen[0][0][0].detach()  # these samples' features, seen once
         finally:
             for h in handles:
                 h.remove()
@@ -653,11 +692,14 @@ class FeatureCache:
             if with_teacher:
                 assert self.teacher is not None
                 parts["teacher"].append(logits_of(self.user_forward(self.teacher, batch)[0]).detach())
-        return {k: torch.cat(v) for k, v in parts.items()}
+        tensors = {k: torch.cat(v) for k, v in parts.items()}
+        self._second_pass(loader, tensors["inputs"])
+        return tensors
 
     def _check_first(self, loader: DataLoader, indices: list[int], raw: Any, batch: Any, inputs: torch.Tensor,
                      targets: torch.Tensor, n: int, bound_mb: float) -> None:
-        """The memory bound, then two passes over the first batch: same samples, same features."""
+        """The memory bound, then two passes over the first batch: same samples, same features
+        (when the plan's probe saw other samples of this loader, :meth:`_second_pass` compares)."""
         per_sample = (inputs.numel() * inputs.element_size() + targets.numel() * targets.element_size()) / len(indices)
         if self.teacher is not None:
             per_sample *= 1.1
@@ -666,8 +708,26 @@ class FeatureCache:
             raise _Refused(f"the cache would take {need:.1f} MB, over the memory bound of {bound_mb:.1f} MB: raise "
                            f"RunConfig.cache_max_mb to cache anyway")
         if not _same(raw, _collate(loader, indices)):
+            self._seen = None
             self._judgement("the dataset gives different samples for the same index on two passes (augmentation)")
-        elif not torch.equal(inputs, self._capture(batch)):
+        elif self._seen is None or self._seen[0] != id(loader) or self._seen[1] == indices:
+            seen, self._seen = self._seen, None
+            if not (seen is not None and seen[0] == id(loader) and torch.equal(inputs, seen[2])):
+                self._same_twice(inputs, batch)
+
+    def _second_pass(self, loader: DataLoader, inputs: torch.Tensor) -> None:
+        """After the build: the samples the plan's probe saw (the check's first batch) have the
+        same features; else the first chunk goes through the frozen part once more to compare."""
+        seen, self._seen = self._seen, None
+        if seen is None or seen[0] != id(loader):
+            return
+        rows = inputs[torch.as_tensor(seen[1], dtype=torch.long, device=inputs.device)]
+        if not torch.equal(rows, seen[2]):
+            first = list(range(min(len(inputs), _chunk(loader))))
+            self._same_twice(inputs[: len(first)], to_device(_collate(loader, first), self.device))
+
+    def _same_twice(self, inputs: torch.Tensor, batch: Any) -> None:
+        if not torch.equal(inputs, self._capture(batch)):
             self._judgement("the frozen part gives different outputs for the same batch on two passes")
 
 

@@ -108,29 +108,45 @@ class DriftProbe:
     """Relative distance of each layer from its starting weights: ``||w - w0|| / ||w0||``.
 
     ``w0`` is a copy of the weights when the probe is made (the pretrained weights, or a new
-    head's initialisation).
+    head's initialisation), kept only for the parameters that can move (trainable ones; a
+    frozen parameter's distance is exactly 0 and is not read). :meth:`follow` adds the
+    parameters unfreezing makes trainable, before they move.
     """
 
     def __init__(self, layers: Sequence[tuple[str, Sequence[nn.Parameter]]]) -> None:
         self.layer_names = tuple(name for name, _ in layers)
         self.params = [p for _, ps in layers for p in ps]
-        self.start = [p.detach().clone() for p in self.params]
         self._owner = np.array([i for i, (_, ps) in enumerate(layers) for _ in ps], dtype=np.int64)
         with torch.no_grad():
-            ref = torch.stack(torch._foreach_norm(self.start)).double().cpu().numpy() if self.params else np.zeros(0)
+            weights = [p.detach() for p in self.params]
+            ref = torch.stack(torch._foreach_norm(weights)).double().cpu().numpy() if self.params else np.zeros(0)
         acc = np.zeros(len(self.layer_names))
         np.add.at(acc, self._owner, ref**2)
         self._ref = np.sqrt(acc)
+        self._start: dict[int, torch.Tensor] = {}
+        self.follow()
+
+    def follow(self) -> None:
+        """Keep ``w0`` of every parameter trainable now (call after unfreezing, before a step)."""
+        for i, p in enumerate(self.params):
+            if p.requires_grad and i not in self._start:
+                self._start[i] = p.detach().clone()
+        self._moving = sorted(self._start)
 
     @torch.no_grad()
     def measure_device(self) -> torch.Tensor:
-        """Per-parameter ``||w - w0||`` as a device tensor (no host sync)."""
-        if not self.params:
+        """``||w - w0||`` of the parameters that can move, as a device tensor (no host sync);
+        :meth:`to_layers` takes it."""
+        if not self._moving:
             return torch.zeros(0)
-        diffs = torch._foreach_sub([p.detach() for p in self.params], self.start)
+        diffs = torch._foreach_sub([self.params[i].detach() for i in self._moving],
+                                   [self._start[i] for i in self._moving])
         return torch.stack(torch._foreach_norm(diffs)).float()
 
-    def to_layers(self, per_param: np.ndarray) -> np.ndarray:
+    def to_layers(self, moving: np.ndarray) -> np.ndarray:
+        """Each layer's relative drift from :meth:`measure_device`'s distances (0 for the rest)."""
+        per_param = np.zeros(len(self.params), dtype=np.float32)
+        per_param[self._moving] = moving
         acc = np.zeros(len(self.layer_names))
         np.add.at(acc, self._owner, per_param.astype(np.float64) ** 2)
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -61,6 +61,7 @@ class Publisher:
         action()
         if trainable_changes:
             self.run.probes.refresh()
+            self.run.heavy.follow()  # drift and the checkpoint follow what can move now
         self.run.history.mark(self.run.step, kind, text)
 
     def progress(self) -> dict[str, Any]:

@@ -203,9 +203,16 @@ def clip_gradients(optimizer, max_norm):
 
 
 def optimizer_step(optimizer, scaler=None):
-    """One optimizer step (with a loss scaler: skipped when fp16 gradients overflowed)."""
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    """One optimizer step (with a loss scaler: skipped when fp16 gradients overflowed). Groups
+    where no parameter has a gradient (frozen layers) sit the step out: torch would not change
+    them either, and a frozen backbone's many groups would cost time on every step."""
+    groups = optimizer.param_groups
+    optimizer.param_groups = [g for g in groups if any(p.grad is not None for p in g["params"])]
+    try:
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+    finally:
+        optimizer.param_groups = groups
