@@ -26,7 +26,7 @@ model = examples.pretrained_digits_cnn()
 task = examples.task("is_seven")
 studio = RetrainStudio(model, task.train, task.val, task.old_val)
 studio""",
-    "studio.set(max_steps=6)\nrun = studio.start()\nstudio.wait(120)\nprint('first run:', studio.headless.book.name_of(run))",
+    "studio.set(max_steps=6)\nrun = studio.start()\nstudio.wait(120)",
     "studio.what_if({'lr': [0.00159228, 0.01]}, wait=True)\nprint('notebook:', studio.headless.book.notebook)",
 ]
 
@@ -58,7 +58,6 @@ def test_short_form_opens_ready_and_runs_are_told_apart(notebook_file, open_note
     nb.run_all()
     nb.wait_widget("rw-studio", timeout=60)
     nb.wait_all_cells_done(timeout=180)
-    nb.wait_output(r"first run: #2 bce · full · lr 0\.001 · constant", timeout=10)
     nb.wait_output(r"notebook: runs\.ipynb", timeout=10)
 
     # item 4: the Loss tab is green, with the choice and its reason
