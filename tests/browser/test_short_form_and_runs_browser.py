@@ -70,15 +70,15 @@ def test_short_form_opens_ready_and_runs_are_told_apart(notebook_file, open_note
 
     # item 5: this notebook's runs, numbered on from the store, what-ifs by the LR they vary
     _tab(nb, "Runs")
-    nb.wait_widget_text("rw-runs-select", r"#4 lr 0\.01 ·", timeout=10)
-    listed = nb.widget_text("rw-runs-select")
+    nb.wait_widget_text("rw-runs-select", r"#4\slr\s0\.01\s·", timeout=10)  # options use no-break spaces
+    listed = nb.widget_text("rw-runs-select").replace("\xa0", " ")
     for name in ("#1 before the restart", "#2 bce · full · lr 0.001 · constant", "#3 lr 0.00159 ·", "#4 lr 0.01 ·"):
         assert name in listed, listed
     assert "another notebook" not in listed and "what-if" not in listed and "0.00159228" not in listed
     nb.screenshot("runs-this-notebook", css_class="rw-runs")
 
     nb.page.locator(".rw-runs-scope button", has_text="every notebook").click()
-    nb.wait_widget_text("rw-runs-select", r"another notebook's run", timeout=10)
+    nb.wait_widget_text("rw-runs-select", r"another\snotebook's\srun", timeout=10)
     table = nb.widget_text("rw-runs-table")
     assert "notebook" in table and "other.ipynb" in table and "runs.ipynb" in table
     nb.screenshot("runs-every-notebook", css_class="rw-runs")
