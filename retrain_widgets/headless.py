@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from . import autoloss, naming
 from .core import feature_cache, losses, schedules
 from .core.batches import Forward, default_forward, first_batch, logits_of
 from .core.builder import build_model, count_steps
@@ -175,6 +176,8 @@ class HeadlessStudio:
         self._layers: dict[int, list[tuple[str, list[nn.Parameter]]]] = {}
         self._restored: tuple[str, nn.Module] | None = None
         self.work = self.working_copy()
+        #: The loss chosen at open (no config given, and the default loss did not fit), else None.
+        self.loss_choice = autoloss.open_ready(self) if config is None else None
 
     # ================================================================== topics
     def on(self, topic: str, fn: Callable[..., Any]) -> None:
@@ -427,12 +430,8 @@ class HeadlessStudio:
             self.emit("cache", self.cache_state(run))
 
     def default_name(self, cfg: RunConfig) -> str:
-        strategy = self.strategy_of(cfg)
-        if strategy == "custom":
-            strategy = f"frozen {', '.join(cfg.frozen)}" if cfg.frozen else "full"
-        loss = cfg.loss if isinstance(cfg.loss, str) else getattr(cfg.loss, "__name__", "custom")
-        extras = [x for x, on in (("distill", cfg.distill is not None), (f"l2sp {cfg.l2sp:g}", cfg.l2sp > 0)) if on]
-        return " · ".join([f"#{len(self.runs) + 1} {loss}", strategy, f"lr {cfg.lr:g}", cfg.schedule, *extras])
+        """``#7 bce · head only · lr 0.00159 · cosine`` (:mod:`retrain_widgets.naming`)."""
+        return self.book.numbered(naming.run_label(cfg, self.strategy_of(cfg)))
 
     def pause(self) -> None:
         if self.run is not None:
@@ -538,9 +537,10 @@ class HeadlessStudio:
         """Fingerprint of the pretrained weights: the store groups runs by it."""
         return self.book.pretrained_id
 
-    def run_summaries(self) -> list[RunSummary]:
-        """Every run from these pretrained weights: the store's (across kernels) or these."""
-        return self.book.summaries()
+    def run_summaries(self, every: bool = False) -> list[RunSummary]:
+        """The runs from these pretrained weights made in this notebook, or with ``every`` in any
+        notebook: the store's (across kernels) or these."""
+        return self.book.summaries(every)
 
     def restore(self, key: str) -> nn.Module:
         """Load a run's weights (by store id or run name): returns the model, which becomes
@@ -552,7 +552,7 @@ class HeadlessStudio:
             self.config = config
         self.figure.reset()
         self.emit("plot", self.figure.render_final(history.snapshot()))
-        self.status(f"restored run {key}: `studio.model` holds its weights.")
+        self.status(f"restored {self.book.name_for(key)}: `studio.model` holds its weights.")
         return model
 
     def delete_run(self, key: str) -> None:
@@ -581,7 +581,7 @@ class HeadlessStudio:
             raise ValueError("a run is going: stop it before starting what-ifs")
         variants = grid_variants(grid)
         configs = [self._config.replace(**self.variant_changes(v)) for v in variants]
-        names = [" · ".join(f"{k}={_short(v)}" for k, v in variant.items()) for variant in variants]
+        names = [naming.variant_label(variant, variants) for variant in variants]
         self.queue.start(configs, names)
         if wait:
             self.wait()
@@ -591,11 +591,6 @@ class HeadlessStudio:
         """One what-if variant as config changes: a ``"strategy"`` becomes :meth:`strategy_changes`."""
         changes = dict(variant)
         return {**self.strategy_changes(changes.pop("strategy")), **changes} if "strategy" in changes else changes
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def example_code(loader: Any) -> dict[str, str] | None:

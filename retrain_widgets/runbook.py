@@ -15,6 +15,8 @@ from .core.config import RunConfig
 from .core.engine import Retrainer
 from .core.history import History
 from .core.store import RunStore, fingerprint
+from .naming import next_number, numbered
+from .notebook import kernel_notebook, notebook_key
 
 if TYPE_CHECKING:
     from .headless import HeadlessStudio
@@ -24,10 +26,16 @@ __all__ = ["RunBook", "WhatIfQueue"]
 
 class RunBook:
     """The runs started from one pretrained model: in this kernel (oldest first) and, with a
-    ``store``, across kernels. A run is found by its store id or by its name."""
+    ``store``, across kernels. A run is found by its store id or by its name.
+
+    Each stored run records :attr:`notebook`: this kernel's notebook (see
+    :mod:`retrain_widgets.notebook`), relative to the folder that holds the store, or ``None``
+    outside a notebook. :meth:`summaries` lists this notebook's runs, or with ``every=True``
+    every run of the pretrained model in the store."""
 
     def __init__(self, store: RunStore | None, pretrained: nn.Module) -> None:
         self.store, self.pretrained = store, pretrained
+        self.notebook = notebook_key(kernel_notebook(), store.path if store is not None else None)
         self.runs: list[Retrainer] = []
         self._ids: dict[int, str] = {}
         self._names: dict[int, str] = {}
@@ -43,11 +51,23 @@ class RunBook:
     def name(self, run: Retrainer, name: str) -> None:
         self._names[id(run)] = name
 
+    def next_number(self) -> int:
+        """The next run's number: one above the highest ``#N`` of this notebook's runs of this
+        model, in the store (across kernel restarts) and in this kernel."""
+        names = [self._names.get(id(r), "") for r in self.runs]
+        if self.store is not None:
+            names += [r.name for r in self.store.runs(pretrained_id=self.pretrained_id, notebook=self.notebook)]
+        return next_number(names)
+
+    def numbered(self, label: str) -> str:
+        """``label`` with the next run's number: ``#7 bce · full · lr 0.001 · constant``."""
+        return numbered(self.next_number(), label)
+
     def add(self, run: Retrainer) -> None:
-        """A run that started: kept, and recorded in the store under its name."""
+        """A run that started: kept, and recorded in the store under its name and notebook."""
         self.runs.append(run)
         if self.store is not None:
-            self._ids[id(run)] = self.store.record(run, name=self._names.get(id(run)))
+            self._ids[id(run)] = self.store.record(run, name=self._names.get(id(run)), notebook=self.notebook)
 
     def name_of(self, run: Retrainer) -> str | None:
         return self._names.get(id(run))
@@ -63,11 +83,26 @@ class RunBook:
                 return r
         return None
 
-    def summaries(self) -> list[RunSummary]:
-        """Every run from these pretrained weights: the store's, or this kernel's."""
+    def summaries(self, every: bool = False) -> list[RunSummary]:
+        """The runs from these pretrained weights made in this notebook (``every``: in any
+        notebook): the store's, or this kernel's."""
         if self.store is not None:
-            return [summarize(r, self.store) for r in self.store.runs(pretrained_id=self.pretrained_id)]
+            notebook = ... if every else self.notebook
+            records = self.store.runs(pretrained_id=self.pretrained_id, notebook=notebook)
+            return [summarize(r, self.store) for r in records]
         return [summarize(r, name=self.name_of(r)) for r in self.runs]
+
+    def name_for(self, key: str) -> str:
+        """The name of the run with store id or name ``key``."""
+        live = self.find(key)
+        if live is not None:
+            return self._names.get(id(live), key)
+        if self.store is not None:
+            try:
+                return self.store.get(key).name
+            except KeyError:
+                pass
+        return key
 
     def _idle(self, key: str, doing: str) -> tuple[Retrainer | None, str]:
         live = self.find(key)
@@ -153,7 +188,7 @@ class WhatIfQueue:
             if self._stop.is_set():
                 break
             self.studio.emit("queue", f"what-if {i + 1} of {len(configs)}: {name}", False)
-            run = self.studio.start(cfg, name=f"what-if {i + 1}/{len(configs)}: {name}")
+            run = self.studio.start(cfg, name=self.studio.book.numbered(name))
             if run is None:
                 break
             keys.append(self.studio.book.key_of(run) or "")

@@ -70,7 +70,7 @@ def test_config_changes_rerun_the_checks(cnn, seven):
 
 
 def test_loss_mismatch_and_the_head_fix(cnn, seven):
-    s = HeadlessStudio(cnn, seven.train, seven.val, store=False)
+    s = HeadlessStudio(cnn, seven.train, seven.val, config=RunConfig(), store=False)  # explicit: kept as given
     rec = Recorder(s)
     assert s.set(loss="focal").loss == "focal"
     verdict = rec.last("loss_check")[0]
@@ -156,7 +156,7 @@ def test_lr_finder_topics(cnn, seven):
 
 
 def test_a_refused_start_is_announced(cnn, seven):
-    s = HeadlessStudio(cnn, seven.train, seven.val, store=False)  # 'ce' on float 0/1 targets
+    s = HeadlessStudio(cnn, seven.train, seven.val, config=RunConfig(), store=False)  # 'ce' on float 0/1 targets
     rec = Recorder(s)
     assert s.start() is None and s.run is None
     assert {"run", "run_failed", "error", "focus"} <= set(rec.topics())

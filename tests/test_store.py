@@ -364,14 +364,20 @@ def test_store_of_schema_1_opens_and_keeps_its_runs(tmp_path, seven):
         assert finished.metrics["steps"] == 4 and finished.metrics["val_metric"] == 0.28125
         assert finished.pretrained_id == idle.pretrained_id == fingerprint(pretrained)
         assert idle.name == "never started" and idle.state == "interrupted"  # its process is long gone
+        assert finished.notebook is None and idle.notebook is None  # stored before runs knew their notebook
+        assert store.runs(notebook=None) == store.runs() and store.runs(notebook="a.ipynb") == []
         assert len(store.history(finished.id).series("train_loss")[0]) == 4
         restored = store.restore(finished.id, pretrained)
         assert_same_state(restored, store.load_weights(finished.id))
         assert restored(next(iter(seven.val))[0]).shape[1] == 1
         run = make_run(pretrained, seven, short_config(max_steps=2))
-        new_id = store.record(run)
+        with pytest.raises(ValueError, match="notebook must be a notebook's path"):
+            store.record(run, notebook=3)
+        new_id = store.record(run, notebook="course/a.ipynb")
         run.fit()
         assert store.get(new_id).state == "finished" and len(store.runs()) == 3
+        assert [r.id for r in store.runs(notebook="course/a.ipynb")] == [new_id]
+        assert store.get(new_id).notebook == "course/a.ipynb"
     assert db_rows(folder, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert db_rows(folder, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
 
@@ -382,7 +388,7 @@ def test_migration_is_applied_in_order_and_rolled_back_on_error(tmp_path, monkey
         run_id = store.record(run)
         run.fit()
     first = list(schema.MIGRATIONS)
-    assert len(first) == SCHEMA_VERSION == 1
+    assert len(first) == SCHEMA_VERSION == 2
 
     def add_tags(conn):
         conn.execute("ALTER TABLE runs ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'")
@@ -394,25 +400,25 @@ def test_migration_is_applied_in_order_and_rolled_back_on_error(tmp_path, monkey
     monkeypatch.setattr(schema, "MIGRATIONS", [*first, add_tags, broken])
     with pytest.raises(RuntimeError, match="migration bug"):
         RunStore(tmp_path)
-    assert db_rows(tmp_path, "PRAGMA user_version") == [(1,)]
-    assert db_rows(tmp_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("1",)]
+    assert db_rows(tmp_path, "PRAGMA user_version") == [(2,)]
+    assert db_rows(tmp_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
     assert "tags" not in [c[1] for c in db_rows(tmp_path, "PRAGMA table_info(runs)")]
 
     monkeypatch.setattr(schema, "MIGRATIONS", [*first, add_tags])
     with RunStore(tmp_path) as migrated:
         assert migrated.get(run_id).state == "finished"
-    assert db_rows(tmp_path, "PRAGMA user_version") == [(2,)]
-    assert db_rows(tmp_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    assert db_rows(tmp_path, "PRAGMA user_version") == [(3,)]
+    assert db_rows(tmp_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
     assert db_rows(tmp_path, "SELECT tags FROM runs") == [("[]",)]
 
     monkeypatch.setattr(schema, "MIGRATIONS", [*first, add_tags])
     with RunStore(tmp_path / "new") as new:  # a new store is laid out by the same steps
         assert new.runs() == []
-    assert db_rows(tmp_path / "new", "PRAGMA user_version") == [(2,)]
+    assert db_rows(tmp_path / "new", "PRAGMA user_version") == [(3,)]
     assert "tags" in [c[1] for c in db_rows(tmp_path / "new", "PRAGMA table_info(runs)")]
 
     monkeypatch.setattr(schema, "MIGRATIONS", first)
-    with pytest.raises(ValueError, match="schema version 2, newer"):
+    with pytest.raises(ValueError, match="schema version 3, newer"):
         RunStore(tmp_path)
 
 

@@ -97,7 +97,7 @@ def test_strategy_buttons(studio):
 
 
 def test_focal_on_ten_logits_shows_mismatch_and_replace_head_fixes_it(cnn, seven):
-    s = RetrainStudio(cnn, seven.train, seven.val, seven.old_val)
+    s = RetrainStudio(cnn, seven.train, seven.val, seven.old_val, config=RunConfig())  # explicit: kept as given
     s.loss_picker.value = "focal"
     assert s.mismatch is not None and s.mismatch.head_out == 1
     assert "10" in s.loss_check.value and "✗" in s.loss_check.value
@@ -199,7 +199,7 @@ def test_training_errors_show_in_the_widget(cnn, seven):
 
 
 def test_start_with_a_mismatch_shows_it(cnn, seven):
-    s = RetrainStudio(cnn, seven.train, seven.val)  # 'ce' on float 0/1 targets
+    s = RetrainStudio(cnn, seven.train, seven.val, config=RunConfig())  # 'ce' on float 0/1 targets, explicit
     assert s.start() is None
     assert s.run is None and "LossMismatchError" in s.error.value
     assert s.tabs.selected_index == 1

@@ -37,6 +37,7 @@ class RunSummary:
     metrics: dict[str, Any]
     history: History | None
     disk_mb: float | None = None  # a stored run's weights on disk (``RunStore.weights_size``)
+    notebook: str | None = None  # the notebook a stored run was made in (``RunRecord.notebook``)
 
 
 def summarize(run: Retrainer | RunRecord | RunSummary | str, store: RunStore | None = None,
@@ -58,7 +59,7 @@ def summarize(run: Retrainer | RunRecord | RunSummary | str, store: RunStore | N
         history = store.history(run.id) if store is not None else None
         size = store.weights_size(run.id) if store is not None else None
         return RunSummary(run.id, name or run.name, run.state, dict(run.config), dict(run.metrics), history,
-                          None if size is None else size / 1e6)
+                          None if size is None else size / 1e6, run.notebook)
     raise ValueError(f"cannot compare a {type(run).__name__}: give Retrainer objects, stored runs or run ids")
 
 
@@ -84,8 +85,9 @@ def _sort_key(value: Any, descending: bool) -> tuple[int, Any]:
 
 def table(summaries: Sequence[RunSummary], sort_by: str | None = None,
           descending: bool | None = None) -> tuple[list[str], list[dict[str, Any]]]:
-    """Columns and rows: run, state, the config fields that differ, the final metrics, then
-    ``disk MB`` (the weights' size on disk) when a run is stored.
+    """Columns and rows: run, ``notebook`` when the runs come from several notebooks, state, the
+    config fields that differ, the final metrics, then ``disk MB`` (the weights' size on disk)
+    when a run is stored.
 
     ``sort_by`` defaults to ``val_metric`` (best first, using the metric's direction), or the
     order given when no run has a validation metric.
@@ -93,10 +95,13 @@ def table(summaries: Sequence[RunSummary], sort_by: str | None = None,
     diff = differing_fields([s.config for s in summaries])
     metric_cols = [m for m in METRIC_COLUMNS if any(m in s.metrics for s in summaries)]
     disk = [DISK_COLUMN] if any(s.disk_mb is not None for s in summaries) else []
-    columns = ["run", "state", *diff, *metric_cols, *disk]
+    notebooks = ["notebook"] if len({s.notebook for s in summaries}) > 1 else []
+    columns = ["run", *notebooks, "state", *diff, *metric_cols, *disk]
     rows = []
     for s in summaries:
         row: dict[str, Any] = {"run": s.name, "id": s.id, "state": s.state}
+        if notebooks:
+            row["notebook"] = s.notebook or "(no notebook)"
         for k in diff:
             row[k] = s.config.get(k)
         for m in metric_cols:

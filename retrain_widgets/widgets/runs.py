@@ -36,6 +36,8 @@ class RunsPanel(W.VBox):
         self.refresh_button.add_class("rw-runs-refresh")
         self.sort_by = W.Dropdown(options=["val_metric"], description="sort by", layout=W.Layout(width="240px"))
         self.descending = W.ToggleButton(value=True, description="best first", layout=W.Layout(width="auto"))
+        self.scope = scope_switch(studio)
+        self.scope.observe(lambda _: self.refresh(), names="value")
         self.table = W.HTML()
         self.table.add_class("rw-runs-table")
         self.select = W.SelectMultiple(options=[], rows=6, description="runs", layout=W.Layout(width="520px"))
@@ -72,7 +74,8 @@ class RunsPanel(W.VBox):
         self.code_button.on_click(lambda _: self._show_code())
         self.grid_button.on_click(lambda _: self._what_if())
         self.children = [
-            W.HBox([self.refresh_button, self.sort_by, self.descending], layout=W.Layout(align_items="center")),
+            W.HBox([self.refresh_button, self.sort_by, self.descending, self.scope],
+                   layout=W.Layout(align_items="center", flex_flow="row wrap")),
             self.table,
             W.HBox([self.select, W.VBox([self.overlay_button, self.restore_button, self.code_button,
                                          self.delete_button])]),
@@ -99,7 +102,7 @@ class RunsPanel(W.VBox):
 
     # ------------------------------------------------------------------ data
     def summaries(self) -> list[RunSummary]:
-        return self.studio.run_summaries()
+        return self.studio.run_summaries(every=bool(self.scope.value))
 
     def refresh(self, select: list[str] | None = None) -> None:
         """Re-read the runs and redraw the table."""
@@ -191,3 +194,17 @@ class RunsPanel(W.VBox):
             self.studio.what_if(grid)
         except (ValueError, SyntaxError) as exc:
             self.say(f"✗ what-if grid: {exc}", error=True)
+
+
+def scope_switch(studio: HeadlessStudio) -> W.ToggleButtons:
+    """This notebook's runs (the default), or every run of the same pretrained model in the store's
+    folder (hidden without a store)."""
+    notebook = studio.book.notebook
+    here = "this notebook" if notebook is not None else "outside notebooks"
+    switch = W.ToggleButtons(options=[(here, False), ("every notebook", True)], value=False,
+                             tooltips=[f"runs made in {notebook or 'no notebook (scripts, consoles)'}",
+                                       "every run of this pretrained model in the store's folder"],
+                             style={"button_width": "auto"}, layout=W.Layout(width="auto"))
+    switch.add_class("rw-runs-scope")
+    show(switch, studio.store is not None)
+    return switch

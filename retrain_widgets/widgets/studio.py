@@ -177,6 +177,7 @@ class RetrainStudio(W.VBox):
     run = _forward("run")
     runs = _forward("runs")
     mismatch = _forward("mismatch")
+    loss_choice = _forward("loss_choice")
     lr_suggestion = _forward("lr_suggestion")
     pretrained = _forward("pretrained")
     pretrained_id = _forward("pretrained_id")

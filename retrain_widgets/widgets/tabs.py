@@ -71,12 +71,13 @@ class LossTab(W.VBox):
         self.loss_picker.observe(self._picked, names="value")
         self.loss_params = W.VBox()
         self.loss_check = css(W.HTML(), "rw-loss-check")
+        self.loss_choice = css(W.HTML(), "rw-loss-choice")  # what the studio chose at open, and why
         self.replace_head_button = button("Replace head", "rw-replace-head", "warning")
         self.replace_head_button.on_click(lambda _: studio.replace_head())
         self.restore_head_button = button("Restore original head", "rw-restore-head")
         self.restore_head_button.on_click(lambda _: binding.set(head_out=None))
         self.head_label = W.HTML()
-        self.children = [self.loss_picker, self.loss_params, self.loss_check,
+        self.children = [self.loss_picker, self.loss_params, self.loss_check, self.loss_choice,
                          _row(self.head_label, self.replace_head_button, self.restore_head_button)]
         studio.on("loss_check", self.show_verdict)
         studio.on("work", self.show_head)
@@ -99,6 +100,10 @@ class LossTab(W.VBox):
         mismatch = self.studio.mismatch
         show(self.replace_head_button, mismatch is not None and mismatch.head_out is not None)
         show(self.restore_head_button, cfg.head_out is not None)
+        choice = self.studio.loss_choice
+        kept = choice is not None and (cfg.loss, cfg.head_out) == (choice.loss, choice.head_out)
+        write(self.loss_choice, value=f"<i>{html.escape(choice.note, quote=False)}</i>" if kept and choice else "")
+        show(self.loss_choice, kept)
 
     def show_verdict(self, verdict: LossVerdict) -> None:
         mark = "✓" if verdict.ok else "✗"

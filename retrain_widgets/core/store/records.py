@@ -18,7 +18,7 @@ _ID_RE = re.compile(r"^[0-9a-z][0-9a-z-]{0,63}$")  # no dot, no slash: safe as a
 
 #: The ``runs`` columns a :class:`RunRecord` is made of, in :func:`record_of_row`'s order.
 RECORD_COLUMNS = ("id, name, state, message, created, started, ended, config, metrics, pretrained_id, "
-                  "has_weights")
+                  "has_weights, notebook")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,10 @@ class RunRecord:
         the same pretrained model share it.
     has_weights
         Whether the trained weights were saved (when the run ended).
+    notebook
+        The notebook the run was made in, relative to the folder that holds the store
+        (:func:`~retrain_widgets.notebook.notebook_key`); ``None`` outside a notebook and for
+        runs stored before schema version 2.
     """
 
     id: str
@@ -62,6 +66,7 @@ class RunRecord:
     metrics: dict[str, Any]
     pretrained_id: str | None
     has_weights: bool
+    notebook: str | None = None
 
     def config_obj(self) -> RunConfig:
         """The run's :class:`RunConfig` (``RunConfig.from_dict(self.config)``)."""
@@ -81,10 +86,10 @@ class UnknownRun(KeyError):
 
 def record_of_row(row: tuple[Any, ...]) -> RunRecord:
     """The :class:`RunRecord` of a row of :data:`RECORD_COLUMNS`."""
-    run_id, name, state, message, created, started, ended, config, metrics, pretrained_id, has_weights = row
+    run_id, name, state, message, created, started, ended, config, metrics, pretrained_id, has_weights, notebook = row
     return RunRecord(id=run_id, name=name, state=state, message=message, created=created, started=started,
                      ended=ended, config=json.loads(config), metrics=json.loads(metrics),
-                     pretrained_id=pretrained_id, has_weights=bool(has_weights))
+                     pretrained_id=pretrained_id, has_weights=bool(has_weights), notebook=notebook)
 
 
 def new_id() -> str:

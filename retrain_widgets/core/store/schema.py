@@ -64,9 +64,16 @@ def _lay_out(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO meta (key, value) VALUES ('created', ?)", (repr(time.time()),))
 
 
+def _add_notebook(conn: sqlite3.Connection) -> None:
+    """Version 1 -> 2: ``runs.notebook``, the notebook each run was made in (``NULL``: none, or a
+    run stored before version 2)."""
+    conn.execute("ALTER TABLE runs ADD COLUMN notebook TEXT")
+    conn.execute("CREATE INDEX runs_by_notebook ON runs (pretrained_id, notebook)")
+
+
 #: The ordered migration steps: ``MIGRATIONS[v]`` takes version ``v`` to ``v + 1``. Each runs
 #: inside the opening transaction (no COMMIT, no ``executescript``).
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_lay_out]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_lay_out, _add_notebook]
 
 #: Version of the database layout written by this retrain_widgets.
 SCHEMA_VERSION = len(MIGRATIONS)

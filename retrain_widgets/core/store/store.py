@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 import zlib
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -104,8 +105,11 @@ class RunStore:
         os.makedirs(self.weights_dir, exist_ok=True)
 
     # ------------------------------------------------------------------ recording
-    def record(self, run: Retrainer, name: str | None = None, save_every: float = 5.0) -> str:
+    def record(self, run: Retrainer, name: str | None = None, save_every: float = 5.0,
+               notebook: str | None = None) -> str:
         """Store ``run`` and keep it up to date as it trains; returns its id.
+
+        ``notebook`` names the notebook the run is made in (:attr:`RunRecord.notebook`).
 
         Saves the run now (state, config, pretrained :func:`fingerprint`, pid and host), then
         from its events: history, state, step and metrics at most every ``save_every``
@@ -121,12 +125,14 @@ class RunStore:
             raise ValueError(f"record() takes a Retrainer, got {type(run).__name__}")
         if isinstance(save_every, bool) or not isinstance(save_every, (int, float)) or not save_every >= 0:
             raise ValueError(f"save_every must be a number of seconds >= 0, got {save_every!r}")
+        if notebook is not None and not isinstance(notebook, str):
+            raise ValueError(f"notebook must be a notebook's path (str) or None, got {type(notebook).__name__}")
         with self._lock:
             for rec in self._recorders.values():
                 if rec.run is run:
                     return rec.id
         config, note = config_of(run)
-        run_id = self._insert(run, name, config, note)
+        run_id = self._insert(run, name, config, note, notebook)
         rec = Recorder(self.connections, self._weights, run, run_id, float(save_every), note, self._forget)
         with self._lock:
             self._recorders[run_id] = rec
@@ -136,7 +142,8 @@ class RunStore:
             rec.save_final()
         return run_id
 
-    def _insert(self, run: Retrainer, name: str | None, config: dict[str, Any], note: str) -> str:
+    def _insert(self, run: Retrainer, name: str | None, config: dict[str, Any], note: str,
+                notebook: str | None) -> str:
         """Insert the run's row (and its history so far) under a new id; return the id."""
         loss_name = run.history.meta.get("loss") or config.get("loss", "run")
         name = check_name(name) if name is not None else f"{loss_name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
@@ -150,15 +157,16 @@ class RunStore:
         blob = encode_history(run.history, 1) if run.step > 0 else None
         row = (name, state.value, "" if state.final else note, now, started, now if run.step > 0 else None, now,
                os.getpid(), HOST, process_token(os.getpid()), int(run.step), int(run.total_steps),
-               json.dumps(config), json.dumps(run_metrics(run)), fingerprint(run.pretrained), run.head_name, head_out)
+               json.dumps(config), json.dumps(run_metrics(run)), fingerprint(run.pretrained), run.head_name, head_out,
+               notebook)
         for _ in range(20):
             run_id = new_id()
             try:
                 with self.connections.tx() as conn:
                     conn.execute(
                         "INSERT INTO runs (id, name, state, message, created, started, saved, heartbeat, pid, host, "
-                        "proc, step, total_steps, config, metrics, pretrained_id, head, head_out) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (run_id, *row))
+                        "proc, step, total_steps, config, metrics, pretrained_id, head, head_out, notebook) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (run_id, *row))
                     if blob is not None:
                         conn.execute("INSERT INTO histories (run_id, codec, data) VALUES (?, ?, ?)",
                                      (run_id, HISTORY_CODEC, blob))
@@ -208,18 +216,21 @@ class RunStore:
     def _conn(self) -> sqlite3.Connection:
         return self.connections.get()
 
-    def runs(self, pretrained_id: str | None = None) -> list[RunRecord]:
+    def runs(self, pretrained_id: str | None = None,
+             notebook: str | None | EllipsisType = ...) -> list[RunRecord]:
         """All runs, oldest first (newest last); only those from the pretrained weights with
-        this :func:`fingerprint` when ``pretrained_id`` is given. Runs whose process died are
-        marked ``interrupted`` first."""
+        this :func:`fingerprint` when ``pretrained_id`` is given, and only those made in
+        ``notebook`` when it is given (``None``: the runs made outside any notebook). Runs whose
+        process died are marked ``interrupted`` first."""
         self._check_open()
         self._mark_dead()
+        where = [("pretrained_id = ?", pretrained_id)] if pretrained_id is not None else []
+        if notebook is not ...:
+            where.append(("notebook IS ?", notebook))
         sql = f"SELECT {RECORD_COLUMNS} FROM runs"
-        args: tuple[Any, ...] = ()
-        if pretrained_id is not None:
-            sql += " WHERE pretrained_id = ?"
-            args = (pretrained_id,)
-        rows = self._conn().execute(sql + " ORDER BY created, id", args).fetchall()
+        if where:
+            sql += " WHERE " + " AND ".join(w for w, _ in where)
+        rows = self._conn().execute(sql + " ORDER BY created, id", tuple(a for _, a in where)).fetchall()
         return [record_of_row(row) for row in rows]
 
     def get(self, run_id: str) -> RunRecord:
