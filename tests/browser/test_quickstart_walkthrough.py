@@ -37,7 +37,9 @@ def test_quickstart_runs_all_with_one_figure_per_run(jupyter_root, open_notebook
     dashboard_cell_shot(nb, "dashboard")
 
     assert nb.page.locator("[data-mime-type='application/vnd.jupyter.error']").count() == 0
-    assert "focal: finished" in texts() and "bce: finished" in texts()
+    done = texts()
+    for loss in ("bce", "focal"):  # the what-if: both losses, three seeds each, every run to its end
+        assert all(f"{loss}, seed {seed}: finished after" in done for seed in (0, 1, 2)), done
     comparison = nb.page.locator(".jp-Cell", has=nb.page.locator(".jp-RenderedHTMLCommon[data-mime-type='text/html'] table"))
     assert comparison.locator(".jp-RenderedImage img").count() == 1
     nb.page.set_viewport_size({"width": 1280, "height": 3000})
