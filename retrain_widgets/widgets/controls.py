@@ -21,11 +21,13 @@ from .writes import write
 
 __all__ = ["ControlsView", "error_html", "last_metrics"]
 
+# what follows the state's name in the status line (the name is said once)
 _STATE_TEXT = {
-    State.RUNNING: "training…",
-    State.PAUSED: "paused: Resume to continue, or Stop.",
-    State.FINISHED: "finished.",
-    State.FAILED: "failed (see below).",
+    State.RUNNING: " · training…",
+    State.PAUSED: ": Resume to continue, or Stop.",
+    State.FINISHED: " after {step:,} steps.",
+    State.STOPPED: " at step {step:,} of {total:,}.",
+    State.FAILED: " (see below).",
 }
 
 
@@ -102,10 +104,11 @@ class ControlsView(W.VBox):
         if run is None:
             self.show_status("ready: pick what to freeze, a loss and a schedule, then Start.")
             return
-        text = f"stopped at step {run.step:,} of {run.total_steps:,}." if state == State.STOPPED else \
-            _STATE_TEXT.get(state, state.value)
-        write(self.status, value=f"<span style='color:#333'><b>{state.value}</b> · "
-                                 f"{html.escape(f'{text} {last_metrics(run)}', quote=False)}</span>")
+        text = _STATE_TEXT.get(state, "").format(step=run.step, total=run.total_steps)
+        metrics = last_metrics(run)
+        text += f" {metrics}" if metrics else ""
+        write(self.status, value=f"<span style='color:#333'><b>{state.value}</b>"
+                                 f"{html.escape(text, quote=False)}</span>")
         if state == State.FAILED and run.error is not None:
             self.show_error(run.error)
 

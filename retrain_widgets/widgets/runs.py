@@ -147,6 +147,7 @@ class RunsPanel(W.VBox):
         png = comparison_png(chosen)
         write(self.figure, value=png)
         show(self.figure, True)
+        show(self.code, False)  # one view at a time: the newer one
         self.say(f"overlay of {len(chosen)} run{'s' if len(chosen) > 1 else ''}.")
         return png
 
@@ -177,6 +178,7 @@ class RunsPanel(W.VBox):
             self.say(f"✗ {exc}", error=True)
             return
         show(self.code, True)
+        show(self.figure, False)
         what = chosen[0].name if key else "the current config"
         self.say(f"{what} as a standalone PyTorch script (also runs under `torchrun --nproc_per_node=N`).")
 
