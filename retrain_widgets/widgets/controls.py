@@ -70,10 +70,10 @@ class ControlsView(W.VBox):
         self.stop_button.on_click(lambda _: studio.stop())
         self.reset_button.on_click(lambda _: studio.reset())
         self.progress = css(W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="260px")), "rw-progress")
-        self.progress_label = css(W.Label(), "rw-progress-label")
+        self.progress_label = css(W.Label(layout=W.Layout(width="auto", flex="0 0 auto")), "rw-progress-label")
         self.status = css(W.HTML(), "rw-status")
         self.error = css(W.HTML(), "rw-error")
-        self.plot = css(W.Image(format="png", layout=W.Layout(width="100%", max_width="1000px")), "rw-plot")
+        self.plot = css(W.Image(format="png", layout=W.Layout(width="100%", max_width="1000px", margin="2px 0")), "rw-plot")
         self.buttons = W.HBox([self.start_button, self.pause_button, self.stop_button, self.reset_button,
                                self.progress, self.progress_label], layout=W.Layout(align_items="center"))
         self.children = [self.buttons, self.status, self.error, self.plot]
