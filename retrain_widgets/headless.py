@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from . import autoloss, naming
+from .choices import Strategies, apply_freezing, try_freezing
 from .core import feature_cache, losses, schedules
 from .core.batches import Forward, default_forward, first_batch, logits_of
 from .core.builder import build_model, count_steps
@@ -57,11 +58,9 @@ from .core.losses import LossMismatchError
 from .core.store import RunStore
 from .core.tree import (
     find_head_or_none,
-    freeze,
     frozen_complement,
     get_module,
     parameterised_layers,
-    unfreeze,
 )
 from .plots import LiveFigure, lr_finder_png, lr_preview_png
 from .runbook import RunBook, WhatIfQueue
@@ -175,9 +174,14 @@ class HeadlessStudio:
         self._probe_batch: Any = None
         self._layers: dict[int, list[tuple[str, list[nn.Parameter]]]] = {}
         self._restored: tuple[str, nn.Module] | None = None
+        self.shown_error: BaseException | None = None  # on the ``error`` topic now
+        self._red = False  # the last status was an error
+        self.strategies = Strategies()
         self.work = self.working_copy()
+        self.refresh_work()
         #: The loss chosen at open (no config given, and the default loss did not fit), else None.
         self.loss_choice = autoloss.open_ready(self) if config is None else None
+        self.strategies.remember(self.strategy_of(), self._config)
 
     # ================================================================== topics
     def on(self, topic: str, fn: Callable[..., Any]) -> None:
@@ -187,6 +191,9 @@ class HeadlessStudio:
         self._listeners.setdefault(topic, []).append(fn)
 
     def emit(self, topic: str, *args: Any) -> None:
+        if topic in ("error", "status"):
+            self.shown_error = args[0] if topic == "error" else self.shown_error
+            self._red = bool(args[1]) if topic == "status" else self._red
         for fn in self._listeners.get(topic, ()):
             fn(*args)
 
@@ -212,21 +219,33 @@ class HeadlessStudio:
     def config(self, value: RunConfig) -> None:
         if not isinstance(value, RunConfig):
             raise ValueError(f"studio.config must be a RunConfig, got {type(value).__name__}")
-        self._change(copy.copy(value).validate())
+        value = copy.copy(value).validate()
+        with self.strategies.picking(None):  # a whole config: the buttons show what it amounts to
+            self._change(value)
 
     def set(self, **changes: Any) -> RunConfig:
         """Change config fields (validated), as the controls do. Returns the new config."""
         return self._change(self._config.replace(**changes))
 
     def _change(self, new: RunConfig) -> RunConfig:
-        old, self._config = self._config, new
+        """Take ``new``; a freezing that cannot apply raises ``ValueError`` and changes nothing.
+        A red status (a refusal) goes away with the next change taken."""
+        diff, red, self._red = self._config.diff(new), self._red, False
+        fresh = bool({"head", "head_out", "seed"} & diff.keys())
+        work = self.working_copy(new) if fresh else self.work
+        if fresh or {"frozen", "train_bn"} & diff.keys():
+            try:
+                try_freezing(work, self._config, new)
+            except ValueError:
+                self._red = red
+                raise
+        old, self._config, self.work = self._config, new, work
+        self.strategies.remember(self.strategy_of(), new)
+        if red and not self._red:
+            self.emit("state", self.run)  # the state's own line replaces the refusal
         self.emit("config", old, new)
-        diff = old.diff(new)
-        if {"head", "head_out", "seed"} & diff.keys():
-            self.work = self.working_copy()
-            self.refresh_work()
-        elif {"frozen", "train_bn", "lora_r", "lora_modules"} & diff.keys():
-            self.refresh_work()
+        if fresh or {"frozen", "train_bn", "lora_r", "lora_modules"} & diff.keys():
+            self.emit("work")
         if {"loss", "loss_kwargs", "head", "head_out"} & diff.keys():
             self.check_loss()
         if {"schedule", "schedule_kwargs", "epochs", "max_steps", "lr"} & diff.keys():
@@ -257,10 +276,14 @@ class HeadlessStudio:
         self.status(text)
 
     def strategy_of(self, cfg: RunConfig | None = None) -> str:
-        """Which of :data:`STRATEGIES` ``cfg`` (default: the config) amounts to."""
+        """Which of :data:`STRATEGIES` ``cfg`` (default: the config) amounts to; the studio's own
+        config stays "custom" once the buttons picked it, whatever is ticked."""
+        own = cfg is None or cfg is self._config
         cfg = cfg or self._config
         if cfg.gradual:
             return "gradual"
+        if own and self.strategies.picked == "custom":
+            return "custom"
         if not cfg.frozen:
             return "full"
         head = self.head_name()
@@ -277,28 +300,34 @@ class HeadlessStudio:
             return {"frozen": frozen_complement(self.work, [head] if head else []), "gradual": False}
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown training strategy {strategy!r}; pick one of {', '.join(STRATEGIES)}")
-        return {"gradual": strategy == "gradual"}
+        return self.strategies.custom_changes(self._config) if strategy == "custom" else {"gradual": True}
+
+    def choose_strategy(self, strategy: str) -> RunConfig:
+        """Pick ``strategy`` as the buttons do ("custom" gives back the last custom freezing); a
+        strategy that cannot apply raises ``ValueError`` and changes nothing."""
+        changes = self.strategy_changes(strategy)
+        with self.strategies.picking(strategy):
+            return self.set(**changes)
 
     # ================================================================== the working copy
-    def working_copy(self) -> nn.Module:
-        """A copy of the pretrained model with the config's head, for the tree and the checks
-        (:func:`~retrain_widgets.core.builder.build_model`, freezing left to :meth:`refresh_work`;
-        no LoRA adapters: the tree marks the chosen layers on the model as it is)."""
+    def working_copy(self, cfg: RunConfig | None = None) -> nn.Module:
+        """A copy of the pretrained model with the head of ``cfg`` (default: the config), for the
+        tree and the checks (:func:`~retrain_widgets.core.builder.build_model`, freezing left to
+        :meth:`refresh_work`; no LoRA adapters: the tree marks the chosen layers on the model as it is)."""
+        cfg = cfg or self._config
         try:
-            return build_model(self.pretrained, self._config, apply_freezing=False, adapters=False).model
+            return build_model(self.pretrained, cfg, apply_freezing=False, adapters=False).model
         except ValueError as exc:  # head_out on a model without a Linear head: shown, the model kept
             self.status(f"✗ {exc}", error=True)
-            torch.manual_seed(self._config.seed)
+            torch.manual_seed(cfg.seed)
             return copy.deepcopy(self.pretrained)
 
     def refresh_work(self) -> None:
         """Apply the config's freezing to the working copy."""
-        unfreeze(self.work)
-        if self._config.frozen:
-            try:
-                freeze(self.work, self._config.frozen, train_bn=self._config.train_bn)
-            except ValueError as exc:
-                self.status(f"✗ {exc}", error=True)
+        try:
+            apply_freezing(self.work, self._config)
+        except ValueError as exc:
+            self.status(f"✗ {exc}", error=True)
         self.emit("work")
 
     def head_name(self) -> str | None:
@@ -325,6 +354,8 @@ class HeadlessStudio:
         verdict = loss_verdict(self.forward, self.work, self.probe_batch, self._config)
         self.mismatch = verdict.mismatch
         self.emit("loss_check", verdict)
+        if verdict.ok and isinstance(self.shown_error, LossMismatchError):
+            self.emit("error", None)  # the refused Start's mismatch no longer holds
         return self.mismatch
 
     def replace_head(self) -> None:

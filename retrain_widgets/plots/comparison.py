@@ -14,7 +14,7 @@ from matplotlib.ticker import LogLocator, NullFormatter, NullLocator
 from ..core.smoothing import ema
 from ._util import encode_png, short_name
 
-__all__ = ["comparison_png"]
+__all__ = ["comparison_figure", "comparison_png", "gradient_rows"]
 
 _LOCK = threading.Lock()
 _COLOURS = ("#1f77b4", "#e8710a", "#2ca02c", "#d62728", "#8e44ad", "#8c564b", "#e377c2", "#17becf",
@@ -28,18 +28,48 @@ def _series(summary: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     return h.series(name)
 
 
-def _median_grad(history: Any) -> tuple[list[str], np.ndarray] | None:
-    """(layer names, median gradient norm of each; NaN for frozen layers), or None without any."""
+def _median_grad(history: Any) -> dict[str, float]:
+    """Median gradient norm of each layer that has any (frozen layers have none: left out)."""
     if history is None:
-        return None
+        return {}
     _, cols, g = history.layer_series("grad_norm")
     if not len(cols) or not g.size:
-        return None
+        return {}
     finite = np.where(np.isfinite(g), g, np.nan)
-    has = np.isfinite(finite).any(axis=0)  # frozen layers have no gradient at all
-    med = np.full(len(cols), np.nan)
-    med[has] = np.nanmedian(finite[:, has], axis=0)
-    return list(cols), med
+    has = np.isfinite(finite).any(axis=0)
+    return dict(zip((c for c, h in zip(cols, has) if h), np.nanmedian(finite[:, has], axis=0).tolist()))
+
+
+def gradient_rows(summaries: Sequence[Any]) -> tuple[list[str], list[dict[str, float]]]:
+    """The gradient panel's rows: the layers that have a gradient in at least one run, in the
+    model's order (a layer frozen in every run has no data and no row), and each run's medians."""
+    grads = [_median_grad(s.history) for s in summaries]
+    orders = [list(s.history.layer_series("grad_norm")[1]) for s in summaries if s.history is not None]
+    order = list(dict.fromkeys([*max(orders, key=len, default=[]), *(n for g in grads for n in g)]))
+    return [n for n in order if any(n in g for g in grads)], grads
+
+
+def _legend(fig: Figure, handles: list[Any], panels: tuple[Any, ...]) -> None:
+    """One legend over the panels, in as many columns (at most 5) as fit the figure's width; the
+    panels move down to make room for its rows."""
+    renderer = fig.canvas.get_renderer()
+    for ncol in range(min(len(handles), 5), 0, -1):
+        legend = fig.legend(handles=handles, loc="upper center", ncol=ncol, fontsize=9, frameon=False,
+                            bbox_to_anchor=(0.5, 0.995))
+        box = legend.get_window_extent(renderer).transformed(fig.transFigure.inverted())
+        if ncol == 1 or (box.x0 >= 0.005 and box.x1 <= 0.995):
+            break
+        legend.remove()
+    top = min(0.84, box.y0 - 0.07)  # room for the panels' titles under it
+    panels[0].get_subplotspec().get_gridspec().update(top=top)
+    for ax in panels[:-1]:  # update() moves only pyplot's figures' axes
+        ax.set_position(ax.get_subplotspec().get_position(fig))
+    grad = panels[-1].get_position()
+    panels[-1].set_position((grad.x0, grad.y0, grad.width, top - grad.y0))
+
+
+def _label(name: str, limit: int = 90) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def _axes(fig: Figure, metric: str, old_metric: str) -> tuple[Any, Any, Any, Any, Any]:
@@ -89,34 +119,38 @@ def comparison_png(summaries: Sequence[Any], width_px: int = 1000, height_px: in
     ``name``, ``metrics`` and ``history``).
     """
     with _LOCK:
-        fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, facecolor="white")
-        FigureCanvasAgg(fig)
-        metric = next((s.metrics.get("metric") for s in summaries if s.metrics.get("metric")), "metric")
-        old_metric = next((s.metrics.get("old_metric_name") for s in summaries if s.metrics.get("old_metric_name")),
-                          "metric")
-        panels = _axes(fig, metric, old_metric)
-        ax_loss, ax_val, ax_metric, ax_old, ax_grad = panels
-        handles = []
-        layer_names: list[str] = []
-        for i, s in enumerate(summaries):
-            colour = _COLOURS[i % len(_COLOURS)]
-            steps, loss = _series(s, "train_loss")
-            (line,) = ax_loss.plot(steps, ema(loss, 0.9), color=colour, linewidth=1.6, label=s.name)
-            handles.append(line)
-            for ax, name in ((ax_val, "val_loss"), (ax_metric, "val_metric"), (ax_old, "old_metric")):
-                st, v = _series(s, name)
-                if len(st):
-                    ax.plot(st, v, color=colour, marker="o", markersize=3.5, linewidth=1.4)
-            grads = _median_grad(s.history)
-            if grads is not None:
-                cols, med = grads
-                layer_names = cols if len(cols) > len(layer_names) else layer_names
-                ax_grad.plot(med, np.arange(len(cols)), color=colour, marker="o", markersize=3, linewidth=1.2)
-        _scale_and_label(panels, metric, old_metric, layer_names)
-        if handles:
-            fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 5), fontsize=9, frameon=False,
-                       bbox_to_anchor=(0.5, 0.99))
-        else:
-            fig.text(0.5, 0.95, "no runs to compare yet", ha="center", fontsize=11, color="#6b6b6b")
-        fig.canvas.draw()
+        fig = comparison_figure(summaries, width_px, height_px, dpi)
         return encode_png(fig.canvas)
+
+
+def comparison_figure(summaries: Sequence[Any], width_px: int = 1000, height_px: int = 560,
+                      dpi: int = 100) -> Figure:
+    """The figure of :func:`comparison_png`, drawn."""
+    fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(fig)
+    metric = next((s.metrics.get("metric") for s in summaries if s.metrics.get("metric")), "metric")
+    old_metric = next((s.metrics.get("old_metric_name") for s in summaries if s.metrics.get("old_metric_name")),
+                      "metric")
+    panels = _axes(fig, metric, old_metric)
+    ax_loss, ax_val, ax_metric, ax_old, ax_grad = panels
+    handles = []
+    layer_names, grads = gradient_rows(summaries)
+    for i, s in enumerate(summaries):
+        colour = _COLOURS[i % len(_COLOURS)]
+        steps, loss = _series(s, "train_loss")
+        (line,) = ax_loss.plot(steps, ema(loss, 0.9), color=colour, linewidth=1.6, label=_label(s.name))
+        handles.append(line)
+        for ax, name in ((ax_val, "val_loss"), (ax_metric, "val_metric"), (ax_old, "old_metric")):
+            st, v = _series(s, name)
+            if len(st):
+                ax.plot(st, v, color=colour, marker="o", markersize=3.5, linewidth=1.4)
+        if grads[i]:
+            ax_grad.plot([grads[i].get(n, np.nan) for n in layer_names], np.arange(len(layer_names)),
+                         color=colour, marker="o", markersize=3, linewidth=1.2)
+    _scale_and_label(panels, metric, old_metric, layer_names)
+    if handles:
+        _legend(fig, handles, panels)
+    else:
+        fig.text(0.5, 0.95, "no runs to compare yet", ha="center", fontsize=11, color="#6b6b6b")
+    fig.canvas.draw()
+    return fig

@@ -53,10 +53,15 @@ class ConfigBinding:
         return view
 
     def set(self, **changes: Any) -> None:
+        self.call(self.studio.set, **changes)
+
+    def call(self, action: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Run a studio action for a control: a refusal (``ValueError``) becomes a red status, and
+        every view shows the config again (the studio kept it as it was)."""
         if self.syncing:
             return
         try:
-            self.studio.set(**changes)
+            action(*args, **kwargs)
         except ValueError as exc:
             self.studio.status(f"✗ {exc}", error=True)
             self.sync()

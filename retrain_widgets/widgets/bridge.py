@@ -142,7 +142,8 @@ class Bridge:
             parts.append(f"stage {p['stage'] + 1} / {p['stages']}")
         if p["steps_per_second"]:
             parts.append(f"{p['steps_per_second']:.0f} steps/s")
-            parts.append(f"ETA {_clock(p['eta'])}")
+            if self.run.state == State.RUNNING:  # no time left to tell once paused, stopped or done
+                parts.append(f"ETA {_clock(p['eta'])}")
         return " · ".join(parts)
 
     # ------------------------------------------------------------------ event handlers (training thread)

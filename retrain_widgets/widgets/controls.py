@@ -21,11 +21,13 @@ from .writes import write
 
 __all__ = ["ControlsView", "error_html", "last_metrics"]
 
+# what follows the state's name in the status line (the name is said once)
 _STATE_TEXT = {
-    State.RUNNING: "training…",
-    State.PAUSED: "paused: Resume to continue, or Stop.",
-    State.FINISHED: "finished.",
-    State.FAILED: "failed (see below).",
+    State.RUNNING: " · training…",
+    State.PAUSED: ": Resume to continue, or Stop.",
+    State.FINISHED: " after {step:,} steps.",
+    State.STOPPED: " at step {step:,} of {total:,}.",
+    State.FAILED: " (see below).",
 }
 
 
@@ -68,10 +70,10 @@ class ControlsView(W.VBox):
         self.stop_button.on_click(lambda _: studio.stop())
         self.reset_button.on_click(lambda _: studio.reset())
         self.progress = css(W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="260px")), "rw-progress")
-        self.progress_label = css(W.Label(), "rw-progress-label")
+        self.progress_label = css(W.Label(layout=W.Layout(width="auto", flex="0 0 auto")), "rw-progress-label")
         self.status = css(W.HTML(), "rw-status")
         self.error = css(W.HTML(), "rw-error")
-        self.plot = css(W.Image(format="png", layout=W.Layout(width="100%", max_width="1000px")), "rw-plot")
+        self.plot = css(W.Image(format="png", layout=W.Layout(width="100%", max_width="1000px", margin="2px 0")), "rw-plot")
         self.buttons = W.HBox([self.start_button, self.pause_button, self.stop_button, self.reset_button,
                                self.progress, self.progress_label], layout=W.Layout(align_items="center"))
         self.children = [self.buttons, self.status, self.error, self.plot]
@@ -102,10 +104,11 @@ class ControlsView(W.VBox):
         if run is None:
             self.show_status("ready: pick what to freeze, a loss and a schedule, then Start.")
             return
-        text = f"stopped at step {run.step:,} of {run.total_steps:,}." if state == State.STOPPED else \
-            _STATE_TEXT.get(state, state.value)
-        write(self.status, value=f"<span style='color:#333'><b>{state.value}</b> · "
-                                 f"{html.escape(f'{text} {last_metrics(run)}', quote=False)}</span>")
+        text = _STATE_TEXT.get(state, "").format(step=run.step, total=run.total_steps)
+        metrics = last_metrics(run)
+        text += f" {metrics}" if metrics else ""
+        write(self.status, value=f"<span style='color:#333'><b>{state.value}</b>"
+                                 f"{html.escape(text, quote=False)}</span>")
         if state == State.FAILED and run.error is not None:
             self.show_error(run.error)
 

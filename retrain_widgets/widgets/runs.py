@@ -53,9 +53,10 @@ class RunsPanel(W.VBox):
         self.code_button = W.Button(description="Show code", layout=W.Layout(width="auto"),
                                     tooltip="the selected run (or the current config) as a plain PyTorch script")
         self.code_button.add_class("rw-runs-code")
-        self.figure = W.Image(format="png", layout=W.Layout(width="100%", max_width="1000px", display="none"))
+        self.figure = W.Image(format="png", layout=W.Layout(width="100%", max_width="1000px", display="none",
+                                                             margin="2px 0"))
         self.figure.add_class("rw-runs-figure")
-        self.code = W.Textarea(layout=W.Layout(width="100%", height="320px", display="none"))
+        self.code = W.Textarea(layout=W.Layout(width="100%", height="320px", display="none", margin="2px 0"))
         self.code.add_class("rw-runs-code-text")
         self.grid = W.Textarea(placeholder=_GRID_HINT, layout=W.Layout(width="520px", height="60px"))
         self.grid.add_class("rw-whatif-grid")
@@ -154,6 +155,7 @@ class RunsPanel(W.VBox):
         png = comparison_png(chosen)
         write(self.figure, value=png)
         show(self.figure, True)
+        show(self.code, False)  # one view at a time: the newer one
         self.say(f"overlay of {len(chosen)} run{'s' if len(chosen) > 1 else ''}.")
         return png
 
@@ -184,6 +186,7 @@ class RunsPanel(W.VBox):
             self.say(f"✗ {exc}", error=True)
             return
         show(self.code, True)
+        show(self.figure, False)
         what = chosen[0].name if key else "the current config"
         self.say(f"{what} as a standalone PyTorch script (also runs under `torchrun --nproc_per_node=N`).")
 

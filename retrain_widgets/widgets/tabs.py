@@ -42,14 +42,20 @@ class LayersTab(W.VBox):
 
     def __init__(self, studio: HeadlessStudio, binding: ConfigBinding) -> None:
         super().__init__()
-        self.studio = studio
+        self.studio, self.binding = studio, binding
         self.tree = LayerTreeView(studio.work, on_change=lambda names: binding.set(frozen=names),
-                                  on_lora=lambda names: binding.set(**lora_fields(names, studio.config)))
+                                  on_lora=self._lora_chosen)
         self.train_bn = css(binding.field(W.Checkbox(
             value=studio.config.train_bn, description="train BatchNorm in frozen layers", indent=False,
             tooltip="fastai's train_bn: frozen layers' BatchNorm keeps training"), "train_bn"), "rw-train-bn")
         self.children = [self.tree, self.train_bn]
         studio.on("work", self.show_work)
+
+    def _lora_chosen(self, names: list[str]) -> None:
+        before = self.studio.config
+        self.binding.set(**lora_fields(names, before))
+        if self.studio.config is before:  # refused: the tree shows the config's choice again
+            self.tree.set_lora(before.lora_modules, before.lora_r)
 
     def show_work(self) -> None:
         """The working copy's tree, with the config's LoRA choice marked on it."""
@@ -76,7 +82,7 @@ class LossTab(W.VBox):
         self.replace_head_button.on_click(lambda _: studio.replace_head())
         self.restore_head_button = button("Restore original head", "rw-restore-head")
         self.restore_head_button.on_click(lambda _: binding.set(head_out=None))
-        self.head_label = W.HTML()
+        self.head_label = css(W.HTML(), "rw-head")
         self.children = [self.loss_picker, self.loss_params, self.loss_check, self.loss_choice,
                          _row(self.head_label, self.replace_head_button, self.restore_head_button)]
         studio.on("loss_check", self.show_verdict)
@@ -118,8 +124,9 @@ class LossTab(W.VBox):
     def show_head(self) -> None:
         head = self.studio.head_name()
         replaced = " (replaced)" if self.studio.config.head_out is not None else " (pretrained)"
+        n = self.studio.head_outputs()
         write(self.head_label, value=f"head <code>{html.escape(str(head))}</code>: "
-                                     f"{self.studio.head_outputs()} outputs{replaced}")
+                                     f"{n} output{'' if n == 1 else 's'}{replaced}")
 
 
 class OptimisationTab(W.VBox):
@@ -136,7 +143,8 @@ class OptimisationTab(W.VBox):
             value=cfg.lr, base=10, min=-6, max=0, step=0.05, description="LR", readout_format=".2e",
             continuous_update=False, layout=W.Layout(width="420px")), "lr", float), "rw-lr")
         self.weight_decay = field(W.BoundedFloatText(value=cfg.weight_decay, min=0, max=10, step=0.01,
-                                                     description="weight decay", layout=W.Layout(width="220px")),
+                                                     description="weight decay", layout=W.Layout(width="220px"),
+                                                     style={"description_width": "initial"}),
                                   "weight_decay", float)
         self.lr_decay = field(W.FloatSlider(
             value=cfg.lr_decay, min=0.05, max=1.0, step=0.05, description="LR decay",
@@ -145,7 +153,7 @@ class OptimisationTab(W.VBox):
             continuous_update=False, readout_format=".2f", layout=W.Layout(width="420px")), "lr_decay", float)
         self.strategy = css(W.ToggleButtons(options=list(STRATEGIES), description="training",
                                             tooltips=_STRATEGY_TIPS), "rw-strategy")
-        self.strategy.observe(lambda c: binding.set(**studio.strategy_changes(c["new"])), names="value")
+        self.strategy.observe(lambda c: binding.call(studio.choose_strategy, c["new"]), names="value")
         self.unfreeze_every = field(W.BoundedIntText(value=cfg.unfreeze_every, min=1, max=1000,
                                                      description="stage (epochs)", layout=W.Layout(width="200px")),
                                     "unfreeze_every", int)

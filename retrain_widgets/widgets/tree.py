@@ -10,6 +10,7 @@ from collections.abc import Callable
 import ipywidgets as W
 from torch import nn
 
+from ..choices import up_to_everything
 from ..core.lora import adapter_counts, adapter_size, attention_projections, is_adaptable, lora_target_names
 from ..core.tree import LayerInfo, find_head_or_none, frozen_names, layer_tree, names_up_to
 
@@ -117,6 +118,7 @@ class LayerTreeView(W.VBox):
         self.head = self.head if self.head in self.modules else find_head_or_none(model)
         self.lora_attention.layout.display = None if attention_projections(model, self.head) else "none"
         self.tree = layer_tree(model)
+        self.up_to_all = up_to_everything(model)  # "freeze up to here" would leave nothing to train
         stale = [n for n in self._rows if n not in self.tree]
         for n in stale:
             del self._rows[n]
@@ -178,6 +180,7 @@ class LayerTreeView(W.VBox):
 
     def _render(self) -> None:
         self._silent = True
+        trainable = self.tree[""].trainable_params
         try:
             boxes = []
             for name in self._visible():
@@ -187,8 +190,13 @@ class LayerTreeView(W.VBox):
                     row = self._rows[name] = _Row(self, info)
                 frozen_here = info.trainable_params == 0
                 inside_frozen = any(name.startswith(f + ".") for f in self.frozen)
+                # ticking it would leave nothing trainable: not offered (nor is "up to here" below)
+                freezes_all = not frozen_here and info.trainable_params >= trainable
                 row.check.value = frozen_here
-                row.check.disabled = inside_frozen
+                row.check.disabled = inside_frozen or freezes_all
+                row.check.tooltip = (f"freezing {name} would leave no trainable parameter" if freezes_all
+                                     else f"freeze {name}")
+                row.upto.layout.display = "none" if name in self.up_to_all else None
                 if row.toggle.description:
                     row.toggle.description = "▾" if name in self._expanded else "▸"
                 state = ("frozen" if frozen_here else
@@ -224,9 +232,11 @@ class LayerTreeView(W.VBox):
         if value:
             frozen.append(name)
         self._on_change(frozen)
+        self._render()  # a refused change: the boxes show the model's freezing again
 
     def _up_to(self, name: str) -> None:
         self._on_change(names_up_to(self.model, name))
+        self._render()
 
     def _lora_tag(self, name: str) -> str:
         count = sum(n for layer, n in self._adapters().items() if layer == name or layer.startswith(name + "."))
