@@ -59,6 +59,9 @@ class StepProbes:
         self.active = [i for i, p in enumerate(self.params) if p.requires_grad]
         self._active_params = [self.params[i] for i in self.active]
         self._active_owner = self._owner[self.active] if self.active else np.empty(0, np.int64)
+        # one view per buffer row, made once: a step then indexes nothing
+        k = len(self._active_params)
+        self._rows = [(self.loss[j], self.norms[j, :k]) for j in range(self.capacity)]
 
     @property
     def full(self) -> bool:
@@ -67,11 +70,12 @@ class StepProbes:
     def record(self, step: int, loss: torch.Tensor) -> None:
         """Store this step's loss and gradient norms (device ops only)."""
         j = self.n
-        self.loss[j].copy_(loss.detach().float(), non_blocking=True)
+        loss_row, norm_row = self._rows[j]
+        loss_row.copy_(loss.detach(), non_blocking=True)
         if self._active_params:
             zero = self._zero
             grads = [p.grad if p.grad is not None else zero for p in self._active_params]
-            torch.stack(torch._foreach_norm(grads), out=self.norms[j, : len(grads)])
+            torch.stack(torch._foreach_norm(grads), out=norm_row)
         self.steps[j] = step
         if self.lr_groups:
             self.lrs[j] = [g["lr"] for g in self.lr_groups]

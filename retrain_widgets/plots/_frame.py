@@ -130,16 +130,17 @@ def loss_limits(d: dict[str, Any], prev: Layout | None, waiting: bool, final: bo
         need_lo = max(raw_lo, sig_lo / 10) if raw_lo > 0 else sig_lo / 10
         if prev is not None and prev.loss_log and prev.loss_ylim[0] <= need_lo and prev.loss_ylim[1] >= raw_hi:
             return True, prev.loss_ylim
-        f = 1.05 if final else 1.3
         # a falling loss keeps falling: start with two decades of room below the first values,
-        # and when it leaves the bottom, leave it more room
+        # and when it leaves the bottom, leave it more room; half a decade above, so that an early
+        # spike stays inside too (a full redraw costs about ten blitted frames)
+        up = 1.05 if final else 3.0
         if final:
-            down = f
+            down = 1.05
         elif prev is not None and prev.loss_log and need_lo < prev.loss_ylim[0]:
             down = 10.0
         else:
             down = 1000.0
-        return True, (log_nice_down(need_lo / down), log_nice_up(raw_hi * f))
+        return True, (log_nice_down(need_lo / down), log_nice_up(raw_hi * up))
     if prev is not None and not prev.loss_log and prev.loss_ylim[0] <= raw_lo and prev.loss_ylim[1] >= raw_hi:
         return False, prev.loss_ylim
     return False, linear_limits(raw_lo, raw_hi, 0.03 if final else 0.1)

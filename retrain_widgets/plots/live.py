@@ -267,7 +267,7 @@ class LiveFigure:
         self.ax_metric.tick_params(labelbottom=False)
         self.ax_lr.set_xlabel("step", fontsize=9, color=C_TEXT, labelpad=2)
         self.ax_lr.yaxis.set_major_locator(MaxNLocator(3))
-        title_kw: dict[str, Any] = dict(loc="left", fontsize=10.5, fontweight="bold", color=C_TEXT, pad=5)
+        title_kw: dict[str, Any] = dict(loc="left", fontsize=10.5, fontweight="bold", color=C_TEXT, pad=5, y=1.0)
         self.ax_loss.set_title("Loss", **title_kw)
         self.ax_metric.set_title("Metrics", **title_kw)
         self.ax_lr.set_title("Learning rate", **title_kw)
