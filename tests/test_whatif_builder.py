@@ -55,7 +55,8 @@ def test_strategy_variants_become_freezing_changes(cnn, seven):
     head_only = s.variant_changes({"strategy": "head only"})
     assert "classifier.3" not in head_only["frozen"] and "features" in head_only["frozen"]
     assert s.variant_changes({"strategy": "gradual"}) == {"gradual": True}  # the config's frozen kept
-    assert s.variant_changes({"strategy": "custom"}) == {"gradual": False}
+    custom = s.variant_changes({"strategy": "custom"})  # the custom freezing: here the config's own
+    assert custom["gradual"] is False and custom.get("frozen", ["features.0"]) == ["features.0"]
     assert s.variant_changes({"loss": "focal"}) == {"loss": "focal"}
     with pytest.raises(ValueError, match="unknown training strategy 'some'"):
         s.variant_changes({"strategy": "some"})
