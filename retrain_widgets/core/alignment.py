@@ -132,7 +132,7 @@ class AlignmentProbe:
     """
 
     def __init__(self, layers: Sequence[tuple[str, Sequence[nn.Parameter]]], task: OldTask, loader: Iterable[Any],
-                 history: History, *, every: int = 20, budget: float = 0.015,
+                 history: History, *, every: int = 20, budget: float = 0.005,
                  device: torch.device | None = None) -> None:
         self.layer_names = tuple(name for name, _ in layers)
         self.params: list[nn.Parameter] = [p for _, ps in layers for p in ps]

@@ -120,8 +120,8 @@ class RunConfig:
         The alignment probe (:mod:`~retrain_widgets.core.alignment`): every ``alignment_every``
         steps at most, and within ``alignment_budget`` of the wall time, the cosine between each
         trainable layer's gradient of the new loss and of the old task's loss (one old-task batch)
-        and that batch's old-task loss (``alignment_budget=1.0``: no time limit). Needs an old-task
-        loader; ``alignment_every=None`` turns it off.
+        and that batch's old-task loss (``alignment_budget=1.0``: no time limit; the default 0.5 %
+        is the drift probe's). Needs an old-task loader; ``alignment_every=None`` turns it off.
     cache_features, cache_max_mb
         The frozen-feature cache (:mod:`retrain_widgets.core.feature_cache`): ``"auto"`` computes
         the frozen part's outputs once per sample when that gives the same results and says why
@@ -159,7 +159,7 @@ class RunConfig:
     lora_dropout: float = 0.0
     lora_modules: list[str] = field(default_factory=list)
     alignment_every: int | None = 20
-    alignment_budget: float = 0.015
+    alignment_budget: float = 0.005
     cache_features: bool | str = "auto"
     cache_max_mb: float | None = None
 
