@@ -19,6 +19,7 @@ from torch import nn
 
 from . import losses as losses_mod
 from . import schedules as schedules_mod
+from .cloning import clone_module
 from .config import RunConfig
 from .device import amp_settings
 from .lora import apply_lora
@@ -120,7 +121,7 @@ def build_model(model: nn.Module, config: RunConfig, device: torch.device | str 
     ``model`` is not modified; torch's global RNG is (wrap the call in
     ``torch.random.fork_rng()`` to keep it)."""
     torch.manual_seed(config.seed)
-    net = copy.deepcopy(model)
+    net = clone_module(model)
     if device is not None:
         net = net.to(device)
     head_name, original_head = _new_head(net, config)
@@ -153,7 +154,7 @@ def build_run(model: nn.Module, config: RunConfig, train: Iterable[Any], device:
     loss_fn, loss_spec = losses_mod.resolve(config.loss, **config.loss_kwargs)
     distillation = None
     if config.distill is not None:
-        copy_teacher = copy.deepcopy(teacher if teacher is not None else model).to(device)
+        copy_teacher = clone_module(teacher if teacher is not None else model).to(device)
         copy_teacher.eval().requires_grad_(False)
         distillation = Distillation(built.model, built.head_name or "", built.original_head, copy_teacher,
                                     config.distill["alpha"], config.distill["temperature"])
