@@ -34,7 +34,7 @@ minute apart, longer than a block can be. Ends with::
 
 and the samples per timed block.
 
-Target: <= 1.02. Run: ``.venv/bin/python benchmarks/overhead.py [--repeats 7] [--quick] [--probe-only]``.
+Target: <= 1.02. Run: ``.venv/bin/python benchmarks/overhead.py [--repeats 7] [--quick] [--probe-only | --engine-only]``.
 """
 
 from __future__ import annotations
@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke run)")
     parser.add_argument("--probe-only", action="store_true", help="only the alignment probe's own cost")
+    parser.add_argument("--engine-only", action="store_true", help="only the bare loop against the engine")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
     device = torch.device("cpu")
@@ -196,15 +197,17 @@ def main() -> None:
         for name, case in (("digits_cnn", cnn_case), ("resnet18_shaped", resnet_case)):
             model, batches = case(args.quick)
             results[name] = measure(name, model, batches, cfg, repeats, device)
-    model, batches = cnn_case(args.quick, epochs=13)  # ~300 steps: the probe's steady state
-    probe["digits_cnn"] = measure_probe("digits_cnn", model, batches, cfg, repeats, device)
+    if not args.engine_only:
+        model, batches = cnn_case(args.quick, epochs=13)  # ~300 steps: the probe's steady state
+        probe["digits_cnn"] = measure_probe("digits_cnn", model, batches, cfg, repeats, device)
     for name, (median, best) in results.items():
         print(f"overhead ratio {name}: {median:.3f}")
         print(f"best-runs ratio {name}: {best:.3f}")
     for name, (median, best) in probe.items():
         print(f"alignment probe {name}: median paired ratio {median:.3f}, best-runs ratio {best:.3f}")
-    print(f"alignment probe overhead ratio: {max(m for m, _ in probe.values()):.3f}")
-    print(f"alignment probe best-runs ratio: {max(b for _, b in probe.values()):.3f}")
+    if probe:
+        print(f"alignment probe overhead ratio: {max(m for m, _ in probe.values()):.3f}")
+        print(f"alignment probe best-runs ratio: {max(b for _, b in probe.values()):.3f}")
 
 
 if __name__ == "__main__":
