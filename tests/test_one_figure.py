@@ -110,7 +110,7 @@ def test_a_saved_notebook_holds_one_final_figure(tmp_path: Path):
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in _CELLS])
     path = tmp_path / "one_figure.ipynb"
-    NotebookClient(nb, timeout=180, kernel_name="python3", store_widget_state=True,
+    NotebookClient(nb, timeout=180, kernel_name="python3", store_widget_state=True, shutdown_kernel="immediate",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     nbformat.write(nb, str(path))
     nb = nbformat.read(str(path), as_version=4)  # what the saved file holds

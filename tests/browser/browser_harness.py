@@ -43,6 +43,9 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 JUPYTER = Path(sys.executable).parent / "jupyter"
+# Seconds the server waits for a kernel it shuts down: half for the shutdown request, then SIGTERM,
+# half again, then SIGKILL (jupyter_client's default is 5 s, i.e. 2.5 s before SIGTERM).
+KERNEL_SHUTDOWN_WAIT = 1.0
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 # A second ipykernel major for the kernels of the browser tests: a folder that holds ipykernel 6 (made
 # with `pip install --no-deps --target DIR "ipykernel<7" nest_asyncio`); it goes first on the kernel's
@@ -160,6 +163,9 @@ class JupyterServer:
             str(JUPYTER), self.app, "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
             "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}", "--allow-root",
             f"--ServerApp.root_dir={self.root_dir}",
+            # a kernel still busy when its test ends (a training thread, torch's exit) is ended after
+            # 0.5 s instead of 2.5 s: the tests never need a kernel's own graceful exit
+            f"--KernelManager.shutdown_wait_time={KERNEL_SHUTDOWN_WAIT}",
         ]  # fmt: skip
         self.log_path = self.log_path or ARTIFACTS_DIR / f"jupyter-{self.app}-server.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,6 +260,15 @@ class JupyterServer:
         with urllib.request.urlopen(self.url("lab"), timeout=30) as resp:
             resp.read()
 
+    def start_session(self, notebook: str) -> None:
+        """Start the kernel of ``notebook`` (its kernelspec) before a page opens it: the page then
+        connects to that session's kernel, which boots while the front end loads."""
+        import nbformat
+
+        kernel = nbformat.read(str(self.root_dir / notebook), as_version=4).metadata["kernelspec"]["name"]
+        self.api("POST", "api/sessions", {"path": notebook, "name": Path(notebook).name, "type": "notebook",
+                                          "kernel": {"name": kernel}}, timeout=60)
+
     def shutdown_all_kernels(self) -> None:
         self.delete_all_sessions()
         for k in self.api("GET", "api/kernels"):
@@ -338,6 +353,7 @@ class NotebookPage:
         """Open ``notebook`` (a path under the server's root) and wait for its kernel to be idle."""
         self.server.delete_all_sessions()
         self.server.delete_all_workspaces()
+        self.server.start_session(notebook)
         if self.frontend == "lab":
             url = self.server.url(f"lab/tree/{notebook}", reset=None)
         else:

@@ -83,15 +83,17 @@ def test_studio_freeze_loss_schedule_start_stop(notebook_file, open_notebook, fr
     first = _wait_src_change(nb, "rw-plot", plot, timeout=15)
     _wait_src_change(nb, "rw-plot", first, timeout=15)
     p1 = nb.progress_percent("rw-progress")
-    time.sleep(1.0)
-    p2 = nb.progress_percent("rw-progress")
+    deadline = time.monotonic() + 1.0  # the bar advances within 1 s (read as soon as it moved)
+    while (p2 := nb.progress_percent("rw-progress")) <= p1 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert 0 < p1 < p2 < 100, (p1, p2)
     nb.wait_widget_text("rw-progress-label", r"steps/s", timeout=5)
     nb.screenshot("training")
     _tab(nb, "Layers")
     nb.page.set_viewport_size({"width": 1280, "height": 2000})  # the whole dashboard in one picture
     nb.page.locator(".rw-studio").first.scroll_into_view_if_needed()
-    time.sleep(2.0)
+    nb.wait_image_loaded("rw-plot")
+    time.sleep(0.3)  # the layout settles before the picture
     nb.screenshot("dashboard", css_class="rw-studio")
     nb.page.set_viewport_size({"width": 1280, "height": 900})
 

@@ -101,7 +101,8 @@ def test_waiting_cell_headless_nbclient(tmp_path, wait):
     nb = nbformat.read(str(path), as_version=4)
     t0 = time.monotonic()
     NotebookClient(
-        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        nb, timeout=60, kernel_name="python3", shutdown_kernel="immediate",
+        resources={"metadata": {"path": str(tmp_path)}},
     ).execute()
     elapsed = time.monotonic() - t0
     texts = ["".join(o.get("text", "") for o in cell.outputs) for cell in nb.cells]
