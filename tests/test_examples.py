@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -330,3 +333,17 @@ def test_label_noise_can_be_turned_down_and_is_checked():
     for bad in (-0.1, 1.0, "0.3", True):
         with pytest.raises(ValueError, match="label_noise"):
             task("loops", label_noise=bad)
+
+
+def test_the_shipped_split_is_scikit_learns_and_loading_it_needs_no_scikit_learn():
+    from retrain_widgets.examples import data
+
+    shipped = torch.load(data.SPLIT_PATH, weights_only=True)
+    made = data.split_from_sklearn()
+    assert list(shipped) == list(made)
+    for name, tensor in made.items():
+        assert shipped[name].dtype == tensor.dtype and torch.equal(shipped[name], tensor), name
+    code = ("import sys; from retrain_widgets import examples; t = examples.task('is_seven'); "
+            "next(iter(t.train)); print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
