@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from paired import interleave, ratios  # noqa: E402
 
-from retrain_widgets import Event, Retrainer, RunConfig, State, examples  # noqa: E402
+from retrain_widgets import Event, Retrainer, RunConfig, examples  # noqa: E402
 from retrain_widgets.core.params import make_optimizer  # noqa: E402
 
 
@@ -91,19 +91,15 @@ def engine_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.d
     (grad norms, LR per group, drift, checkpoints, history, events; with ``old_train`` and
     ``cfg.alignment_every`` the alignment probe too; ``samples`` gets its number of samples within
     the timed steps). Timed from the end of step ``first`` (0: from the start of the first step)."""
-    r = Retrainer(model, cfg.replace(max_steps=len(batches), epochs=1), batches, old_train=old_train)
-    r.publisher.sync_check = sync_check
     stamps: dict[int, tuple[float, float]] = {}
+    r = Retrainer(model, cfg.replace(max_steps=len(batches), epochs=1), _Stamped(batches, stamps, first == 0),
+                  old_train=old_train)
+    r.publisher.sync_check = sync_check
 
     def stamp(info):
-        if info.step in (first, len(batches)):
+        if info.step in (first, len(batches)) and info.step:
             stamps[info.step] = (time.perf_counter(), time.thread_time())
 
-    def start(info):
-        if info.data.get("state") == State.RUNNING and first == 0 and 0 not in stamps:
-            stamps[0] = (time.perf_counter(), time.thread_time())
-
-    r.on(Event.STATE_CHANGE, start)  # after the probe's own priming pass (attached first)
     r.on(Event.STEP_END, stamp)
     r.fit()
     assert r.history.total_points("train_loss") == len(batches)
@@ -114,6 +110,23 @@ def engine_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.d
         samples.append(int(((steps >= first) & (steps < len(batches))).sum()))
     n = len(batches) - first
     return n / (t1 - t0), n / (c1 - c0)
+
+
+class _Stamped:
+    """The batches, stamping the wall clock and the training thread's CPU clock (key 0) as the
+    training thread takes the first one (``on``): the start of the first step."""
+
+    def __init__(self, batches: list, stamps: dict[int, tuple[float, float]], on: bool) -> None:
+        self.batches, self.stamps, self.on = batches, stamps, on
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.batches):
+            if i == 0 and self.on:
+                self.stamps[0] = (time.perf_counter(), time.thread_time())
+            yield batch
 
 
 def compare(name: str, labels: tuple[str, str], run_a: Callable[[], tuple[float, float]],
