@@ -81,13 +81,17 @@ def bare(model, batches, cfg) -> tuple[float, float]:
     return n / (time.perf_counter() - t0), n / (time.thread_time() - c0)
 
 
-def studio_run(model, batches, val, old_val, cfg) -> tuple[tuple[float, float], float, int]:
+def studio_run(model, batches, val, old_val, cfg) -> tuple[tuple[float, float], float, str]:
     studio = RetrainStudio(model, batches, val, old_val, config=cfg.replace(max_steps=len(batches), epochs=1),
                            store=False)
+    fig = studio.headless.figure
+    full, partial = fig.full_redraws, fig.partial_redraws  # the opening frame's
     studio.start()
     studio.wait()
     bridge = studio.bridge
-    return (bridge.steps_per_second(), bridge.steps_per_second(cpu=True)), bridge.draw_share, bridge.frames
+    frames = (f"{bridge.frames} frames ({fig.full_redraws - full} full redraws, the final one included; "
+              f"{fig.partial_redraws - partial} partial)")
+    return (bridge.steps_per_second(), bridge.steps_per_second(cpu=True)), bridge.draw_share, frames
 
 
 # (class, method, what it is): nested pieces are also inside their callers' totals
@@ -135,7 +139,7 @@ def breakdown(model, batches, val, old_val, cfg) -> None:
     finally:
         for cls, name, fn in saved:
             setattr(cls, name, fn)
-    print(f"breakdown of one studio run ({wall:.1f} s from start to end, {rate:.1f} steps/s, {frames} frames; "
+    print(f"breakdown of one studio run ({wall:.1f} s from start to end, {rate:.1f} steps/s, {frames}; "
           f"shares of that wall time):")
     for _, _, label in _PIECES:
         print(f"  {label:56s} {1000 * totals[label]:8.1f} ms {100 * totals[label] / wall:5.2f} %  "
@@ -162,7 +166,7 @@ def main() -> None:
                        lambda: studio_run(model, batches, task.val, task.old_val, cfg), repeats)
     for b, (s, share, n) in pairs:
         print(f"bare {b[0]:.1f} steps/s, studio {s[0]:.1f} steps/s (wall ratio {b[0] / s[0]:.3f}, cpu-time ratio "
-              f"{b[1] / s[1]:.3f}); {n} frames, drawing {100 * share:.1f} % of wall time")
+              f"{b[1] / s[1]:.3f}); {n}, drawing {100 * share:.1f} % of wall time")
     if args.breakdown:
         breakdown(model, batches, task.val, task.old_val, cfg)
     ft = frame_times(layers=100, steps=100_000, frames=10 if args.quick else 40)

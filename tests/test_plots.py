@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import io
 import pathlib
 import subprocess
@@ -129,6 +130,81 @@ def test_a_loss_spike_changes_the_frame(fig):
     assert fig.full_redraws == redraws
     assert after != before
     assert np.isclose(fig.loss_line.get_ydata(), 1.5).any()
+
+
+#: A change of each panel's own layout fields (``plots._regions.PANEL_FIELDS``).
+PANEL_CHANGES = {
+    "loss": {"loss_ylim": (1e-3, 50.0)},
+    "metric": {"metric_ylim": (0.2, 1.02)},
+    "lr": {"lr_ylim": (0.0, 0.02)},
+    "norm": {"norm": (1e-5, 100.0)},
+    "drift": {"drift_lim": (1e-3, 10.0)},
+}
+
+
+def _with_layout(fig: LiveFigure, monkeypatch, **change) -> None:
+    """Make every later frame of ``fig`` use its computed layout with ``change`` applied."""
+    compute = fig._compute
+
+    def changed(snap, frozen, final):
+        layout, data = compute(snap, frozen, final)
+        return dataclasses.replace(layout, **change), data
+
+    monkeypatch.setattr(fig, "_compute", changed)
+
+
+@pytest.mark.parametrize("panel", sorted(PANEL_CHANGES))
+def test_a_panel_whose_limits_change_is_redrawn_alone_with_a_full_redraws_pixels(panel, monkeypatch):
+    f = LiveFigure(title="partial")
+    snap = small_history(frozen_until=200).snapshot()
+    f.render(snap, frozen=["layer1.conv"])
+    _with_layout(f, monkeypatch, **PANEL_CHANGES[panel])
+    frame = f.render(snap, frozen=["layer1.conv"])
+    assert (f.full_redraws, f.partial_redraws) == (1, 1)
+    assert f.render(snap, frozen=["layer1.conv"]) == frame  # and the new background is blitted
+    f._background = None  # the same layout drawn from scratch
+    assert f.render(snap, frozen=["layer1.conv"]) == frame
+    assert f.full_redraws == 2
+
+
+def test_two_panels_at_once_and_a_loss_spike_past_the_axis(monkeypatch):
+    f = LiveFigure(title="spike")
+    h = small_history()
+    f.render(h.snapshot())
+    fill(h, 600, 50, spike=80.0)
+    snap = h.snapshot()
+    frame = f.render(snap)
+    assert (f.full_redraws, f.partial_redraws) == (1, 1)
+    assert f.ax_loss.get_ylim()[1] >= 80
+    f._background = None
+    assert f.render(snap) == frame
+    _with_layout(f, monkeypatch, **PANEL_CHANGES["metric"], **PANEL_CHANGES["lr"])  # neighbours
+    frame = f.render(snap)
+    assert (f.full_redraws, f.partial_redraws) == (2, 2)
+    f._background = None
+    assert f.render(snap) == frame
+
+
+def test_a_change_outside_the_panels_or_near_the_layer_names_redraws_everything(monkeypatch):
+    from matplotlib.transforms import Bbox
+
+    from retrain_widgets.plots._regions import changed_panels
+
+    f = LiveFigure()
+    snap = small_history().snapshot()
+    f.render(snap)
+    layout = f._layout
+    assert changed_panels(layout, dataclasses.replace(layout, loss_ylim=(0.0, 9.0), norm=(1e-6, 1.0))) == {
+        "loss", "norm"}
+    assert changed_panels(layout, dataclasses.replace(layout, xlim=(0.0, 5000.0))) is None
+    assert changed_panels(layout, dataclasses.replace(layout, loss_ylim=(0.0, 9.0), title="x")) is None
+    monkeypatch.setattr(f._regions, "extra", lambda _renderer: [Bbox.from_extents(0, 0, 1000, 560)])
+    f._regions.stale = True
+    _with_layout(f, monkeypatch, **PANEL_CHANGES["loss"])
+    frame = f.render(snap)
+    assert (f.full_redraws, f.partial_redraws) == (2, 0)  # refused: Pillow drew there
+    f._background = None
+    assert f.render(snap) == frame
 
 
 def test_decimation_bounds_points_and_columns():

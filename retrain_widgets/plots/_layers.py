@@ -20,6 +20,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import LogNorm, Normalize, to_rgba_array
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+from matplotlib.transforms import Bbox
 
 from ..core.alignment import pulling_against
 from ._frame import Layout, tf
@@ -318,6 +319,13 @@ class LayerView:
                 text = short_name(name, max_chars)
             self.row_labels.append((i, text, lay.frozen[i]))
         self._row_fs = fs
+
+    def row_label_box(self, W: float, H: float) -> Bbox:
+        """Where :meth:`draw_row_labels` may draw (display pixels of a ``W`` x ``H`` frame)."""
+        x0, y0, _, h = self.ax_heat.get_position().bounds
+        margin = 10 * self.scale  # half a row label's height, and then some
+        return Bbox.from_extents(self.rects.label_x0 / self.rects.w * W - margin, y0 * H - margin,
+                                 x0 * W, (y0 + h) * H + margin)
 
     def draw_row_labels(self, pixels: np.ndarray, L: int) -> None:
         x0, y0, _, h = self.ax_heat.get_position().bounds

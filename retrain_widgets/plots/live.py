@@ -15,7 +15,9 @@ What keeps a frame cheap however long the run (see ``bench.frame_times``):
   restores it and draws only the data artists. Limits stay fixed until data leave them and
   then grow with head-room (x to the run's ``total_steps`` or the next nice number above
   1.5x the last step; y to nice numbers), so full redraws are rare; ``full_redraws`` counts
-  them;
+  them. When only some panels' limits changed (a y axis, a colour or drift scale), only those
+  panels are redrawn into the background (:mod:`._regions`, the same pixels; counted by
+  ``partial_redraws``), at a fraction of a full redraw's cost;
 * text that changes every frame (the status line) and the many layer names are drawn with
   Pillow (same font, ~5x cheaper per glyph than matplotlib's text), the heatmap cells are
   copied into their pixels with numpy (identical to ``interpolation="nearest"``), and the PNG
@@ -46,6 +48,7 @@ from . import _frame
 from ._frame import Layout as _Layout
 from ._layers import LayerView
 from ._raster import Stamper
+from ._regions import Regions, changed_panels
 from ._util import (
     C_CHANGE,
     C_GRID,
@@ -143,7 +146,8 @@ class LiveFigure:
         Shown at the top left; the run's loss name is added.
 
     ``render`` is safe to call from any thread (one frame at a time); ``full_redraws`` counts the
-    frames that redrew the background, ``last_frame_seconds`` is the wall time of the last frame.
+    frames that redrew the whole background, ``partial_redraws`` those that redrew some panels
+    of it, ``last_frame_seconds`` is the wall time of the last frame.
     The data artists are attributes (``loss_line``, ``loss_smooth_line``, ``heatmap`` ...); the
     layer block is :attr:`layers`.
     """
@@ -162,6 +166,7 @@ class LiveFigure:
         self.max_columns = int(max_columns)
         self.title = title
         self.full_redraws = 0
+        self.partial_redraws = 0
         self.frames = 0
         self.last_frame_seconds = 0.0
         self._lock = threading.RLock()
@@ -182,8 +187,12 @@ class LiveFigure:
         with self._lock:
             t0 = time.perf_counter()
             layout, data = self._compute(snapshot, frozen, final=False)
-            if layout != self._layout or self._background is None:
+            if self._background is None or self._layout is None:
                 self._full_draw(layout, data)
+            elif layout != self._layout:
+                panels = changed_panels(self._layout, layout)
+                if panels is None or not self._partial_draw(layout, data, panels):
+                    self._full_draw(layout, data)
             else:
                 self.canvas.restore_region(self._background)
                 self._set_data(layout, data)
@@ -247,6 +256,11 @@ class LiveFigure:
                                               ha="center", va="center", fontsize=13, color=C_MUTED, visible=False)
         self._legends: list[Any] = []
         self._place(False)
+        self._regions = Regions(self.fig, {
+            "loss": (self.ax_loss,), "metric": (self.ax_metric, self.ax_old), "lr": (self.ax_lr,),
+            "norm": (self.layers.ax_gbar, self.layers.cax), "drift": (self.layers.ax_drift,),
+        }, extra=lambda _renderer: [self.layers.row_label_box(self.width_px, self.height_px)],
+            face=(255, 255, 255, 255))
 
     def _build_time_axes(self) -> None:
         fig = self.fig
@@ -352,9 +366,26 @@ class LiveFigure:
         self._title_right = self.title_text.get_window_extent(self.canvas.get_renderer()).x1 if layout.title else 0.0
         if layout.layers:
             self.layers.draw_row_labels(np.asarray(self.canvas.buffer_rgba()), len(layout.layers))
+        self._regions.stale = True  # measured when a partial redraw first needs it
         self._background = self.canvas.copy_from_bbox(self.fig.bbox)
         self._layout = layout
         self.full_redraws += 1
+
+    def _partial_draw(self, layout: _Layout, d: dict[str, Any], panels: frozenset[str]) -> bool:
+        """Redraw only ``panels`` into the background (see :mod:`._regions`); ``False`` when
+        that cannot give a full redraw's pixels."""
+        if self._regions.stale:  # the artists still hold the background's layout
+            self._regions.measure(self.canvas.get_renderer())
+        self.canvas.restore_region(self._background)
+        self._apply_layout(layout)
+        self._set_data(layout, d)
+        pixels = np.asarray(self.canvas.buffer_rgba())
+        if not self._regions.redraw(panels, self.canvas.get_renderer(), pixels):
+            return False
+        self._background = self.canvas.copy_from_bbox(self.fig.bbox)
+        self._layout = layout
+        self.partial_redraws += 1
+        return True
 
     def _apply_layout(self, lay: _Layout) -> None:
         if lay.alignment != self._alignment_placed:
