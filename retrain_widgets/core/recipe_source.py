@@ -30,6 +30,12 @@ def free_names(source: str) -> set[str]:
     return loads - bound
 
 
+def _with_decorators(text: str, node: ast.FunctionDef | ast.ClassDef) -> str:
+    lines = text.splitlines(keepends=True)
+    first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+    return "".join(lines[first - 1:node.end_lineno])
+
+
 @functools.cache
 def definitions() -> dict[str, tuple[ModuleType, str, frozenset[str]]]:
     """Every module-level function, class and constant of the recipe, in module order:
@@ -39,7 +45,9 @@ def definitions() -> dict[str, tuple[ModuleType, str, frozenset[str]]]:
         text = inspect.getsource(module)
         for node in ast.parse(text).body:
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-                name, source = node.name, inspect.getsource(getattr(module, node.name))
+                # from the module's text, not the module's attribute: one replaced at run time (a
+                # test's spy) must not become the script's source
+                name, source = node.name, _with_decorators(text, node)
             elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 name, source = node.targets[0].id, ast.get_source_segment(text, node) or ""
             else:
