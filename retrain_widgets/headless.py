@@ -231,7 +231,7 @@ class HeadlessStudio:
         """Take ``new``; a freezing that cannot apply raises ``ValueError`` and changes nothing.
         A red status (a refusal) goes away with the next change taken."""
         diff, red, self._red = self._config.diff(new), self._red, False
-        fresh = bool({"head", "head_out", "seed"} & diff.keys())
+        fresh = bool({"head", "head_out", "head_init", "seed"} & diff.keys())
         work = self.working_copy(new) if fresh else self.work
         if fresh or {"frozen", "train_bn"} & diff.keys():
             try:

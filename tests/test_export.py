@@ -258,6 +258,7 @@ STRATEGIES = {
     "lr_decay": dict(lr_decay=1 / 2.6),
     "grad_clip": dict(grad_clip=1.0),
     "head_out": dict(head_out=1, head="classifier.3"),
+    "zero_head": dict(head_out=1, head_init="zeros"),
     "no_head_out": dict(head_out=None),
     "amp": dict(amp=True),
     "max_steps": dict(max_steps=7),
@@ -280,6 +281,7 @@ def test_script_compiles_for_each_strategy(flag):
     assert ("L2SP" in src) == (cfg.l2sp > 0)
     assert ("clip_grad_norm_" in src) == (cfg.grad_clip is not None)
     assert ("GradScaler" in src) == cfg.amp
+    assert ("def zero_init" in src) == (cfg.head_init == "zeros")
     assert ("lock_eval" in src) == (bool(cfg.frozen) and not cfg.train_bn)
     assert ("find_unused_parameters=True" in src) == cfg.gradual
 

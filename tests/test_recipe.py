@@ -13,6 +13,7 @@ import ast
 import inspect
 import pathlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -164,3 +165,40 @@ def test_build_model_gives_the_run_model_without_an_optimizer():
     assert build_model(pretrained, cfg, apply_freezing=False).model.features[0].weight.requires_grad
     parts = build_run(pretrained, cfg, t.train, torch.device("cpu"))
     assert parts.total_steps == count_steps(t.train, cfg) == run.total_steps == len(t.train) * cfg.epochs
+
+
+def test_a_zero_head_starts_at_zero_learns_and_leaves_the_rng_where_the_default_does():
+    model = pretrained_digits_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = RunConfig(loss="bce", head_out=1, seed=3, lr=3e-3)
+    default = build_model(model, cfg)
+    rng_default = torch.random.get_rng_state()
+    zero = build_model(model, cfg.replace(head_init="zeros"))
+    assert torch.equal(torch.random.get_rng_state(), rng_default)  # dropout draws the same numbers
+    head = zero.model.get_submodule(zero.head_name)
+    assert not head.weight.any() and not head.bias.any()
+    assert default.model.get_submodule(default.head_name).weight.abs().sum() > 0
+    assert zero.original_head is not None and zero.original_head.out_features == 10
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the user's model
+    # the first step's gradient stops at the head; the head itself learns
+    x, y = next(iter(task("is_seven").train))
+    zero.model.train()
+    losses.make("bce")(zero.model(x), y).backward()
+    assert head.weight.grad.abs().sum() > 0
+    assert all(not p.grad.any() for n, p in zero.model.named_parameters() if not n.startswith(zero.head_name))
+    with pytest.raises(ValueError, match="head_init.*did you mean 'zeros'"):
+        RunConfig(head_init="zero")
+    assert RunConfig.from_json(cfg.replace(head_init="zeros").to_json()).head_init == "zeros"
+
+
+def test_a_zero_head_trains_in_the_engine_with_every_probe():
+    t = task("is_seven")
+    cfg = t.config.replace(head_init="zeros", epochs=1, max_steps=30, alignment_every=1, alignment_budget=1.0)
+    run = Retrainer(pretrained_digits_cnn(), cfg, t.train, t.val, t.old_val)
+    run.fit()
+    assert run.state.value == "finished"
+    steps, names, cos = run.history.layer_series("grad_alignment")
+    hidden = np.asarray(cos)[:, list(names).index("classifier.0")]
+    assert np.isnan(hidden[0])  # step 0: the zero head passes no gradient down, so no direction
+    assert len(steps) > 5 and np.isfinite(hidden[1:]).all()  # then it does
+    assert run.history.series("val_metric")[1][-1] > 0

@@ -112,6 +112,20 @@ def test_focal_on_ten_logits_shows_mismatch_and_replace_head_fixes_it(cnn, seven
     assert s.config.head_out is None and s.mismatch is not None
 
 
+def test_the_new_heads_start_is_a_choice_of_the_loss_tab(cnn, seven):
+    s = RetrainStudio(cnn, seven.train, seven.val, seven.old_val, config=seven.config)
+    assert s.config.head_init == "zeros" and s.head_init.value == "zeros"  # the task's suggestion
+    assert s.head_init.layout.display != "none"
+    head = s.headless.work.get_submodule(s.headless.head_name())
+    assert not head.weight.any()  # the working copy's new head starts at zero too
+    s.head_init.value = "default"
+    assert s.config.head_init == "default"
+    assert s.headless.work.get_submodule(s.headless.head_name()).weight.any()
+    s.restore_head_button.click()  # the pretrained head: nothing to start
+    assert s.head_init.layout.display == "none"
+    assert cnn.classifier[3].out_features == 10 and cnn.classifier[3].weight.any()
+
+
 def test_old_train_is_forwarded_to_the_headless_studio(cnn, seven):
     old_train = [next(iter(seven.old_val))]
     s = RetrainStudio(cnn, seven.train, seven.val, seven.old_val, old_train=old_train, store=False)

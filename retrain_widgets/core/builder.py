@@ -25,7 +25,7 @@ from .device import amp_settings
 from .lora import apply_lora
 from .params import make_optimizer, module_names
 from .recipe import freezing as recipe_freezing
-from .recipe.training import Distillation, HeadSwap
+from .recipe.training import HEAD_INITS, Distillation, HeadSwap
 from .tree import LayerGroup, find_head_or_none, freeze, get_module, layer_groups, replace_head, unfreeze
 
 __all__ = ["BuiltModel", "RunParts", "build_model", "build_run", "count_steps", "apply_stage"]
@@ -108,6 +108,7 @@ def _new_head(net: nn.Module, config: RunConfig) -> tuple[str | None, nn.Module 
         return head_name, None
     original = copy.deepcopy(old).eval().requires_grad_(False)
     replace_head(net, config.head_out, head_name)
+    HEAD_INITS[config.head_init](get_module(net, head_name))
     return head_name, original
 
 

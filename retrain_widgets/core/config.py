@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .recipe.training import HEAD_INITS
 from .registry import closest
 
 __all__ = ["RunConfig", "OPTIMIZERS", "DEVICES"]  # noqa: F822 - OPTIMIZERS: module __getattr__
@@ -95,6 +96,11 @@ class RunConfig:
         Replace the head before training: ``head_out`` outputs (e.g. 1 for BCE) on the layer
         named ``head`` (found automatically when ``None``). The original head is kept to
         measure the old task.
+    head_init
+        How a new head starts: ``"default"`` (``nn.Linear``'s initialisation, drawn with
+        ``seed``) or ``"zeros"`` (weights and bias 0: no gradient reaches the pretrained layers
+        until the head has learned something, and the seed no longer draws the head). Used only
+        when ``head_out`` makes a new head.
     gradual, unfreeze_every
         Gradual unfreezing (ULMFiT): start with only the top layer group trainable and
         unfreeze the next group down every ``unfreeze_every`` epochs. Modules in ``frozen``
@@ -147,6 +153,7 @@ class RunConfig:
     device: str = "auto"
     head: str | None = None
     head_out: int | None = None
+    head_init: str = "default"
     gradual: bool = False
     unfreeze_every: int = 1
     distill: dict[str, float] | None = None
@@ -203,6 +210,7 @@ class RunConfig:
         if self.head is not None and not isinstance(self.head, str):
             raise ValueError(f"RunConfig.head must be a dotted module name or None, got {self.head!r}")
         self.head_out = _number("head_out", self.head_out, low=1, whole=True, optional=True)
+        _choice("head_init", self.head_init, tuple(HEAD_INITS))
         if not isinstance(self.gradual, bool):
             raise ValueError(f"RunConfig.gradual must be True or False, got {self.gradual!r}")
         self.unfreeze_every = _number("unfreeze_every", self.unfreeze_every, low=1, whole=True)

@@ -28,6 +28,7 @@ from . import recipe_source
 from . import schedules as schedules_mod
 from .config import RunConfig
 from .feature_cache import EXPORT_NOTE
+from .recipe.training import HEAD_INITS, default_init
 
 __all__ = [
     "export_script",
@@ -167,7 +168,7 @@ _NEW_HEAD = _block('''
         original_head = copy.deepcopy(old_head).eval().requires_grad_(False)
         new_head = nn.Linear(old_head.in_features, HEAD_OUT, bias=old_head.bias is not None,
                              device=old_head.weight.device, dtype=old_head.weight.dtype)
-        new_head.train(old_head.training)
+        new_head.train(old_head.training)@INIT@
         set_head(new_head)
 ''')
 
@@ -495,7 +496,9 @@ def _model_section(plan: _Plan) -> str:
         lines.append("head_name = HEAD or [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]")
     if plan.new_head:
         keeps = "the original task (old_metric) and distillation" if plan.distill else "the original task (old_metric)"
-        lines.append(_NEW_HEAD.replace("@KEEPS@", keeps))
+        init = HEAD_INITS[plan.cfg.head_init]
+        start = "" if init is default_init else f"\n    {init.__name__}(new_head)  # RunConfig.head_init={plan.cfg.head_init!r}"
+        lines.append(_NEW_HEAD.replace("@KEEPS@", keeps).replace("@INIT@", start))
     else:
         lines.append("original_head = None  # the head is kept: the old task is measured through it")
     if plan.distill:

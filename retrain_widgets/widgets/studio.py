@@ -44,7 +44,7 @@ _FOCUS = {"loss": 1, "runs": 4}
 _VIEW_WIDGETS = {
     "layers_tab": ("tree", "train_bn"),
     "loss_tab": ("loss_picker", "loss_params", "loss_check", "replace_head_button", "restore_head_button",
-                 "head_label"),
+                 "head_label", "head_init"),
     "optimisation_tab": ("optimizer_picker", "lr", "weight_decay", "lr_decay", "strategy", "unfreeze_every",
                          "distill", "distill_alpha", "distill_t", "l2sp", "lr_find_button", "use_lr_button",
                          "lr_find_plot", "cache", "cache_state"),

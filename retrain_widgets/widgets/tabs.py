@@ -16,6 +16,7 @@ import ipywidgets as W
 from ..core import losses, schedules
 from ..core.config import OPTIMIZERS, RunConfig
 from ..core.lora import lora_fields
+from ..core.recipe.training import HEAD_INITS
 from ..headless import STRATEGIES, HeadlessStudio, LossVerdict, Preview
 from .binding import ConfigBinding, css, message_html
 from .params import ParamEditor
@@ -66,6 +67,10 @@ class LayersTab(W.VBox):
         self.train_bn.value = cfg.train_bn
 
 
+#: How a new head starts (``RunConfig.head_init``), as the Loss tab offers it.
+HEAD_INIT_OPTIONS = tuple(({"default": "random (nn.Linear's)"}.get(name, name), name) for name in HEAD_INITS)
+
+
 class LossTab(W.VBox):
     """The loss, its parameters, the check on one batch, and the head (replace / restore)."""
 
@@ -83,8 +88,10 @@ class LossTab(W.VBox):
         self.restore_head_button = button("Restore original head", "rw-restore-head")
         self.restore_head_button.on_click(lambda _: binding.set(head_out=None))
         self.head_label = css(W.HTML(), "rw-head")
+        self.head_init = binding.field(css(W.Dropdown(options=HEAD_INIT_OPTIONS, description="starts at",
+                                                      layout=W.Layout(width="240px")), "rw-head-init"), "head_init")
         self.children = [self.loss_picker, self.loss_params, self.loss_check, self.loss_choice,
-                         _row(self.head_label, self.replace_head_button, self.restore_head_button)]
+                         _row(self.head_label, self.replace_head_button, self.restore_head_button, self.head_init)]
         studio.on("loss_check", self.show_verdict)
         studio.on("work", self.show_head)
 
@@ -106,6 +113,8 @@ class LossTab(W.VBox):
         mismatch = self.studio.mismatch
         show(self.replace_head_button, mismatch is not None and mismatch.head_out is not None)
         show(self.restore_head_button, cfg.head_out is not None)
+        self.head_init.value = cfg.head_init
+        show(self.head_init, cfg.head_out is not None)  # only a new head has a start to choose
         choice = self.studio.loss_choice
         kept = choice is not None and (cfg.loss, cfg.head_out) == (choice.loss, choice.head_out)
         write(self.loss_choice, value=f"<i>{html.escape(choice.note, quote=False)}</i>" if kept and choice else "")

@@ -1,4 +1,4 @@
-"""Parameter groups, one training step, the seed, the head swap and L2-SP, in plain PyTorch.
+"""Parameter groups, one training step, the seed, the new head's start, the head swap and L2-SP, in plain PyTorch.
 
 The engine's loop calls these functions between its probes and controls; an exported script
 contains their source and calls them from its own short loop.
@@ -94,6 +94,26 @@ def mixed_precision(amp, device):
         return None, None
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return dtype, torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+
+def default_init(head):
+    """Keep the new head's own initialisation (``nn.Linear``'s, drawn from the seeded RNG)."""
+
+
+def zero_init(head):
+    """Start the new head at zero, weights and bias. Its first step then sends no gradient into
+    the pretrained layers (a random head's gradients are noise they would follow), and the seed no
+    longer draws the head: it sets the batch order and dropout only. The head's own gradient is
+    not zero (features x error), so it learns from the first step."""
+    with torch.no_grad():
+        head.weight.zero_()
+        if head.bias is not None:
+            head.bias.zero_()
+
+
+#: How a new head starts (``RunConfig.head_init``). The head is always drawn first, so that every
+#: choice leaves the RNG where the default leaves it.
+HEAD_INITS = {"default": default_init, "zeros": zero_init}
 
 
 class HeadSwap:
