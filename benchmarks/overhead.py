@@ -17,7 +17,7 @@ Ends with two lines per model::
     overhead ratio <model>: <median of the paired ratios bare steps/s / engine steps/s>
     best-runs ratio <model>: <best bare steps/s / best engine steps/s>
 
-Target: <= 1.03 on the bundled CNN and on a ResNet-18-shaped model (CPU). Not a timed test.
+Target: <= 1.02 on the bundled CNN and on a ResNet-18-shaped model (CPU). Not a timed test.
 
 The alignment probe is measured on its own: the engine without it against the engine with it at the
 default cadence (``RunConfig().alignment_every`` steps within ``alignment_budget`` of the wall

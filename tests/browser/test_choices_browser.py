@@ -155,7 +155,9 @@ def test_choices_kept_messages_current_nothing_cut(notebook_file, open_notebook,
     nb.wait_widget_text("rw-loss-check", r"✓ 'focal' fits", timeout=5)
     _until(lambda: nb.widget_text("rw-error") == "", "the mismatch box gone")
     nb.wait_widget_text("rw-head", r"1 output \(replaced\)$", timeout=5)
+    nb.wait_widget("rw-head-init", timeout=5)  # a new head: how it starts is a choice
     _assert_fits(nb, "Loss tab")
+    nb.screenshot("loss-tab-new-head")
 
     # 2. after Stop: no ETA; 8. the state said once, the progress label not cut
     nb.click_widget("rw-start")
