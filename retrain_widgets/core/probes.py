@@ -39,8 +39,10 @@ class StepProbes:
         self._owner = owner
         self.capacity = int(capacity)
         self.device = device
-        self.loss = torch.empty(self.capacity, device=device, dtype=torch.float32)
-        self.norms = torch.empty(self.capacity, max(1, len(self.params)), device=device, dtype=torch.float32)
+        # one buffer, a row per step: the loss, then a column per parameter (one stack writes a row)
+        self._buffer = torch.empty(self.capacity, 1 + max(1, len(self.params)), device=device, dtype=torch.float32)
+        self.loss = self._buffer[:, 0]
+        self.norms = self._buffer[:, 1:]
         self.steps = np.empty(self.capacity, dtype=np.int64)
         # one optimizer param group per LR column (host numbers: reading them costs no sync)
         self.lr_groups = list(lr_groups)
@@ -61,21 +63,21 @@ class StepProbes:
         self._active_owner = self._owner[self.active] if self.active else np.empty(0, np.int64)
         # one view per buffer row, made once: a step then indexes nothing
         k = len(self._active_params)
-        self._rows = [(self.loss[j], self.norms[j, :k]) for j in range(self.capacity)]
+        self._rows = [self._buffer[j, :1 + k] for j in range(self.capacity)]
 
     @property
     def full(self) -> bool:
         return self.n >= self.capacity
 
     def record(self, step: int, loss: torch.Tensor) -> None:
-        """Store this step's loss and gradient norms (device ops only)."""
+        """Store this step's loss and gradient norms (device ops only: one fused norm, one stack).
+
+        Each operation counts: run between the step's kernels, a few Python lines cost several
+        times what they cost warm (``benchmarks/README.md``)."""
         j = self.n
-        loss_row, norm_row = self._rows[j]
-        loss_row.copy_(loss.detach(), non_blocking=True)
-        if self._active_params:
-            zero = self._zero
-            grads = [p.grad if p.grad is not None else zero for p in self._active_params]
-            torch.stack(torch._foreach_norm(grads), out=norm_row)
+        zero = self._zero
+        grads = [p.grad if p.grad is not None else zero for p in self._active_params]
+        torch.stack([loss.detach(), *(torch._foreach_norm(grads) if grads else ())], out=self._rows[j])
         self.steps[j] = step
         if self.lr_groups:
             self.lrs[j] = [g["lr"] for g in self.lr_groups]
@@ -94,7 +96,7 @@ class StepProbes:
         if n == 0:
             return steps, np.empty(0, np.float32), np.empty((0, len(self.layer_names)), np.float32), lrs
         k = len(self.active)
-        host = torch.cat([self.loss[:n, None], self.norms[:n, :k]], 1).cpu().numpy()
+        host = self._buffer[:n, :1 + k].cpu().numpy()
         losses = host[:, 0].copy()
         layer = np.full((n, len(self.layer_names)), np.nan, dtype=np.float64)
         if k:
