@@ -103,8 +103,7 @@ class Regions:
             if id(artist) in mine or not artist.get_visible() or (hasattr(artist, "get_text")
                                                                    and not artist.get_text()):
                 continue
-            box = artist.get_tightbbox(renderer) if hasattr(artist, "get_tightbbox") else None
-            box = artist.get_window_extent(renderer) if box is None and not hasattr(artist, "get_tightbbox") else box
+            box = artist.get_tightbbox(renderer)  # a Text's is its window extent
             if box is not None and box.width > 0 and box.height > 0:
                 self._others.append((artist, _padded(box)))
         self._extra = [_padded(b) for b in self.extra(renderer) if b.width > 0 and b.height > 0]
