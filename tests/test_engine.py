@@ -231,6 +231,25 @@ def test_l2sp_reduces_drift(cnn, loaders):
     assert final_drift(5.0) < 0.8 * final_drift(0.0)
 
 
+def test_last_gradients_dropped_before_each_forward_and_readable_between_steps(cnn, loaders):
+    train, _ = loaders
+    r = Retrainer(cnn, RunConfig(epochs=1, max_steps=4, lr=1e-3), train)
+    head = r.model.get_submodule(r.head_name)
+    at_forward, at_backward_end, at_step_end = [], [], []
+
+    def before_forward(module, args):
+        if module.training and torch.is_grad_enabled():  # the training forward, not the check's
+            at_forward.append(head.weight.grad is None)
+
+    r.model.register_forward_pre_hook(before_forward)
+    r.on(Event.BACKWARD_END, lambda info: at_backward_end.append(head.weight.grad is not None))
+    r.on(Event.STEP_END, lambda info: at_step_end.append(head.weight.grad is not None))
+    r.fit()
+    assert at_forward == [True] * 4  # the forward pass runs without the last step's gradients
+    assert at_backward_end == at_step_end == [True] * 4  # this step's stay until the next step begins
+    assert head.weight.grad is not None  # and after the run
+
+
 def test_set_lr_and_freeze_while_running(cnn, loaders):
     r = Retrainer(cnn, RunConfig(epochs=3, lr=1e-3), SlowLoader(loaders[0], 0.002))
     reached = threading.Event()

@@ -164,6 +164,31 @@ def test_no_other_shape_difference_is_aligned() -> None:
         mse(torch.randn(N, 3), torch.randn(N, 2))
 
 
+def test_a_signature_that_passed_is_not_checked_again_and_a_bad_one_always_raises(monkeypatch) -> None:
+    ce = losses.make("ce")
+    calls = []
+    real = losses._task_problem
+    monkeypatch.setattr(losses, "_task_problem", lambda *a, **k: calls.append(a[2].shape) or real(*a, **k))
+    ids = _class_ids()
+    for _ in range(3):
+        ce(torch.randn(N, 10), ids)
+    assert calls == [(N, 10)]  # checked once for these shapes and dtypes
+    ce(torch.randn(N - 3, 10), ids[: N - 3])  # a last, smaller batch: a new signature, checked
+    assert len(calls) == 2
+    for _ in range(2):  # a mismatch is never remembered: it raises on every call
+        with pytest.raises(LossMismatchError, match="1 output per sample"):
+            ce(torch.randn(N, 1), ids)
+    with pytest.raises(LossMismatchError, match="torch.float32"):
+        ce(torch.randn(N, 10), ids.float())  # same shapes, other target dtype: checked, and raises
+    before = len(calls)
+    ce(torch.randn(N, 10), ids)  # the signatures that passed are still known
+    ce(torch.randn(N - 3, 10), ids[: N - 3])
+    assert len(calls) == before
+    for n in range(1, 2 * ce.MAX_SIGNATURES):  # what it keeps stays bounded
+        ce(torch.randn(n, 10), torch.zeros(n, dtype=torch.long))
+    assert len(ce._passed) <= ce.MAX_SIGNATURES
+
+
 def test_mse_on_ten_outputs_raises_with_head_out_1() -> None:
     with pytest.raises(LossMismatchError, match=r"10 outputs per sample; 'mse' needs 1") as info:
         check_compatibility(torch.randn(N, 10), torch.randn(N), "mse")

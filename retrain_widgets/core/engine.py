@@ -8,9 +8,9 @@ cost (see :mod:`retrain_widgets.core.probes`; :mod:`retrain_widgets.core.publish
 to it) and fires typed events.
 
 The loop, in :meth:`Retrainer._train`, reads top to bottom: for each epoch, for each batch:
-apply queued changes, forward, loss (+ distillation), backward, L2-SP pull, clipping, the
-``BACKWARD_END`` handlers (the alignment probe), probes, optimizer step, scheduler step,
-publish every few steps; validation after each epoch.
+apply queued changes, drop the last step's gradients, forward, loss (+ distillation), backward,
+L2-SP pull, clipping, the ``BACKWARD_END`` handlers (the alignment probe), probes, optimizer
+step, scheduler step, publish every few steps; validation after each epoch.
 """
 
 from __future__ import annotations
@@ -370,6 +370,7 @@ class Retrainer:
             for batch in self.feature_cache.batches(self.train_loader, "train"):
                 self._boundary()
                 batch = to_device(batch, self.device, non_blocking=True)
+                recipe.clear_gradients(opt)
                 loss = self.batch_loss(batch)
                 recipe.backward(loss, opt, self.scaler)
                 if self._l2sp is not None:

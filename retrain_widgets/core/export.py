@@ -573,7 +573,7 @@ def _step(plan: _Plan) -> str:
     amp = ", amp_dtype" if cfg.amp else ""
     scaler = ", scaler" if cfg.amp else ""
     loss_args = f"train_model, batch, run, loss_fn{amp}" + (", distill=distill" if plan.distill else "")
-    lines = [f"loss = training_loss({loss_args})", f"backward(loss, optimizer{scaler})"]
+    lines = ["clear_gradients(optimizer)", f"loss = training_loss({loss_args})", f"backward(loss, optimizer{scaler})"]
     if cfg.l2sp > 0:
         lines.append("pull_to_pretrained(l2sp_params, l2sp_start, L2SP)")
     if cfg.grad_clip is not None:

@@ -186,10 +186,17 @@ def training_loss(model, batch, run, loss_fn, amp_dtype=None, distill=None):
     return loss
 
 
-def backward(loss, optimizer, scaler=None):
-    """Gradients of ``loss`` (under DDP also averaged across ranks); with a loss scaler (fp16)
-    unscaled again, so that L2-SP and clipping see the true gradients."""
+def clear_gradients(optimizer):
+    """Drop the last step's gradients before this step's forward pass (set to None, not zeroed):
+    their memory is free again for the forward's activations, and backward writes the new
+    gradients instead of adding them to zeros. Until then they stay readable between steps."""
     optimizer.zero_grad(set_to_none=True)
+
+
+def backward(loss, optimizer, scaler=None):
+    """Gradients of ``loss`` (under DDP also averaged across ranks), into parameters whose
+    gradients :func:`clear_gradients` dropped; with a loss scaler (fp16) unscaled again, so that
+    L2-SP and clipping see the true gradients."""
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
