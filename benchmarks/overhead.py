@@ -34,7 +34,14 @@ minute apart, longer than a block can be. Ends with::
 
 and the samples per timed block.
 
-Target: <= 1.02. Run: ``.venv/bin/python benchmarks/overhead.py [--repeats 7] [--quick] [--probe-only | --engine-only]``.
+Target: <= 1.02.
+
+``--gradient-order`` measures one choice of the engine's step instead: the bare loop dropping the last
+step's gradients before the forward pass (as the engine does) against dropping them after it (as the
+engine did before), ending with ``gradient order ratio <model>: X`` (before's steps/s / after's; above 1:
+dropping them first is faster) and its best-runs line.
+
+Run: ``.venv/bin/python benchmarks/overhead.py [--repeats 7] [--quick] [--probe-only | --engine-only | --gradient-order]``.
 """
 
 from __future__ import annotations
@@ -80,6 +87,28 @@ def bare_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.dev
         sched.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
+    n = len(batches) - 1
+    return n / (time.perf_counter() - t0), n / (time.thread_time() - c0)
+
+
+def gradient_order_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.device,
+                        late: bool) -> tuple[float, float]:
+    """(steps/s, steps per CPU second) of the bare loop with the last gradients dropped before the
+    forward pass (``late=False``: as the engine does) or after it, just before backward."""
+    model = copy.deepcopy(model).to(device).train()
+    opt = make_optimizer(model, cfg)
+    loss_fn = nn.CrossEntropyLoss()
+    t0 = c0 = 0.0
+    for i, (x, y) in enumerate(batches):
+        if i == 1:
+            t0, c0 = time.perf_counter(), time.thread_time()
+        if not late:
+            opt.zero_grad(set_to_none=True)
+        out = model(x.to(device))
+        if late:
+            opt.zero_grad(set_to_none=True)
+        loss_fn(out, y.to(device)).backward()
+        opt.step()
     n = len(batches) - 1
     return n / (time.perf_counter() - t0), n / (time.thread_time() - c0)
 
@@ -155,6 +184,15 @@ def measure(name: str, model: nn.Module, batches: list, cfg: RunConfig, repeats:
                    lambda: engine_loop(model, batches, cfg, device), repeats)
 
 
+def measure_order(name: str, model: nn.Module, batches: list, cfg: RunConfig, repeats: int,
+                  device: torch.device) -> tuple[float, float]:
+    """(median of the paired ratios, ratio of the best blocks): gradients dropped before the forward
+    pass against after it, in the bare loop."""
+    return compare(f"{name} (gradients dropped)", ("before forward", "after forward"),
+                   lambda: gradient_order_loop(model, batches, cfg, device, late=False),
+                   lambda: gradient_order_loop(model, batches, cfg, device, late=True), repeats)
+
+
 def measure_probe(name: str, model: nn.Module, batches: list, cfg: RunConfig, repeats: int,
                   device: torch.device) -> tuple[float, float]:
     """(median of the paired ratios, ratio of the best blocks): the engine without the alignment
@@ -197,6 +235,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke run)")
     parser.add_argument("--probe-only", action="store_true", help="only the alignment probe's own cost")
     parser.add_argument("--engine-only", action="store_true", help="only the bare loop against the engine")
+    parser.add_argument("--gradient-order", action="store_true",
+                        help="only the bare loop dropping the last gradients before the forward against after it")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
     device = torch.device("cpu")
@@ -206,6 +246,13 @@ def main() -> None:
           f"{repeats} interleaved repeats")
     cfg = RunConfig(loss="ce", optimizer="adamw", lr=1e-3, schedule="constant", device="cpu")
     results, probe = {}, {}
+    if args.gradient_order:
+        for name, case in (("digits_cnn", cnn_case), ("resnet18_shaped", resnet_case)):
+            model, batches = case(args.quick)
+            median, best = measure_order(name, model, batches, cfg, repeats, device)
+            print(f"gradient order ratio {name}: {median:.3f}")
+            print(f"gradient order best-runs ratio {name}: {best:.3f}")
+        return
     if not args.probe_only:
         for name, case in (("digits_cnn", cnn_case), ("resnet18_shaped", resnet_case)):
             model, batches = case(args.quick)

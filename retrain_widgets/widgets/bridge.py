@@ -77,9 +77,9 @@ class Bridge:
     figure
         The reused live figure.
     budget
-        Share of wall time that drawing may take (2 %: on a 2-core CPU the engine's own probes cost
-        ~4 %, the first frame of a run ~1-2 % more, and the dashboard as a whole aims at 8 %, measured
-        by ``benchmarks/dashboard.py``).
+        Share of wall time that drawing may take (2 %; the first frame of a run adds ~1 % to it on a
+        run of ~15 s; ``benchmarks/dashboard.py`` measures the dashboard as a whole against a bare loop
+        and prints the drawing's share).
     min_interval
         Seconds between frames at the least (caps the frame rate at 1 / min_interval).
     max_interval
