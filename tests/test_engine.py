@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import re
+import signal
 import threading
 import time
 
@@ -115,14 +116,20 @@ def test_pause_resume_stop_from_another_thread(cnn, loaders):
 def test_wait_timeout_and_keyboard_interrupt(cnn, loaders):
     import _thread
 
-    r = Retrainer(cnn, RunConfig(epochs=20), SlowLoader(loaders[0]))
-    r.start()
-    with pytest.raises(TimeoutError, match="still running"):
-        r.wait(timeout=0.2)
-    threading.Timer(0.2, _thread.interrupt_main).start()
-    with pytest.raises(KeyboardInterrupt, match="training stopped at step"):
-        r.wait()
-    assert r.state == State.STOPPED
+    # Python's own SIGINT handler, as in a terminal or a kernel: a process started as a background
+    # job of a script inherits SIGINT ignored, and interrupt_main() then does nothing
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        r = Retrainer(cnn, RunConfig(epochs=20), SlowLoader(loaders[0]))
+        r.start()
+        with pytest.raises(TimeoutError, match="still running"):
+            r.wait(timeout=0.2)
+        threading.Timer(0.2, _thread.interrupt_main).start()
+        with pytest.raises(KeyboardInterrupt, match="training stopped at step"):
+            r.wait()
+        assert r.state == State.STOPPED
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ----------------------------------------------------------------------------- the original is untouched
