@@ -1,14 +1,16 @@
 """Dashboard overhead: a bare PyTorch loop against a live ``RetrainStudio``.
 
 The bundled example (digits CNN, ``is_seven`` task with a 1-output head, focal loss) is trained
-(about 1,750 steps, a ~15 s run) by a bare loop and by a ``RetrainStudio`` run with its live plots rendering as in a notebook
-(headless: frames are drawn and PNG-encoded into the ``Image`` widget; with no front end
-attached the widget messages go nowhere), interleaved in one process (ABBA order, see
-``benchmarks/paired.py``), several repeats; each times the steps between the first and the last
-step (set-up and the final frame excluded), by the wall clock and by the training thread's CPU
-time (frames are drawn in that thread). The headline ratio is the median of the paired ratios;
-the best-runs ratio (best bare rate / best studio rate: the noise of a shared machine only ever
-slows a run down) is printed on its own line, and so is the drawing's share of the wall time.
+(about 1,750 steps, a ~15 s run) by a bare loop and by a ``RetrainStudio`` run with its live plots
+rendering as in a notebook (headless: frames are drawn and PNG-encoded into the ``Image`` widget;
+with no front end attached the widget messages go nowhere), interleaved in one process (ABBA order,
+see ``benchmarks/paired.py``), several repeats; each times the steps between the first and the last
+step (set-up and the final frame excluded), by the wall clock and by the training thread's CPU time
+(frames are drawn in that thread). Each studio is closed after its run: ipywidgets would otherwise
+keep every repeat's dashboard alive, and the garbage collector's full passes over them would land in
+later runs. The headline ratio is the median of the paired ratios; the best-runs ratio (best bare
+rate / best studio rate: the noise of a shared machine only ever slows a run down) is printed on its
+own line, and so is the drawing's share of the wall time.
 Both use the thread count the engine uses (one core kept for the kernel).
 
 It also measures the frame time of the live figure at 100 layers x 100,000 steps of history.
@@ -91,7 +93,10 @@ def studio_run(model, batches, val, old_val, cfg) -> tuple[tuple[float, float], 
     bridge = studio.bridge
     frames = (f"{bridge.frames} frames ({fig.full_redraws - full} full redraws, the final one included; "
               f"{fig.partial_redraws - partial} partial)")
-    return (bridge.steps_per_second(), bridge.steps_per_second(cpu=True)), bridge.draw_share, frames
+    rates = bridge.steps_per_second(), bridge.steps_per_second(cpu=True)
+    share = bridge.draw_share
+    studio.close()  # else every repeat's dashboard stays alive and later runs pay for collecting them
+    return rates, share, frames
 
 
 # (class, method, what it is): nested pieces are also inside their callers' totals

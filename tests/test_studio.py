@@ -396,3 +396,31 @@ def test_cache_control_is_bound_to_the_config_and_shows_the_runs_cache(cnn, seve
     assert s.cache_state.value.endswith(" MB")
     s.reset()
     assert s.cache_state.value == ""
+
+
+def test_close_stops_the_run_and_gives_the_dashboard_back(cnn, seven):
+    import gc
+    import weakref
+
+    from ipywidgets.widgets.widget import _instances
+
+    from retrain_widgets.widgets.studio import widget_tree
+
+    s = RetrainStudio(cnn, seven.train, seven.val, seven.old_val,
+                      config=RunConfig(loss="bce", head_out=1, epochs=20), store=False)
+    run = s.start()
+    assert _until(lambda: run.step > 2)
+    run_model, history = run.model, s.history
+    ids = {w.model_id for w in widget_tree(s)}
+    assert len(ids) > 100 and ids <= set(_instances)
+    freed = [weakref.ref(o) for o in (s, s.headless, s.headless.figure)]
+    s.close()
+    assert run.state == State.STOPPED and not s.headless.busy()
+    s = run = None  # the run's handlers would keep the studio
+    gc.collect()
+    assert [ref() for ref in freed] == [None, None, None]  # nothing keeps the dashboard alive
+    assert not ids & set(_instances)
+    # what the user took from it is still theirs
+    assert len(history.snapshot().series("train_loss")[0]) > 2
+    x, _ = next(iter(seven.val))
+    assert run_model(x).shape == (len(x), 1)

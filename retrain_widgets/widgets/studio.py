@@ -191,6 +191,28 @@ class RetrainStudio(W.VBox):
     teacher = _forward("teacher")
     code_hints = _forward("code_hints", settable=True)
 
+    # ================================================================== closing
+    def close(self) -> None:
+        """Stop any run and queued what-ifs, then close every widget of the dashboard.
+
+        ipywidgets keeps a widget alive until it is closed, and with it all it refers to: here the
+        runs, their trained models and the figure. A notebook that builds a new studio each time a
+        cell runs can close the old one to give that memory back. What the store recorded stays
+        there; ``runs`` and ``history`` stay readable; the dashboard cannot be shown again.
+        """
+        h = self.headless
+        h.stop()
+        if h.queue.thread is not None:
+            h.queue.thread.join(30)
+        if h.run is not None and h.run.thread is not None:
+            h.run.thread.join(30)  # its last handlers (the final frame) included
+        if self.bridge is not None:
+            self.bridge.detach()
+        for widget in widget_tree(self):
+            if widget is not self:
+                widget.close()
+        super().close()
+
     # ================================================================== display
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -226,6 +248,23 @@ class RetrainStudio(W.VBox):
         except Exception:  # noqa: BLE001 - no IPython display here: nothing to keep
             return False
         return True
+
+
+def widget_tree(root: W.Widget) -> list[W.Widget]:
+    """``root`` and every widget its synced traits reach (children, layouts, styles...), once each."""
+    seen: dict[int, W.Widget] = {}
+    stack = [root]
+    while stack:
+        widget = stack.pop()
+        if id(widget) in seen:
+            continue
+        seen[id(widget)] = widget
+        for name in widget.keys:
+            value = getattr(widget, name, None)
+            for item in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(item, W.Widget):
+                    stack.append(item)
+    return list(seen.values())
 
 
 def _cell_id() -> str | None:
