@@ -424,3 +424,9 @@ def test_close_stops_the_run_and_gives_the_dashboard_back(cnn, seven):
     assert len(history.snapshot().series("train_loss")[0]) > 2
     x, _ = next(iter(seven.val))
     assert run_model(x).shape == (len(x), 1)
+    # and a studio built after it works: nothing it closed was shared
+    again = RetrainStudio(cnn, seven.train, seven.val, seven.old_val,
+                          config=RunConfig(loss="focal", head_out=1, max_steps=3), store=False)
+    again.start()
+    assert again.wait().meta["total_steps"] == 3 and again.run.state == State.FINISHED
+    again.close()

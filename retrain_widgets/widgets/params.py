@@ -12,9 +12,6 @@ from ..core.registry import Param
 
 __all__ = ["ParamEditor"]
 
-_LABEL = W.Layout(width="140px")
-
-
 def _parse(text: str) -> Any:
     text = text.strip()
     if not text:
@@ -47,7 +44,7 @@ class ParamEditor(W.VBox):
             if css:
                 control.add_class(css)
             self._controls[name] = control
-            label = W.HTML(f"<code>{name}</code>", layout=_LABEL, tooltip=p.help)
+            label = W.HTML(f"<code>{name}</code>", layout=W.Layout(width="140px"), tooltip=p.help)  # its own: a studio closes its widgets
             rows.append(W.HBox([label, control]))
         if not rows:
             rows.append(W.HTML("<i>no parameters</i>"))
