@@ -24,7 +24,8 @@ Ends with::
 
 With ``--breakdown``, one more studio run with timers around each piece the training thread runs
 for the dashboard (frames, progress writes, probes, drift and checkpoint, the alignment probe,
-publishing), printed as shares of that run's wall time (see ``benchmarks/README.md``).
+publishing) and around the garbage collector's passes, printed as shares of that run's wall time
+(see ``benchmarks/README.md``).
 
 Targets on a 2-core CPU: ratio <= 1.05 (median and best runs); median and p95 frame <= 50 ms. Not a timed test.
 """
@@ -35,6 +36,7 @@ import argparse
 import collections
 import copy
 import functools
+import gc
 import os
 import statistics
 import sys
@@ -116,6 +118,9 @@ _PIECES = (
 )
 
 
+_GC = "garbage collector passes"
+
+
 def breakdown(model, batches, val, old_val, cfg) -> None:
     """One studio run with a timer around each piece of :data:`_PIECES` (training thread only)."""
     totals: collections.Counter = collections.Counter()
@@ -135,20 +140,36 @@ def breakdown(model, batches, val, old_val, cfg) -> None:
                 calls[key] += 1
         return wrapper
 
+    passes = collections.Counter()
+    gc_started = [0.0]
+
+    def collector(phase, info):  # the garbage collector's passes that fall in the training thread
+        if threading.current_thread().name != "retrain_widgets-train":
+            return
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            totals[_GC] += time.perf_counter() - gc_started[0]
+            calls[_GC] += 1
+            passes[info["generation"]] += 1
+
     for (cls, name, label), (_, _, fn) in zip(_PIECES, saved):
         setattr(cls, name, timed(fn, label))
+    gc.callbacks.append(collector)
     try:
         t0 = time.perf_counter()
         (rate, _), share, frames = studio_run(model, batches, val, old_val, cfg)
         wall = time.perf_counter() - t0
     finally:
+        gc.callbacks.remove(collector)
         for cls, name, fn in saved:
             setattr(cls, name, fn)
     print(f"breakdown of one studio run ({wall:.1f} s from start to end, {rate:.1f} steps/s, {frames}; "
           f"shares of that wall time):")
-    for _, _, label in _PIECES:
+    for label in [label for _, _, label in _PIECES] + [_GC]:
         print(f"  {label:56s} {1000 * totals[label]:8.1f} ms {100 * totals[label] / wall:5.2f} %  "
               f"({calls[label]} calls)")
+    print(f"  (garbage collector passes by generation: {dict(sorted(passes.items()))})")
 
 
 def main() -> None:
