@@ -430,3 +430,32 @@ def test_close_stops_the_run_and_gives_the_dashboard_back(cnn, seven):
     again.start()
     assert again.wait().meta["total_steps"] == 3 and again.run.state == State.FINISHED
     again.close()
+
+
+class _SlowBatches:
+    """Batches that take ``delay`` seconds each: a run that cannot stop at once."""
+
+    def __init__(self, loader, delay):
+        self.loader, self.delay = loader, delay
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            time.sleep(self.delay)
+            yield batch
+
+
+def test_close_refuses_while_the_run_is_still_stopping(cnn, seven):
+    from ipywidgets.widgets.widget import _instances
+
+    s = RetrainStudio(cnn, _SlowBatches(seven.train, 1.0), seven.val, seven.old_val,
+                      config=RunConfig(loss="bce", head_out=1, epochs=1), store=False)
+    run = s.start()
+    assert _until(lambda: run.step >= 1)
+    with pytest.raises(TimeoutError, match="nothing was closed: call close"):
+        s.close(timeout=0.05)
+    assert s.model_id in _instances and s.controls.stop_button.model_id in _instances
+    s.close()
+    assert run.state == State.STOPPED and s.comm is None

@@ -192,20 +192,32 @@ class RetrainStudio(W.VBox):
     code_hints = _forward("code_hints", settable=True)
 
     # ================================================================== closing
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
         """Stop any run and queued what-ifs, then close every widget of the dashboard.
 
         ipywidgets keeps a widget alive until it is closed, and with it all it refers to: here the
         runs, their trained models and the figure. A notebook that builds a new studio each time a
         cell runs can close the old one to give that memory back. What the store recorded stays
         there; ``runs`` and ``history`` stay readable; the dashboard cannot be shown again.
+
+        Raises
+        ------
+        TimeoutError
+            When the run has not ended ``timeout`` seconds after being stopped; nothing is closed
+            then (its thread still writes to the dashboard): call ``close()`` again.
         """
         h = self.headless
         h.stop()
-        if h.queue.thread is not None:
-            h.queue.thread.join(30)
-        if h.run is not None and h.run.thread is not None:
-            h.run.thread.join(30)  # its last handlers (the final frame) included
+        deadline = time.monotonic() + timeout
+        threads = []
+        for thread_of in (lambda: h.queue.thread, lambda: h.run.thread if h.run is not None else None):
+            thread = thread_of()  # the run's after the queue's: the queue may have started it
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))  # its last handlers (the final frame) too
+                threads.append(thread)
+        if any(t.is_alive() for t in threads):
+            raise TimeoutError(f"the run did not end within {timeout} s of being stopped; nothing was closed: "
+                               "call close() again")
         if self.bridge is not None:
             self.bridge.detach()
         for widget in widget_tree(self):
