@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -47,3 +49,18 @@ def assert_same_state(module: nn.Module, before: dict[str, torch.Tensor]) -> Non
     after = module.state_dict()
     changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
     assert not changed, f"changed: {changed}"
+
+
+class SlowLoader:
+    """A loader whose batches take a little time, so control calls land mid-epoch."""
+
+    def __init__(self, loader, delay=0.01):
+        self.loader, self.delay = loader, delay
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for b in self.loader:
+            time.sleep(self.delay)
+            yield b

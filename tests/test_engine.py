@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_state, state_copy
+from conftest import SlowLoader, assert_same_state, state_copy
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
@@ -26,21 +26,6 @@ def seven():
 @pytest.fixture(scope="module")
 def loaders():
     return examples.digits_loaders(batch_size=64)
-
-
-class SlowLoader:
-    """A loader whose batches take a little time, so control calls land mid-epoch."""
-
-    def __init__(self, loader, delay=0.01):
-        self.loader, self.delay = loader, delay
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        for b in self.loader:
-            time.sleep(self.delay)
-            yield b
 
 
 # ----------------------------------------------------------------------------- states

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+from conftest import SlowLoader
 
 from retrain_widgets import RetrainStudio, RunConfig, State, examples
 
@@ -432,25 +433,10 @@ def test_close_stops_the_run_and_gives_the_dashboard_back(cnn, seven):
     again.close()
 
 
-class _SlowBatches:
-    """Batches that take ``delay`` seconds each: a run that cannot stop at once."""
-
-    def __init__(self, loader, delay):
-        self.loader, self.delay = loader, delay
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        for batch in self.loader:
-            time.sleep(self.delay)
-            yield batch
-
-
 def test_close_refuses_while_the_run_is_still_stopping(cnn, seven):
     from ipywidgets.widgets.widget import _instances
 
-    s = RetrainStudio(cnn, _SlowBatches(seven.train, 1.0), seven.val, seven.old_val,
+    s = RetrainStudio(cnn, SlowLoader(seven.train, 1.0), seven.val, seven.old_val,
                       config=RunConfig(loss="bce", head_out=1, epochs=1), store=False)
     run = s.start()
     assert _until(lambda: run.step >= 1)
