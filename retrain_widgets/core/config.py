@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .checks import number as _number
 from .recipe.training import HEAD_INITS
 from .registry import closest
 
@@ -22,28 +23,6 @@ def __getattr__(name: str) -> Any:
 
         return tuple(OPTIMIZER_REGISTRY)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, whole: bool = False, optional: bool = False) -> Any:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"RunConfig.{name} must be a number, got {value!r}")
-    if whole:
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise ValueError(f"RunConfig.{name} must be a whole number, got {value!r}")
-            value = int(value)
-    else:
-        value = float(value)
-    if value != value:  # NaN
-        raise ValueError(f"RunConfig.{name} must be a number, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"RunConfig.{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"RunConfig.{name} must be <= {high}, got {value!r}")
-    return value
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:

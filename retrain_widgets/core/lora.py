@@ -23,6 +23,8 @@ from typing import Any
 
 from torch import nn
 
+from .checks import number as _number
+
 __all__ = [
     "PEFT_EXTRA",
     "lora_target_names",
@@ -186,8 +188,6 @@ def check_lora(config: Any) -> None:
     ``validate()``); raise ``ValueError`` naming the field and the fix. ``lora_r=None`` turns
     LoRA off whatever ``lora_modules`` holds, so a what-if grid can vary ``lora_r`` over
     ``[None, 4, 16]`` on one choice of layers."""
-    from .config import _number
-
     config.lora_r = _number("lora_r", config.lora_r, low=1, whole=True, optional=True)
     config.lora_alpha = _number("lora_alpha", config.lora_alpha, low=0.0, low_open=True, optional=True)
     config.lora_dropout = _number("lora_dropout", config.lora_dropout, low=0.0, high=0.99)

@@ -13,15 +13,17 @@ neither weight decay nor momentum moves them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .config import RunConfig
 from .recipe import training as recipe_training
 from .registry import Registry
 from .tree import LayerGroup, layer_groups
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 __all__ = ["param_groups", "module_names", "make_optimizer", "OPTIMIZER_REGISTRY", "group_lrs", "scale_lrs"]
 

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .fingerprints import fingerprint
+
 __all__ = ["DELTA_FORMAT", "delta_state", "restore_state", "save_weights", "load_weights", "is_delta"]
 
 DELTA_FORMAT = "retrain_widgets.delta.1"
@@ -95,8 +97,6 @@ def save_weights(path: str | os.PathLike[str], trained: nn.Module | Mapping[str,
     Returns the file's size in bytes."""
     if pretrained is not None:
         if pretrained_id is None:
-            from .store import fingerprint  # late: the store may use this module
-
             pretrained_id = fingerprint(pretrained)
         payload: Any = delta_state(trained, pretrained, pretrained_id)
     else:
@@ -129,7 +129,5 @@ def load_weights(path: str | os.PathLike[str], pretrained: nn.Module | None = No
         raise ValueError(f"{os.fspath(path)} holds only what the run changed against the pretrained model "
                          f"{obj['pretrained_id']}: pass that model to restore the full weights")
     if pretrained_id is None:
-        from .store import fingerprint
-
         pretrained_id = fingerprint(pretrained)
     return restore_state(obj, pretrained, pretrained_id)

@@ -5,8 +5,8 @@ A store is a folder (``.retrain_runs`` by default), created when missing::
     <folder>/runs.sqlite        one row per run and its history (SQLite)
     <folder>/weights/<id>.pt    the trained weights of a run: ``torch.save(state_dict)``
 
-:meth:`RunStore.record` subscribes to a :class:`~retrain_widgets.core.engine.Retrainer`'s
-events: while the run trains its history, state and step are saved at most every
+:meth:`RunStore.record` subscribes to the events of a :class:`~retrain_widgets.core.run.Run` (the
+engine's :class:`~retrain_widgets.core.engine.Retrainer`, or any other loop's run): while the run trains its history, state and step are saved at most every
 ``save_every`` seconds, and when it ends its final history, metrics and weights are saved.
 A store survives the kernel: reopen the folder to list, compare, restore or delete runs.
 
@@ -19,7 +19,7 @@ One module per concern:
 * :mod:`.recorder` — saving one run from its events (:func:`run_metrics`, the history codec);
 * :mod:`.files` — one SQLite connection per thread, and the weights files;
 * :mod:`.records` — :class:`RunRecord`, :class:`UnknownRun`, run ids;
-* :mod:`.fingerprints` — :func:`fingerprint` of pretrained weights;
+* :mod:`retrain_widgets.core.fingerprints` — :func:`fingerprint` of pretrained weights;
 * :mod:`.store` — :class:`RunStore` itself.
 
 Storage
@@ -45,7 +45,8 @@ A run still ``idle``, ``running`` or ``paused`` in the database whose writing pr
 
 from __future__ import annotations
 
-from .fingerprints import fingerprint
+from .. import fingerprints  # noqa: F401 - the module, under its old name here
+from ..fingerprints import fingerprint
 from .recorder import run_metrics
 from .records import RunRecord, UnknownRun
 from .schema import SCHEMA_VERSION
