@@ -56,7 +56,7 @@ from retrain_widgets.core.checkpoint import HeavyProbes  # noqa: E402
 from retrain_widgets.core.history import History  # noqa: E402
 from retrain_widgets.core.params import make_optimizer  # noqa: E402
 from retrain_widgets.core.probes import StepProbes  # noqa: E402
-from retrain_widgets.core.publisher import Publisher  # noqa: E402
+from retrain_widgets.core.telemetry import Telemetry  # noqa: E402
 from retrain_widgets.core.tree import replace_head  # noqa: E402
 from retrain_widgets.plots.bench import frame_times  # noqa: E402
 from retrain_widgets.plots.live import LiveFigure  # noqa: E402
@@ -110,9 +110,9 @@ _PIECES = (
     (Bridge, "_on_step", "progress: step handler"),
     (ControlsView, "show_progress", "  progress bar + label writes"),
     (StepProbes, "record", "per-step probes (loss, grad norms, LRs)"),
-    (Publisher, "publish", "publish (host copy, history, drift, PUBLISH handlers)"),
+    (Telemetry, "publish", "publish (host copy, history, drift, PUBLISH handlers)"),
     (StepProbes, "flush", "  probes to the host"),
-    (Publisher, "record", "  history appends"),
+    (Telemetry, "record", "  history appends"),
     (HeavyProbes, "measure", "  drift + NaN-guard checkpoint"),
     (AlignmentProbe, "sample", "alignment probe samples"),
 )

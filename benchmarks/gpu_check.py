@@ -67,7 +67,7 @@ def engine(model: nn.Module, batches: list, cfg: RunConfig, device: torch.device
            sync_check: bool, old_train: list | None = None) -> tuple[float, Retrainer]:
     r = Retrainer(model, cfg.replace(amp=amp, max_steps=len(batches), epochs=1, device=device.type), batches,
                   old_train=old_train)
-    r.publisher.sync_check = sync_check
+    r.telemetry.sync_check = sync_check
     stamps: dict[int, float] = {}
 
     def stamp(info):

@@ -123,7 +123,7 @@ def engine_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.d
     stamps: dict[int, tuple[float, float]] = {}
     r = Retrainer(model, cfg.replace(max_steps=len(batches), epochs=1), _Stamped(batches, stamps, first == 0),
                   old_train=old_train)
-    r.publisher.sync_check = sync_check
+    r.telemetry.sync_check = sync_check
 
     def stamp(info):
         if info.step in (first, len(batches)) and info.step:

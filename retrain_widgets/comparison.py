@@ -89,7 +89,8 @@ def compare(runs: Iterable[Any], store: RunStore | None = None, names: Sequence[
     Parameters
     ----------
     runs
-        ``Retrainer`` objects, stored runs (``RunRecord``) or run ids (with ``store``).
+        Runs (``Retrainer`` objects, or any :class:`~retrain_widgets.core.run.Run`: a watched loop, ...),
+        stored runs (``RunRecord``) or run ids (with ``store``).
     names
         Labels for the runs (default: the stored names, or ``run@...``).
     sort_by, descending

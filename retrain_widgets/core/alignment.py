@@ -33,7 +33,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -42,11 +42,14 @@ from torch import nn
 from .batches import Forward, logits_of, to_device
 from .events import Event, EventInfo, State
 from .history import History
-from .recipe.training import HeadSwap, autocast, loader_generators
-from .tree import parameterised_layers
+from .recipe.training import HeadSwap
+from .rng import kept_rng
 
-if TYPE_CHECKING:
-    from .engine import Retrainer
+
+class Events(Protocol):
+    """What fires a run's events (a telemetry, a run)."""
+
+    def on(self, event: Event, handler: Callable[[EventInfo], Any]) -> Any: ...
 
 __all__ = ["OldTask", "AlignmentProbe", "old_task_mode", "kept_rng", "alignment_summary", "pulling_against"]
 
@@ -86,23 +89,6 @@ def old_task_mode(task: OldTask) -> Iterator[nn.Module]:
     finally:
         for module, mode in modes:
             module.training = mode
-
-
-@contextlib.contextmanager
-def kept_rng(device: torch.device, loader: Any = None) -> Iterator[None]:
-    """Restore torch's RNG, ``device``'s (CUDA) and ``loader``'s own generators afterwards: whatever
-    is drawn inside (a loader's shuffle or worker seed, a dropout mask) changes nothing outside."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    gens = [(g, g.get_state()) for g in loader_generators(loader)] if loader is not None else []
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda, device)
-        for g, state in gens:
-            g.set_state(state)
 
 
 @dataclass
@@ -151,23 +137,12 @@ class AlignmentProbe:
         self._primed = False
 
     # ------------------------------------------------------------------ wiring
-    @classmethod
-    def for_run(cls, run: Retrainer, loader: Iterable[Any]) -> AlignmentProbe:
-        """The probe of ``run`` on the old-task batches ``loader``, attached, at the run's
-        ``alignment_every`` (every step when it is ``None``) and ``alignment_budget``: its old loss is the one the run's old-task
-        evaluation uses (:meth:`~retrain_widgets.core.validation.Validation.fns`), through the
-        original head, in the run's precision."""
-        task = OldTask(run.model, run.forward, lambda o, t: run.validation.fns(o, t, old=True)[0], run.head_name,
-                       run.original_head, lambda: autocast(run.amp_dtype))
-        cfg = run.config
-        return cls(parameterised_layers(run.model), task, loader, run.history, every=cfg.alignment_every or 1,
-                   budget=cfg.alignment_budget, device=run.device).attach(run)
-
-    def attach(self, run: Retrainer) -> AlignmentProbe:
-        """Sample after the run's backward passes and publish with its other probes."""
-        run.on(Event.STATE_CHANGE, self.on_state)
-        run.on(Event.BACKWARD_END, self.on_backward)
-        run.on(Event.PUBLISH, self.on_publish)
+    def attach(self, events: Events) -> AlignmentProbe:
+        """Sample after the run's backward passes and publish with its other probes: ``events`` is
+        whatever fires the run's events (its :class:`~retrain_widgets.core.telemetry.Telemetry`)."""
+        events.on(Event.STATE_CHANGE, self.on_state)
+        events.on(Event.BACKWARD_END, self.on_backward)
+        events.on(Event.PUBLISH, self.on_publish)
         self.history.meta["alignment"] = {"every": self.every, "budget": self.budget}
         return self
 

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .engine import Retrainer
 from .history import History
+from .run import Run
 from .store import RunRecord, RunStore, run_metrics
 
 __all__ = ["RunSummary", "summarize", "differing_fields", "table", "METRIC_COLUMNS", "DISK_COLUMN",
@@ -40,17 +40,16 @@ class RunSummary:
     notebook: str | None = None  # the notebook a stored run was made in (``RunRecord.notebook``)
 
 
-def summarize(run: Retrainer | RunRecord | RunSummary | str, store: RunStore | None = None,
+def summarize(run: Run | RunRecord | RunSummary | str, store: RunStore | None = None,
               name: str | None = None) -> RunSummary:
-    """A :class:`RunSummary` of a live :class:`Retrainer`, a stored run (record or id) or a summary."""
+    """A :class:`RunSummary` of a live :class:`~retrain_widgets.core.run.Run` (the engine's
+    ``Retrainer``, a watched loop, ...), a stored run (record or id) or a summary."""
     if isinstance(run, RunSummary):
         return run
-    if isinstance(run, Retrainer):
-        try:
-            config = run.config.to_dict()
-        except ValueError:
-            config = {"loss": getattr(run.config.loss, "__name__", "custom")}
-        return RunSummary(None, name or f"run@{id(run):x}", run.state.value, config, run_metrics(run), run.history)
+    if isinstance(run, Run):
+        config, _ = run.config_record()
+        return RunSummary(None, name or run.name or f"run@{id(run):x}", run.state.value, config, run_metrics(run),
+                          run.history)
     if isinstance(run, str):
         if store is None:
             raise ValueError(f"run id {run!r} given without a store: pass store=RunStore(...)")
@@ -60,7 +59,8 @@ def summarize(run: Retrainer | RunRecord | RunSummary | str, store: RunStore | N
         size = store.weights_size(run.id) if store is not None else None
         return RunSummary(run.id, name or run.name, run.state, dict(run.config), dict(run.metrics), history,
                           None if size is None else size / 1e6, run.notebook)
-    raise ValueError(f"cannot compare a {type(run).__name__}: give Retrainer objects, stored runs or run ids")
+    raise ValueError(f"cannot compare a {type(run).__name__}: give runs (Retrainer objects, watched loops), "
+                     f"stored runs or run ids")
 
 
 def _canon(value: Any) -> str:

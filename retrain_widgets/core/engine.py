@@ -4,13 +4,15 @@
 in a background thread, so a notebook's kernel stays free: ``pause()``, ``resume()``,
 ``stop()``, ``freeze()``, ``unfreeze()`` and ``set_lr()`` are flags and queued changes that the
 loop applies at the next step boundary. It records a bounded :class:`History` at almost no
-cost (see :mod:`retrain_widgets.core.probes`; :mod:`retrain_widgets.core.publisher` moves the probes
+cost (see :mod:`retrain_widgets.core.probes`; :mod:`retrain_widgets.core.telemetry` moves the probes
 to it) and fires typed events.
 
 The loop, in :meth:`Retrainer._train`, reads top to bottom: for each epoch, for each batch:
 apply queued changes, drop the last step's gradients, forward, loss (+ distillation), backward,
-L2-SP pull, clipping, the ``BACKWARD_END`` handlers (the alignment probe), probes, optimizer
-step, scheduler step, publish every few steps; validation after each epoch.
+L2-SP pull, clipping, the telemetry (probes, the ``BACKWARD_END`` handlers: the alignment probe),
+optimizer step (one :class:`~retrain_widgets.core.step.TrainingStep`), scheduler step, the
+telemetry again (publish every few steps); validation after each epoch. The engine is one client
+of :class:`~retrain_widgets.core.telemetry.Telemetry`, which imports no engine.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -27,28 +28,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from .alignment import AlignmentProbe
+from .alignment import AlignmentProbe, OldTask
 from .batches import Forward, default_forward, logits_of, to_device
 from .builder import apply_stage, build_run
-from .checkpoint import HeavyProbes
 from .config import RunConfig
+from .control import Control
 from .device import cpu_threads, resolve_device
-from .events import Event, EventInfo, Handlers, State
+from .errors import TrainingFailed
+from .events import Event, EventInfo, State
 from .feature_cache import FeatureCache
 from .history import History
-from .lr_finder import LRFinderResult, lr_find, run_lr_finder
+from .lr_finder import LRFinderResult, run_lr_finder
+from .names import Meta, Series
 from .params import scale_lrs
-from .probes import StepProbes
-from .publisher import Publisher
 from .recipe import training as recipe
+from .step import TrainingStep
+from .telemetry import Telemetry
 from .tree import check_names, freeze, parameterised_layers, unfreeze
 from .validation import Validation
 
 __all__ = ["Retrainer", "TrainingFailed", "LRFinderResult", "resolve_device", "lr_find"]
-
-
-class TrainingFailed(RuntimeError):
-    """The run failed (non-finite loss, out of memory, ...); the message says why and what was kept."""
 
 
 class _Stop(Exception):
@@ -90,7 +89,7 @@ class Retrainer:
     >>> history = r.wait()
     """
 
-    HEAVY_BUDGET = 0.005  # share of wall time for drift + checkpoint
+    HEAVY_BUDGET = Telemetry.HEAVY_BUDGET  # share of wall time for drift + checkpoint
 
     def __init__(self, model: nn.Module, config: RunConfig | None = None, train: Iterable[Any] | None = None,
                  val: Iterable[Any] | None = None, old_val: Iterable[Any] | None = None, *,
@@ -107,8 +106,7 @@ class Retrainer:
         self.train_loader, self.val_loader, self.old_val_loader = train, val, old_val
         self.forward: Forward = forward or default_forward
         self.device = resolve_device(cfg.device)
-        self.publish_every = max(1, int(publish_every))
-        self.publish_seconds = float(publish_seconds)
+        self.name: str | None = None  # a name for comparisons and the store (the studio names its runs)
 
         # the model to train (a copy, its new head, freezing), optimizer, schedule, loss, teacher
         parts = build_run(model, cfg, train, self.device, teacher=teacher)
@@ -122,28 +120,31 @@ class Retrainer:
         self.loss_fn, self.loss_spec, self.task = parts.loss_fn, parts.loss_spec, parts.task
         self.amp_dtype, self.scaler, self.distillation = parts.amp_dtype, parts.scaler, parts.distillation
         self.teacher = self.distillation.teacher if self.distillation is not None else None
-        self._init_probes()
+        self._init_telemetry(publish_every, publish_seconds)
+        self._init_state()
         self.feature_cache = _new_feature_cache(self, model)
         self.forward = self.feature_cache.forward
-        self._init_state()
+        self.telemetry.on(Event.TRAINABLE_CHANGE, self.feature_cache.follow)
+        self.validation = Validation(self)
+        l2sp = recipe.pretrained_reference(self.model, self.head_name) if cfg.l2sp > 0 else None
+        self.train_step = TrainingStep(self.optimizer, self.batch_loss, scaler=self.scaler, grad_clip=cfg.grad_clip,
+                                       l2sp=(*l2sp, cfg.l2sp) if l2sp is not None else None,
+                                       after_backward=self._backward_end)
         old_batches = old_train if old_train is not None else old_val  # the alignment probe's old task
-        self.alignment = (AlignmentProbe.for_run(self, old_batches)
+        self.alignment = (_alignment_probe(self, old_batches)
                           if cfg.alignment_every is not None and old_batches is not None else None)
 
-    def _init_probes(self) -> None:
-        """Per-step probes, drift, the L2-SP reference, the NaN guard's checkpoint and the history."""
-        cfg, net = self.config, self.model
-        layers = parameterised_layers(net)
-        self.layer_names = tuple(name for name, _ in layers)
-        first_of_group: dict[str, dict[str, Any]] = {}
-        for g in self.optimizer.param_groups:
-            first_of_group.setdefault(g.get("layer_group", g.get("name", str(len(first_of_group)))), g)
-        self.lr_group_names = tuple(first_of_group)
-        self.probes = StepProbes(layers, self.publish_every, self.device, lr_groups=list(first_of_group.values()))
-        self.heavy = HeavyProbes(net, layers, self.HEAVY_BUDGET)
+    def _init_telemetry(self, publish_every: int, publish_seconds: float) -> None:
+        """Per-step probes, drift, the NaN guard's checkpoint, the history and the events: the
+        run's :class:`Telemetry` (the names below are the telemetry's, kept for readers of the run)."""
+        tel = self.telemetry = Telemetry(self.model, device=self.device, param_groups=self.optimizer.param_groups,
+                                         publish_every=publish_every, publish_seconds=publish_seconds,
+                                         heavy_budget=self.HEAVY_BUDGET)
+        self.layer_names, self.lr_group_names = tel.layer_names, tel.lr_group_names
+        self.publish_every, self.publish_seconds = tel.publish_every, tel.publish_seconds
+        self.probes, self.heavy, self.history, self.handlers = tel.probes, tel.heavy, tel.history, tel.handlers
         self.drift, self.checkpoint = self.heavy.drift, self.heavy.checkpoint
-        self._l2sp = recipe.pretrained_reference(net, self.head_name) if cfg.l2sp > 0 else None
-        self.history = _new_history(self)
+        _describe(self)
 
     def _init_state(self) -> None:
         self.step = 0
@@ -151,19 +152,12 @@ class Retrainer:
         self.state = State.IDLE
         self.error: BaseException | None = None
         self.message = ""
-        self.handlers = Handlers()
         self.handler_errors = self.handlers.errors
-        self._lock = threading.Lock()
-        self._pending: list[Callable[[], None]] = []
-        self._stop_flag = threading.Event()
-        self._resume_flag = threading.Event()
-        self._resume_flag.set()
+        self.control = Control()  # stop, pause, resume and queued changes, applied at step boundaries
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._checked = False
         self._t_start = 0.0
-        self.publisher = Publisher(self)  # probes -> history, on the publish cadence
-        self.validation = Validation(self)
 
     # ================================================================== public control
     def on(self, event: Event | str, handler: Callable[[EventInfo], Any]) -> Callable[[EventInfo], Any]:
@@ -172,10 +166,10 @@ class Retrainer:
         A handler that raises is reported in :attr:`handler_errors` and with a warning; the run
         goes on.
         """
-        return self.handlers.on(event, handler)
+        return self.telemetry.on(event, handler)
 
     def off(self, event: Event | str, handler: Callable[[EventInfo], Any]) -> None:
-        self.handlers.off(event, handler)
+        self.telemetry.off(event, handler)
 
     def check(self) -> None:
         """Run one batch through the model and the loss before training.
@@ -209,8 +203,7 @@ class Retrainer:
                 f"pretrained weights (its trained model is kept in .model)"
             )
         self.check()
-        self._stop_flag.clear()
-        self._resume_flag.set()
+        self.control.reset()
         self._done.clear()
         self._set_state(State.RUNNING)
         self._thread = threading.Thread(target=self._run, name="retrain_widgets-train", daemon=True)
@@ -220,16 +213,15 @@ class Retrainer:
     def pause(self) -> None:
         """Pause at the next step boundary (the model is consistent while paused)."""
         if self.state == State.RUNNING:
-            self._resume_flag.clear()
+            self.control.pause()
 
     def resume(self) -> None:
         """Continue a paused run."""
-        self._resume_flag.set()
+        self.control.resume()
 
     def stop(self) -> None:
         """Stop at the next step boundary; returns at once (use :meth:`wait` to wait)."""
-        self._stop_flag.set()
-        self._resume_flag.set()
+        self.control.stop()
 
     def wait(self, timeout: float | None = None) -> History:
         """Block until the run ends; return the history or re-raise what made it fail.
@@ -309,12 +301,32 @@ class Retrainer:
     @property
     def steps_per_second(self) -> float:
         """Training speed, measured at each publish (smoothed; 0.0 before the first)."""
-        return self.publisher.steps_per_second
+        return self.telemetry.steps_per_second
 
     @property
     def progress(self) -> dict[str, Any]:
-        """Step, total, epoch, steps/s and ETA in seconds (plain numbers, cheap)."""
-        return self.publisher.progress()
+        """Step, total, epoch, steps/s and ETA in seconds, state and stage (plain numbers, cheap)."""
+        sps = self.telemetry.steps_per_second
+        left = max(0, self.total_steps - self.step)
+        return {"step": self.step, "total": self.total_steps, "epoch": self.epoch, "epochs": self.config.epochs,
+                "steps_per_second": sps, "eta": left / sps if sps > 0 else None, "state": self.state.value,
+                "stage": self.stage, "stages": self.n_stages}
+
+    # ================================================================== what the store and comparisons read
+    @property
+    def head_out(self) -> int | None:
+        """The new head's outputs (``None`` when the model's own head was kept)."""
+        return self.config.head_out if self.original_head is not None else None
+
+    def config_record(self) -> tuple[dict[str, Any], str]:
+        """(the config as a dict, a note saying what could not be stored)."""
+        try:
+            return self.config.to_dict(), ""
+        except ValueError:
+            name = getattr(self.config.loss, "__name__", type(self.config.loss).__name__)
+            return {"loss": name}, (
+                f"config not stored in full: the loss is a custom callable ({name}); register it with "
+                f"retrain_widgets.losses.register(name, fn) and use its name to store the whole config")
 
     # ================================================================== LR finder
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
@@ -334,7 +346,7 @@ class Retrainer:
         try:
             self._run_guarded()
         finally:
-            self.publisher.sync_guard("default")
+            self.telemetry.sync_guard("default")
 
     def _run_guarded(self) -> None:
         try:
@@ -344,61 +356,51 @@ class Retrainer:
                 recipe.seed_run(self.config.seed, self.train_loader)
             with cpu_threads(self.device):
                 self._t_start = time.perf_counter()
-                self.publisher.restart(self._t_start)
+                self.telemetry.restart(self.step, self._t_start)
                 self._train()
-            self._finish(State.STOPPED if self._stop_flag.is_set() and self.step < self.total_steps
+            self._finish(State.STOPPED if self.control.should_stop and self.step < self.total_steps
                          else State.FINISHED)
         except _Stop:
             self._finish(State.STOPPED)
         except TrainingFailed as exc:
             self._fail(exc)
         except torch.OutOfMemoryError as exc:
-            self._fail(self.publisher.out_of_memory(), cause=exc)
+            self._fail(self.telemetry.out_of_memory(self.step), cause=exc)
         except BaseException as exc:  # noqa: BLE001 - user code: recorded and re-raised by wait()
             with contextlib.suppress(Exception):
-                self.publisher.publish()
+                self.telemetry.publish()
             self._fail(exc)
 
     def _train(self) -> None:
-        cfg, net, opt = self.config, self.model, self.optimizer
-        net.train()
+        cfg, tel = self.config, self.telemetry
+        self.model.train()
         while self.epoch < cfg.epochs and self.step < self.total_steps:
             if cfg.gradual:
                 self._maybe_next_stage()
             n_batches = 0
-            self.publisher.sync_guard("error")
+            tel.sync_guard("error")
             for batch in self.feature_cache.batches(self.train_loader, "train"):
                 self._boundary()
                 batch = to_device(batch, self.device, non_blocking=True)
-                recipe.clear_gradients(opt)
-                loss = self.batch_loss(batch)
-                recipe.backward(loss, opt, self.scaler)
-                if self._l2sp is not None:
-                    recipe.pull_to_pretrained(*self._l2sp, cfg.l2sp)
-                if cfg.grad_clip is not None:
-                    recipe.clip_gradients(opt, cfg.grad_clip)
-                self._fire(Event.BACKWARD_END)
-                self.probes.record(self.step, loss)
-                if self.device.type == "cpu" and not math.isfinite(float(loss.detach())):
-                    self.publisher.diverged(self.step)  # free on the CPU; on CUDA checked at publish (no sync)
-                recipe.optimizer_step(opt, self.scaler)
+                self.train_step(batch)  # its gradients reach the telemetry before the optimizer step
                 self.step += 1
                 n_batches += 1
                 if not self._metric_driven and self.step < self.total_steps:
                     self.scheduler.step()
-                self._fire(Event.STEP_END)
-                if self.publisher.due:
-                    self.publisher.publish()
+                tel.step_end(self.step)
                 if self.step >= self.total_steps:
                     break
-            self.publisher.sync_guard("default")
+            tel.sync_guard("default")
             if n_batches == 0:
                 raise ValueError("the training loader yielded no batches: check the dataset and batch size")
             self.epoch += 1
-            self.publisher.publish(force=True)
             self._validate()
         if self.step == 0:
             raise ValueError("no training steps were run: check epochs, max_steps and the loader")
+
+    def _backward_end(self, loss: torch.Tensor) -> None:
+        """The step's gradients are final: the telemetry's probes, handlers and NaN guard."""
+        self.telemetry.backward_end(self.step, loss)
 
     # ================================================================== one step's pieces
     def batch_loss(self, batch: Any) -> torch.Tensor:
@@ -416,33 +418,24 @@ class Retrainer:
     # ================================================================== boundaries
     def _boundary(self) -> None:
         """Apply queued changes; honour pause and stop. Called before every step."""
-        if self._pending:
-            self._apply_pending()
-        if not self._resume_flag.is_set() and not self._stop_flag.is_set():
-            self.publisher.publish()
-            self._set_state(State.PAUSED)
-            while not self._resume_flag.wait(0.05):
-                if self._pending:
-                    self._apply_pending()
-            self.publisher.restart()
-            if not self._stop_flag.is_set():
-                self._set_state(State.RUNNING)
-        if self._stop_flag.is_set():
+        if self.control.boundary(self._paused, self._resumed):
             raise _Stop
 
+    def _paused(self) -> None:
+        self.telemetry.publish()
+        self._set_state(State.PAUSED)
+
+    def _resumed(self) -> None:
+        self.telemetry.restart(self.step)
+        if not self.control.should_stop:
+            self._set_state(State.RUNNING)
+
     def _change(self, action: Callable[[], None], text: str, trainable_changes: bool = True) -> None:
-        apply = functools.partial(self.publisher.change, action, "change", text, trainable_changes)
+        apply = functools.partial(self.telemetry.change, action, "change", text, trainable_changes)
         if self.state.active:
-            with self._lock:
-                self._pending.append(apply)
+            self.control.queue(apply)
         else:
             apply()
-
-    def _apply_pending(self) -> None:
-        with self._lock:
-            todo, self._pending = self._pending, []
-        for action in todo:
-            action()
 
     # ================================================================== gradual unfreezing
     def _maybe_next_stage(self) -> None:
@@ -450,7 +443,7 @@ class Retrainer:
         if stage == self.stage:
             return
         group = self.groups[len(self.groups) - 1 - stage].name
-        self.publisher.change(lambda: apply_stage(self.model, self.groups, stage, self.config), "stage",
+        self.telemetry.change(lambda: apply_stage(self.model, self.groups, stage, self.config), "stage",
                               f"stage {stage}: unfroze {group}")
         self.stage = stage
         self._fire(Event.STAGE_CHANGE, stage=stage, group=group)
@@ -461,16 +454,23 @@ class Retrainer:
 
     # ================================================================== validation
     def _validate(self) -> None:
+        """The epoch's measurements (the new task on ``val``, the old one on ``old_val``) into the
+        telemetry, with the stage's summary when unfreezing gradually."""
+        self.telemetry.publish(force=True)
         data: dict[str, float] = {}
         if self.val_loader is not None:
             vloss, vmetric = self.validation.evaluate(self.val_loader, old=False)
-            data.update(val_loss=vloss, val_metric=vmetric)
+            data.update({Series.VAL_LOSS: vloss, Series.VAL_METRIC: vmetric})
         if self.old_val_loader is not None:
             oloss, ometric = self.validation.evaluate(self.old_val_loader, old=True)
-            data.update(old_loss=oloss, old_metric=ometric)
+            data.update({Series.OLD_LOSS: oloss, Series.OLD_METRIC: ometric})
         if self._metric_driven:
-            self.scheduler.step(data.get("val_loss", float(self.history.series("train_loss")[1][-1])))
-        self.publisher.publish_epoch(data)
+            self.scheduler.step(data.get(Series.VAL_LOSS, float(self.history.series(Series.TRAIN_LOSS)[1][-1])))
+        if self.config.gradual:
+            self.history.meta.setdefault(Meta.STAGES, []).append(
+                {"stage": self.stage, "epoch": self.epoch, "step": self.step,
+                 "group": self.groups[len(self.groups) - 1 - self.stage].name, **data})
+        self.telemetry.epoch_end(self.step, self.epoch, data)
 
     # ================================================================== state and events
     def _set_state(self, state: State) -> None:
@@ -478,8 +478,7 @@ class Retrainer:
         self._fire(Event.STATE_CHANGE, state=state)
 
     def _finish(self, state: State) -> None:
-        self.publisher.publish(force=True)
-        self.history.mark(self.step, "state", state.value)
+        self.telemetry.finish(self.step, state.value)
         self._set_state(state)
         self._done.set()
 
@@ -488,12 +487,13 @@ class Retrainer:
             exc.__cause__ = cause
         self.error = exc
         self.message = f"{type(exc).__name__}: {exc}"
-        self.publisher.publish_failure(exc)
+        self.telemetry.fail(self.step, exc, self.message)
         self._set_state(State.FAILED)
         self._done.set()
 
     def _fire(self, event: Event, **data: Any) -> None:
-        self.handlers.fire(event, self.step, self.epoch, data)
+        self.telemetry.step, self.telemetry.epoch = self.step, self.epoch
+        self.telemetry.fire(event, **data)
 
     # ================================================================== helpers
     def __repr__(self) -> str:
@@ -501,19 +501,18 @@ class Retrainer:
                 f"loss={self.history.meta.get('loss')!r}, device={self.device})")
 
 
-def _new_history(run: Retrainer) -> History:
-    """An empty history whose meta describe the run."""
-    cfg, history = run.config, History()
-    history.meta.update({
-        "config": _config_meta(cfg), "device": str(run.device), "total_steps": run.total_steps,
-        "layers": list(run.layer_names), "groups": [g.name for g in run.groups],
-        "head": run.head_name, "head_replaced": run.original_head is not None,
-        "loss": run.loss_spec.name if run.loss_spec else getattr(cfg.loss, "__name__", "custom"),
-        "has_val": run.val_loader is not None, "has_old_val": run.old_val_loader is not None,
+def _describe(run: Retrainer) -> None:
+    """The history's meta: what the run is."""
+    cfg, meta = run.config, run.history.meta
+    meta.update({
+        Meta.CONFIG: _config_meta(cfg), Meta.DEVICE: str(run.device), Meta.TOTAL_STEPS: run.total_steps,
+        Meta.LAYERS: list(run.layer_names), Meta.GROUPS: [g.name for g in run.groups],
+        Meta.HEAD: run.head_name, Meta.HEAD_REPLACED: run.original_head is not None,
+        Meta.LOSS: run.loss_spec.name if run.loss_spec else getattr(cfg.loss, "__name__", "custom"),
+        Meta.HAS_VAL: run.val_loader is not None, Meta.HAS_OLD_VAL: run.old_val_loader is not None,
     })
     if cfg.amp and run.device.type != "cuda":
-        history.meta["note"] = f"amp=True has no effect on {run.device.type}; training in float32"
-    return history
+        meta[Meta.NOTE] = f"amp=True has no effect on {run.device.type}; training in float32"
 
 
 def _new_feature_cache(run: Retrainer, pretrained: nn.Module) -> FeatureCache:
@@ -521,7 +520,19 @@ def _new_feature_cache(run: Retrainer, pretrained: nn.Module) -> FeatureCache:
     that is safe, its state in ``history.meta["feature_cache"]``; ``run.forward`` becomes its forward."""
     return FeatureCache(run.model, run.config.cache_features, run.forward, run.device,
                         autocast=lambda: recipe.autocast(run.amp_dtype), teacher=run.teacher, pretrained=pretrained,
-                        max_mb=run.config.cache_max_mb, meta=run.history.meta, stop=lambda: run._stop_flag.is_set())
+                        max_mb=run.config.cache_max_mb, meta=run.history.meta, stop=lambda: run.control.should_stop)
+
+
+def _alignment_probe(run: Retrainer, loader: Iterable[Any]) -> AlignmentProbe:
+    """The alignment probe on ``run``'s telemetry: the old task measured as the run's old-task
+    evaluation measures it (:meth:`~retrain_widgets.core.validation.Validation.fns`), through the
+    original head, on batches of ``loader``."""
+    task = OldTask(run.model, run.forward, lambda o, t: run.validation.fns(o, t, old=True)[0], run.head_name,
+                   run.original_head, lambda: recipe.autocast(run.amp_dtype))
+    cfg = run.config
+    probe = AlignmentProbe(parameterised_layers(run.model), task, loader,
+                           run.history, every=cfg.alignment_every or 1, budget=cfg.alignment_budget, device=run.device)
+    return probe.attach(run.telemetry)
 
 
 def _config_meta(cfg: RunConfig) -> dict[str, Any]:
@@ -529,3 +540,9 @@ def _config_meta(cfg: RunConfig) -> dict[str, Any]:
         return cfg.to_dict()
     except ValueError:
         return {"loss": getattr(cfg.loss, "__name__", "custom")}
+
+
+def lr_find(model: nn.Module, config: RunConfig, train: Iterable[Any], **kwargs: Any) -> LRFinderResult:
+    """Run the LR range test on a copy of ``model`` (see :meth:`Retrainer.lr_find`)."""
+    forward = kwargs.pop("forward", None)
+    return Retrainer(model, config, train, forward=forward).lr_find(**kwargs)

@@ -14,9 +14,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["describe", "note_user_error", "code_label"]
+__all__ = ["describe", "note_user_error", "code_label", "TrainingFailed"]
 
 _PACKAGE = pathlib.Path(__file__).resolve().parents[1]
+
+
+class TrainingFailed(RuntimeError):
+    """The run failed (non-finite loss, out of memory, ...); the message says why and what was kept."""
 
 
 def describe(obj: Any, depth: int = 0) -> str:

@@ -52,6 +52,10 @@ class Event(str, enum.Enum):
         Gradual unfreezing moved to a new stage (``info.data["stage"]``, ``["group"]``).
     ``STATE_CHANGE``
         The run's state changed (``info.data["state"]``, a :class:`State`).
+    ``TRAINABLE_CHANGE``
+        The trainable set changed between two steps (freezing, unfreezing, a new stage): the
+        probes, drift and the checkpoint have followed it; the feature cache and the alignment
+        probe follow it here.
     """
 
     BACKWARD_END = "backward_end"
@@ -60,6 +64,7 @@ class Event(str, enum.Enum):
     EPOCH_END = "epoch_end"
     STAGE_CHANGE = "stage_change"
     STATE_CHANGE = "state_change"
+    TRAINABLE_CHANGE = "trainable_change"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from . import schedules as schedules_mod
 from .config import RunConfig
 from .feature_cache import EXPORT_NOTE
 from .recipe.training import HEAD_INITS, default_init
+from .step import TrainingStep
 
 __all__ = [
     "export_script",
@@ -571,14 +572,10 @@ def _step(plan: _Plan) -> str:
     """One training step: the engine's pieces, in the engine's order."""
     cfg = plan.cfg
     amp = ", amp_dtype" if cfg.amp else ""
-    scaler = ", scaler" if cfg.amp else ""
     loss_args = f"train_model, batch, run, loss_fn{amp}" + (", distill=distill" if plan.distill else "")
-    lines = ["clear_gradients(optimizer)", f"loss = training_loss({loss_args})", f"backward(loss, optimizer{scaler})"]
-    if cfg.l2sp > 0:
-        lines.append("pull_to_pretrained(l2sp_params, l2sp_start, L2SP)")
-    if cfg.grad_clip is not None:
-        lines.append("clip_gradients(optimizer, GRAD_CLIP)")
-    lines += [f"optimizer_step(optimizer{scaler})", "step += 1"]
+    lines = TrainingStep.script(f"training_loss({loss_args})", scaler=cfg.amp, l2sp=cfg.l2sp > 0,
+                                grad_clip=cfg.grad_clip is not None)
+    lines.append("step += 1")
     if not plan.plateau:
         lines.append("if step < total_steps:  # once per optimizer step (none after the last: no step needs its LR)"
                      "\n    scheduler.step()")

@@ -51,8 +51,9 @@ from torch.utils.data import (
     TensorDataset,
 )
 
-from .alignment import kept_rng
 from .batches import Forward, default_forward, first_batch, logits_of, split_batch, to_device
+from .fingerprints import fingerprint, hash_state
+from .rng import kept_rng
 from .tree import frozen_complement
 
 __all__ = ["FeatureCache", "CachedBatch", "MEMORY_FRACTION", "memory_bound_mb", "cached_mb", "clear",
@@ -516,16 +517,15 @@ class FeatureCache:
 
     def still_valid(self) -> bool:
         """False once unfreezing has reached into the cached part (the cache is then dropped)."""
-        if not self.active:
-            return False
-        if not self.owned:
-            return True  # nothing decided yet
-        if not any(p.requires_grad for p in self._outside):  # per batch: a plain loop, no module walk
-            return True
-        self.active = False
-        self.info.update(state="dropped", reason="unfreezing reached into the cached part: the run goes on with "
-                                                 "full passes")
-        return False
+        return self.active
+
+    def follow(self, info: Any = None) -> None:
+        """The trainable set changed (the run's ``TRAINABLE_CHANGE`` event): once unfreezing
+        reaches into the cached part, the cache is dropped and the run goes on with full passes."""
+        if self.active and self.owned and any(p.requires_grad for p in self._outside):
+            self.active = False
+            self.info.update(state="dropped", reason="unfreezing reached into the cached part: the run goes on "
+                                                     "with full passes")
 
     # ------------------------------------------------------------------ deciding and building
     def _cache_for(self, loader: Any, role: str) -> _LoaderCache | None:
@@ -648,8 +648,6 @@ class FeatureCache:
         return box[0].detach()
 
     def _key(self, loader: DataLoader, role: str) -> tuple[Any, ...]:
-        from .store import fingerprint  # late: the store imports this module's neighbours
-
         modes = tuple(m.training for _, m in _frozen_modules(self.model, self.steps))
         teacher = None
         if role == "train" and self.teacher is not None:
@@ -738,7 +736,6 @@ def _frozen_key(model: nn.Module, owner: str, steps: list[str], pretrained: nn.M
     """The model's class, its trainable set and a fingerprint of every weight outside it (read
     from ``pretrained``'s module of the same name and shapes when there is one: frozen weights
     have not moved, and the fingerprint of an unchanged module is remembered)."""
-    from .store.fingerprints import fingerprint, hash_state
 
     def frozen_part(name: str) -> nn.Module | torch.Tensor:
         """The frozen module (or parameter held by a module) called ``name``, taken from the

@@ -1,4 +1,6 @@
-"""fastai's LR range test on a run's model, optimizer settings and loss."""
+"""fastai's LR range test on a run's model, optimizer settings and loss, with the run's own
+training step (:class:`~retrain_widgets.core.step.TrainingStep`: clipping, L2-SP and the loss
+scaler included)."""
 
 from __future__ import annotations
 
@@ -10,16 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .batches import to_device
-from .config import RunConfig
 from .device import cpu_threads
+from .errors import TrainingFailed
+from .step import TrainingStep
 
 if TYPE_CHECKING:
     from .engine import Retrainer
 
-__all__ = ["LRFinderResult", "lr_find", "run_lr_finder"]
+__all__ = ["LRFinderResult", "run_lr_finder"]
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,13 @@ def _sweep(run: Retrainer, start_lr: float, mult: float, num_steps: int, diverge
     smooth: list[float] = []
     avg, best = 0.0, math.inf
     batches = _cycle(run.train_loader)
+    step = TrainingStep(opt, run.batch_loss, scaler=run.train_step.scaler, l2sp=run.train_step.l2sp,
+                        grad_clip=run.train_step.grad_clip)  # the run's step, without its telemetry
     for i in range(num_steps):
         lr = start_lr * mult**i
         for g, r in zip(opt.param_groups, ratios):
             g["lr"] = lr * r
-        batch = to_device(next(batches), run.device)
-        opt.zero_grad(set_to_none=True)
-        loss = run.batch_loss(batch)
-        loss.backward()
-        opt.step()
+        loss = step(to_device(next(batches), run.device))
         value = float(loss.detach())
         if not math.isfinite(value):
             return lrs, raw, smooth, True
@@ -84,8 +84,6 @@ def run_lr_finder(run: Retrainer, start_lr: float = 1e-7, end_lr: float = 10.0, 
                   diverge: float = 4.0, beta: float = 0.98) -> LRFinderResult:
     """The LR range test on ``run`` (see :meth:`Retrainer.lr_find`); weights, BatchNorm
     statistics, optimizer state and torch's RNG are restored afterwards."""
-    from .engine import TrainingFailed
-
     if run.state.active:
         raise RuntimeError("the LR finder cannot run while training; pause is not enough, stop() first")
     if not 0 < start_lr < end_lr:
@@ -121,11 +119,3 @@ def run_lr_finder(run: Retrainer, start_lr: float = 1e-7, end_lr: float = 10.0, 
     i_min = int(np.argmin(smooth))
     return LRFinderResult(tuple(lrs), tuple(raw), tuple(smooth), float(lrs[i_best]), float(lrs[i_min] / 10),
                           diverged)
-
-
-def lr_find(model: nn.Module, config: RunConfig, train: Iterable[Any], **kwargs: Any) -> LRFinderResult:
-    """Run the LR range test on a copy of ``model`` (see :meth:`Retrainer.lr_find`)."""
-    from .engine import Retrainer
-
-    forward = kwargs.pop("forward", None)
-    return Retrainer(model, config, train, forward=forward).lr_find(**kwargs)

@@ -21,12 +21,13 @@ import numpy as np
 from ..alignment import alignment_summary
 from ..events import Event, EventInfo, State
 from ..history import History
+from ..names import Meta, Series
 from .files import Connections, WeightsFolder
 
 if TYPE_CHECKING:
-    from ..engine import Retrainer
+    from ..run import Run
 
-__all__ = ["Recorder", "run_metrics", "encode_history", "decode_history", "config_of", "HISTORY_CODEC"]
+__all__ = ["Recorder", "run_metrics", "encode_history", "decode_history", "HISTORY_CODEC"]
 
 HISTORY_CODEC = "zlib+json"
 
@@ -48,17 +49,6 @@ def decode_history(codec: str, data: bytes) -> History:
     return History.from_json(zlib.decompress(data).decode())
 
 
-def config_of(run: Retrainer) -> tuple[dict[str, Any], str]:
-    """(config dict, note): the note says what could not be stored."""
-    try:
-        return run.config.to_dict(), ""
-    except ValueError:
-        name = getattr(run.config.loss, "__name__", type(run.config.loss).__name__)
-        return {"loss": name}, (
-            f"config not stored in full: the loss is a custom callable ({name}); register it with "
-            f"retrain_widgets.losses.register(name, fn) and use its name to store the whole config")
-
-
 def _finite(x: Any) -> float | None:
     try:
         v = float(x)
@@ -67,34 +57,34 @@ def _finite(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def run_metrics(run: Retrainer) -> dict[str, Any]:
+def run_metrics(run: Run) -> dict[str, Any]:
     """The run's current metrics (see :class:`~retrain_widgets.core.store.RunRecord`); values not
     measured are absent."""
     h = run.history
     out: dict[str, Any] = {"steps": int(run.step), "total_steps": int(run.total_steps)}
-    steps, values = h.series("train_loss")
+    steps, values = h.series(Series.TRAIN_LOSS)
     if len(steps):
         last = float(steps[-1])
         window = max(1.0, round(0.1 * max(float(run.step), last + 1)))
         tail = values[(steps > last - window) & np.isfinite(values)]
         if len(tail):
             out["train_loss"] = float(np.mean(tail, dtype=np.float64))
-    for name in ("val_loss", "val_metric", "old_loss", "old_metric"):
+    for name in Series.EPOCH:
         _, v = h.series(name)
         if len(v) and (value := _finite(v[-1])) is not None:
             out[name] = value
     out.update(alignment_summary(h))  # mean_alignment, old_batch_loss (the alignment probe)
     meta = h.meta
-    if meta.get("metric") is not None:
-        out["metric"] = str(meta["metric"])
-    if meta.get("old_metric") is not None:
-        out["old_metric_name"] = str(meta["old_metric"])
-    if meta.get("higher_is_better") is not None:
-        out["higher_is_better"] = bool(meta["higher_is_better"])
+    if meta.get(Meta.METRIC) is not None:
+        out["metric"] = str(meta[Meta.METRIC])
+    if meta.get(Meta.OLD_METRIC) is not None:
+        out["old_metric_name"] = str(meta[Meta.OLD_METRIC])
+    if meta.get(Meta.HIGHER_IS_BETTER) is not None:
+        out["higher_is_better"] = bool(meta[Meta.HIGHER_IS_BETTER])
     return out
 
 
-def _final_message(run: Retrainer, notes: list[str]) -> str:
+def _final_message(run: Run, notes: list[str]) -> str:
     state = run.state
     text = run.message
     if not text:
@@ -116,7 +106,7 @@ class Recorder:
 
     SAVE_BUDGET = 0.05  # progress saves take at most ~5 % of wall time, whatever save_every
 
-    def __init__(self, db: Connections, weights: WeightsFolder, run: Retrainer, run_id: str, save_every: float,
+    def __init__(self, db: Connections, weights: WeightsFolder, run: Run, run_id: str, save_every: float,
                  note: str, on_end: Callable[[Recorder], None]) -> None:
         self.db, self.weights, self.run, self.id = db, weights, run, run_id
         self.save_every = save_every

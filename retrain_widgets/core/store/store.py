@@ -18,17 +18,19 @@ from torch import nn
 from ..builder import build_model
 from ..config import RunConfig
 from ..events import State
+from ..fingerprints import fingerprint
 from ..history import History
 from ..lora import CONFIG_FIELDS
+from ..names import Meta
+from ..run import check_run
 from . import schema
 from .files import Connections, WeightsFolder
-from .fingerprints import fingerprint
 from .liveness import HOST, death_note, process_token
-from .recorder import HISTORY_CODEC, Recorder, config_of, decode_history, encode_history, run_metrics
+from .recorder import HISTORY_CODEC, Recorder, decode_history, encode_history, run_metrics
 from .records import RECORD_COLUMNS, RunRecord, UnknownRun, check_name, is_id, new_id, record_of_row
 
 if TYPE_CHECKING:
-    from ..engine import Retrainer
+    from ..run import Run
 
 __all__ = ["RunStore", "DEFAULT_DIR", "INTERRUPTED", "ACTIVE_STATES"]
 
@@ -105,9 +107,10 @@ class RunStore:
         os.makedirs(self.weights_dir, exist_ok=True)
 
     # ------------------------------------------------------------------ recording
-    def record(self, run: Retrainer, name: str | None = None, save_every: float = 5.0,
+    def record(self, run: Run, name: str | None = None, save_every: float = 5.0,
                notebook: str | None = None) -> str:
-        """Store ``run`` and keep it up to date as it trains; returns its id.
+        """Store ``run`` (a :class:`~retrain_widgets.core.run.Run`: the engine's, a watched loop's, any)
+        and keep it up to date as it trains; returns its id.
 
         ``notebook`` names the notebook the run is made in (:attr:`RunRecord.notebook`).
 
@@ -118,11 +121,8 @@ class RunStore:
         metrics, message and trained weights when it ends. Works before ``run.start()``,
         while it runs, and after it ended. Recording the same run twice returns the same id.
         """
-        from ..engine import Retrainer
-
         self._check_open()
-        if not isinstance(run, Retrainer):
-            raise ValueError(f"record() takes a Retrainer, got {type(run).__name__}")
+        check_run(run, "record()")
         if isinstance(save_every, bool) or not isinstance(save_every, (int, float)) or not save_every >= 0:
             raise ValueError(f"save_every must be a number of seconds >= 0, got {save_every!r}")
         if notebook is not None and not isinstance(notebook, str):
@@ -131,7 +131,7 @@ class RunStore:
             for rec in self._recorders.values():
                 if rec.run is run:
                     return rec.id
-        config, note = config_of(run)
+        config, note = run.config_record()
         run_id = self._insert(run, name, config, note, notebook)
         rec = Recorder(self.connections, self._weights, run, run_id, float(save_every), note, self._forget)
         with self._lock:
@@ -142,12 +142,14 @@ class RunStore:
             rec.save_final()
         return run_id
 
-    def _insert(self, run: Retrainer, name: str | None, config: dict[str, Any], note: str,
+    def _insert(self, run: Run, name: str | None, config: dict[str, Any], note: str,
                 notebook: str | None) -> str:
         """Insert the run's row (and its history so far) under a new id; return the id."""
-        loss_name = run.history.meta.get("loss") or config.get("loss", "run")
+        loss_name = run.history.meta.get(Meta.LOSS) or config.get("loss", "run")
+        if name is None and run.name is not None:
+            name = run.name
         name = check_name(name) if name is not None else f"{loss_name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        head_out = run.config.head_out if getattr(run, "original_head", None) is not None else None
+        head_out = run.head_out
         now = time.time()
         state = run.state
         started = None
