@@ -28,15 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .alignment import AlignmentProbe, OldTask
 from .batches import Forward, default_forward, logits_of, to_device
 from .builder import apply_stage, build_run
 from .config import RunConfig
 from .control import Control
 from .device import cpu_threads, resolve_device
+from .engine_parts import alignment_probe, config_record, describe, new_feature_cache
 from .errors import TrainingFailed
 from .events import Event, EventInfo, State
-from .feature_cache import FeatureCache
 from .history import History
 from .lr_finder import LRFinderResult, run_lr_finder
 from .names import Meta, Series
@@ -44,7 +43,7 @@ from .params import scale_lrs
 from .recipe import training as recipe
 from .step import TrainingStep
 from .telemetry import Telemetry
-from .tree import check_names, freeze, parameterised_layers, unfreeze
+from .tree import check_names, freeze, unfreeze
 from .validation import Validation
 
 __all__ = ["Retrainer", "TrainingFailed", "LRFinderResult", "resolve_device", "lr_find"]
@@ -122,7 +121,7 @@ class Retrainer:
         self.teacher = self.distillation.teacher if self.distillation is not None else None
         self._init_telemetry(publish_every, publish_seconds)
         self._init_state()
-        self.feature_cache = _new_feature_cache(self, model)
+        self.feature_cache = new_feature_cache(self, model)
         self.forward = self.feature_cache.forward
         self.telemetry.on(Event.TRAINABLE_CHANGE, self.feature_cache.follow)
         self.validation = Validation(self)
@@ -131,7 +130,7 @@ class Retrainer:
                                        l2sp=(*l2sp, cfg.l2sp) if l2sp is not None else None,
                                        after_backward=self._backward_end)
         old_batches = old_train if old_train is not None else old_val  # the alignment probe's old task
-        self.alignment = (_alignment_probe(self, old_batches)
+        self.alignment = (alignment_probe(self, old_batches)
                           if cfg.alignment_every is not None and old_batches is not None else None)
 
     def _init_telemetry(self, publish_every: int, publish_seconds: float) -> None:
@@ -144,7 +143,7 @@ class Retrainer:
         self.publish_every, self.publish_seconds = tel.publish_every, tel.publish_seconds
         self.probes, self.heavy, self.history, self.handlers = tel.probes, tel.heavy, tel.history, tel.handlers
         self.drift, self.checkpoint = self.heavy.drift, self.heavy.checkpoint
-        _describe(self)
+        describe(self)
 
     def _init_state(self) -> None:
         self.step = 0
@@ -320,13 +319,7 @@ class Retrainer:
 
     def config_record(self) -> tuple[dict[str, Any], str]:
         """(the config as a dict, a note saying what could not be stored)."""
-        try:
-            return self.config.to_dict(), ""
-        except ValueError:
-            name = getattr(self.config.loss, "__name__", type(self.config.loss).__name__)
-            return {"loss": name}, (
-                f"config not stored in full: the loss is a custom callable ({name}); register it with "
-                f"retrain_widgets.losses.register(name, fn) and use its name to store the whole config")
+        return config_record(self.config)
 
     # ================================================================== LR finder
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
@@ -499,47 +492,6 @@ class Retrainer:
     def __repr__(self) -> str:
         return (f"Retrainer(state={self.state.value}, step={self.step}/{self.total_steps}, "
                 f"loss={self.history.meta.get('loss')!r}, device={self.device})")
-
-
-def _describe(run: Retrainer) -> None:
-    """The history's meta: what the run is."""
-    cfg, meta = run.config, run.history.meta
-    meta.update({
-        Meta.CONFIG: _config_meta(cfg), Meta.DEVICE: str(run.device), Meta.TOTAL_STEPS: run.total_steps,
-        Meta.LAYERS: list(run.layer_names), Meta.GROUPS: [g.name for g in run.groups],
-        Meta.HEAD: run.head_name, Meta.HEAD_REPLACED: run.original_head is not None,
-        Meta.LOSS: run.loss_spec.name if run.loss_spec else getattr(cfg.loss, "__name__", "custom"),
-        Meta.HAS_VAL: run.val_loader is not None, Meta.HAS_OLD_VAL: run.old_val_loader is not None,
-    })
-    if cfg.amp and run.device.type != "cuda":
-        meta[Meta.NOTE] = f"amp=True has no effect on {run.device.type}; training in float32"
-
-
-def _new_feature_cache(run: Retrainer, pretrained: nn.Module) -> FeatureCache:
-    """The run's frozen-feature cache: the frozen part's outputs computed once per sample when
-    that is safe, its state in ``history.meta["feature_cache"]``; ``run.forward`` becomes its forward."""
-    return FeatureCache(run.model, run.config.cache_features, run.forward, run.device,
-                        autocast=lambda: recipe.autocast(run.amp_dtype), teacher=run.teacher, pretrained=pretrained,
-                        max_mb=run.config.cache_max_mb, meta=run.history.meta, stop=lambda: run.control.should_stop)
-
-
-def _alignment_probe(run: Retrainer, loader: Iterable[Any]) -> AlignmentProbe:
-    """The alignment probe on ``run``'s telemetry: the old task measured as the run's old-task
-    evaluation measures it (:meth:`~retrain_widgets.core.validation.Validation.fns`), through the
-    original head, on batches of ``loader``."""
-    task = OldTask(run.model, run.forward, lambda o, t: run.validation.fns(o, t, old=True)[0], run.head_name,
-                   run.original_head, lambda: recipe.autocast(run.amp_dtype))
-    cfg = run.config
-    probe = AlignmentProbe(parameterised_layers(run.model), task, loader,
-                           run.history, every=cfg.alignment_every or 1, budget=cfg.alignment_budget, device=run.device)
-    return probe.attach(run.telemetry)
-
-
-def _config_meta(cfg: RunConfig) -> dict[str, Any]:
-    try:
-        return cfg.to_dict()
-    except ValueError:
-        return {"loss": getattr(cfg.loss, "__name__", "custom")}
 
 
 def lr_find(model: nn.Module, config: RunConfig, train: Iterable[Any], **kwargs: Any) -> LRFinderResult:
