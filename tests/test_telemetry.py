@@ -131,7 +131,7 @@ class LoopRun:
         self.model = _net()
         self.model.load_state_dict(model.state_dict())
         self.name, self.head_name, self.message = name, None, ""
-        self.state, self.step, self.total_steps = State.IDLE, 0, 12
+        self.state, self.global_step, self.total_steps = State.IDLE, 0, 12
         self.telemetry = Telemetry(self.model, device=torch.device("cpu"), publish_every=4)
         self.history = self.telemetry.history
         self.history.meta[Meta.LOSS] = "ce"
@@ -139,6 +139,10 @@ class LoopRun:
         self._t0 = 0.0
 
     head_out = None
+
+    @property
+    def progress(self) -> dict:
+        return {"step": self.global_step, "total": self.total_steps}
 
     @property
     def started_at(self) -> float:
@@ -169,12 +173,12 @@ class LoopRun:
             opt.zero_grad()
             loss = F.cross_entropy(self.model(x), y)
             loss.backward()
-            self.telemetry.backward_end(self.step, loss)
+            self.telemetry.backward_end(self.global_step, loss)
             opt.step()
-            self.step += 1
-            self.telemetry.step_end(self.step)
-        self.telemetry.epoch_end(self.step, 1, {Series.VAL_METRIC: 0.75})
-        self.telemetry.finish(self.step, "finished")
+            self.global_step += 1
+            self.telemetry.step_end(self.global_step)
+        self.telemetry.epoch_end(self.global_step, 1, {Series.VAL_METRIC: 0.75})
+        self.telemetry.finish(self.global_step, "finished")
         self._set(State.FINISHED)
 
 
@@ -191,7 +195,8 @@ def test_a_run_that_is_not_a_retrainer_is_stored_restored_and_compared(tmp_path)
     assert store.history(run_id).series(Series.TRAIN_LOSS)[0].tolist() == list(range(12))
     restored = store.restore(run_id, _net())
     assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), run.model.state_dict().values()))
-    engine = Retrainer(examples.pretrained_digits_cnn(), RunConfig(epochs=1), examples.task("is_seven").train)
+    engine = Retrainer(examples.pretrained_digits_cnn(), RunConfig(loss="bce", head_out=1, epochs=1),
+                       examples.task("is_seven").train)
     table = compare([run, engine, rec], store=store)
     names = [s.name for s in table.summaries]
     assert names[0] == "my loop" and len(names) == 3

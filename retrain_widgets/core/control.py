@@ -26,6 +26,7 @@ class Control:
         self._stop = threading.Event()
         self._resume = threading.Event()
         self._resume.set()
+        self.while_paused: list[Callable[[], None]] = []  # called every POLL_S while paused (UI events)
 
     # ------------------------------------------------------------------ any thread
     def stop(self) -> None:
@@ -77,6 +78,8 @@ class Control:
         if self.pause_requested:
             on_pause()
             while not self._resume.wait(self.POLL_S):
+                for fn in self.while_paused:
+                    fn()
                 if self._pending:
                     self.apply_pending()
             on_resume()

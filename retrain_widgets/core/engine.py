@@ -313,6 +313,12 @@ class Retrainer:
 
     # ================================================================== what the store and comparisons read
     @property
+    def global_step(self) -> int:
+        """The optimizer steps done (:attr:`step`; the name the :class:`~retrain_widgets.core.run.Run`
+        protocol reads)."""
+        return self.step
+
+    @property
     def head_out(self) -> int | None:
         """The new head's outputs (``None`` when the model's own head was kept)."""
         return self.config.head_out if self.original_head is not None else None

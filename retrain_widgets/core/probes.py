@@ -83,6 +83,24 @@ class StepProbes:
             self.lrs[j] = [g["lr"] for g in self.lr_groups]
         self.n = j + 1
 
+    def record_gradients(self, step: int) -> None:
+        """The first half of :meth:`record`, for loops whose loss is known only after the optimizer
+        step (a watched loop, a framework's callback): this step's gradient norms (and LRs) into
+        the next row, at the optimizer step, whatever the loop does with ``.grad`` afterwards.
+        :meth:`record_loss` completes the row."""
+        j = self.n
+        grads = [p.grad if p.grad is not None else self._zero for p in self._active_params]
+        if grads:
+            torch.stack(torch._foreach_norm(grads), out=self._rows[j][1:])
+        self.steps[j] = step
+        if self.lr_groups:
+            self.lrs[j] = [g["lr"] for g in self.lr_groups]
+
+    def record_loss(self, loss: torch.Tensor) -> None:
+        """The row :meth:`record_gradients` began: its loss (a device copy, no sync)."""
+        self._rows[self.n][0].copy_(loss.detach().reshape(()))
+        self.n += 1
+
     def flush(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Move the buffered chunk to the host (one sync); return ``(steps, losses, layer norms,
         LRs)`` where ``LRs`` has one column per LR group given at construction.

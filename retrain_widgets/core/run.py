@@ -30,9 +30,12 @@ class Run(Protocol):
     history
         Its :class:`~retrain_widgets.core.history.History` (series named by
         :class:`~retrain_widgets.core.names.Series`).
-    state, step, total_steps, message
+    state, global_step, total_steps, message
         Where it is: a :class:`~retrain_widgets.core.events.State`, the optimizer steps done and
         planned (0 when unknown), and what it said when it ended (``""`` before).
+    progress
+        Step, total, epoch, epochs, steps/s, ETA (seconds or ``None``), state, stage and stages:
+        plain numbers, cheap to read.
     model, pretrained
         The model it trains, and the weights it started from (the store keeps the trained weights
         as the delta against ``pretrained``).
@@ -47,12 +50,17 @@ class Run(Protocol):
     name: str | None
     history: History
     state: State
-    step: int
     total_steps: int
     message: str
     model: nn.Module
     pretrained: nn.Module
     head_name: str | None
+
+    @property
+    def global_step(self) -> int: ...
+
+    @property
+    def progress(self) -> dict[str, Any]: ...
 
     @property
     def head_out(self) -> int | None: ...
@@ -77,8 +85,8 @@ class Run(Protocol):
 def check_run(run: Any, what: str) -> Run:
     """``run`` when it is a :class:`Run`; a ``ValueError`` naming what ``what`` takes otherwise."""
     if not isinstance(run, Run):
-        missing = [m for m in ("name", "history", "state", "step", "total_steps", "message", "model", "pretrained",
-                               "head_name", "head_out", "started_at", "thread", "config_record", "on", "off")
+        missing = [m for m in ("name", "history", "state", "global_step", "total_steps", "message", "model", "pretrained",
+                               "head_name", "head_out", "started_at", "thread", "config_record", "on", "off", "progress")
                    if not hasattr(run, m)]
         raise ValueError(f"{what} takes a run (a Retrainer, a watched loop, or any object of the Run protocol), "
                          f"got {type(run).__name__}" + (f" without {', '.join(missing)}" if missing else ""))

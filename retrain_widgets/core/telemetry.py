@@ -129,6 +129,20 @@ class Telemetry:
         if self.device.type == "cpu" and not math.isfinite(float(loss.detach())):
             self.diverged(step)
 
+    def optimizer_step(self, step: int) -> None:
+        """At the optimizer step (before it), for loops that report their loss only after it (see
+        :meth:`loss`): the ``BACKWARD_END`` handlers and this step's gradient norms."""
+        self.step = step
+        self.handlers.fire(Event.BACKWARD_END, step, self.epoch, {})
+        self.probes.record_gradients(step)
+
+    def loss(self, step: int, loss: torch.Tensor) -> None:
+        """The loss of the step :meth:`optimizer_step` began (the NaN guard's check, as in
+        :meth:`backward_end`)."""
+        self.probes.record_loss(loss)
+        if self.device.type == "cpu" and not math.isfinite(float(loss.detach())):
+            self.diverged(step)
+
     def step_end(self, step: int) -> None:
         """After the optimizer step (``step`` counts the steps done): ``STEP_END`` handlers, and a
         publish when one is due."""

@@ -127,7 +127,7 @@ class Bridge:
         """Training speed between step 1 and the latest step: per wall-clock second (what the user
         experiences) or, with ``cpu``, per CPU second of the training thread (frames included)."""
         first, last = self.step_cpu_times if cpu else self.step_times
-        return (self.run.step - 1) / (last - first) if last > first else 0.0
+        return (self.run.global_step - 1) / (last - first) if last > first else 0.0
 
     @property
     def draw_share(self) -> float:
@@ -175,7 +175,7 @@ class Bridge:
 
     # ------------------------------------------------------------------ drawing
     def update_progress(self) -> None:
-        self.view.show_progress(self.run.step, self.run.total_steps, self.progress_text())
+        self.view.show_progress(self.run.global_step, self.run.total_steps, self.progress_text())
 
     def frame(self, force: bool = False) -> None:
         """Draw one frame if the budget allows (or ``force``) and new data arrived."""

@@ -61,11 +61,11 @@ def run_metrics(run: Run) -> dict[str, Any]:
     """The run's current metrics (see :class:`~retrain_widgets.core.store.RunRecord`); values not
     measured are absent."""
     h = run.history
-    out: dict[str, Any] = {"steps": int(run.step), "total_steps": int(run.total_steps)}
+    out: dict[str, Any] = {"steps": int(run.global_step), "total_steps": int(run.total_steps)}
     steps, values = h.series(Series.TRAIN_LOSS)
     if len(steps):
         last = float(steps[-1])
-        window = max(1.0, round(0.1 * max(float(run.step), last + 1)))
+        window = max(1.0, round(0.1 * max(float(run.global_step), last + 1)))
         tail = values[(steps > last - window) & np.isfinite(values)]
         if len(tail):
             out["train_loss"] = float(np.mean(tail, dtype=np.float64))
@@ -89,11 +89,11 @@ def _final_message(run: Run, notes: list[str]) -> str:
     text = run.message
     if not text:
         if state == State.STOPPED:
-            text = f"stopped at step {run.step} of {run.total_steps}"
+            text = f"stopped at step {run.global_step} of {run.total_steps}"
         elif state == State.FINISHED:
-            text = f"finished: {run.step} steps"
+            text = f"finished: {run.global_step} steps"
         else:
-            text = f"{state.value} at step {run.step} of {run.total_steps}"
+            text = f"{state.value} at step {run.global_step} of {run.total_steps}"
     return "; ".join([text, *[n for n in notes if n]])
 
 
@@ -151,7 +151,7 @@ class Recorder:
             now = time.time()
             with self.db.tx() as conn:
                 cur = conn.execute("UPDATE runs SET state = ?, step = ?, started = COALESCE(started, ?), "
-                                   "heartbeat = ? WHERE id = ?", (state.value, int(self.run.step), now, now, self.id))
+                                   "heartbeat = ? WHERE id = ?", (state.value, int(self.run.global_step), now, now, self.id))
                 gone = cur.rowcount == 0
             if gone:
                 self._gone()
@@ -170,7 +170,7 @@ class Recorder:
                 cur = conn.execute(
                     "UPDATE runs SET state = ?, step = ?, total_steps = ?, metrics = ?, saved = ?, heartbeat = ?, "
                     "started = COALESCE(started, ?) WHERE id = ?",
-                    (run.state.value, int(run.step), int(run.total_steps), metrics, now, now, started, self.id))
+                    (run.state.value, int(run.global_step), int(run.total_steps), metrics, now, now, started, self.id))
                 gone = cur.rowcount == 0
                 if not gone:
                     conn.execute(_UPSERT_HISTORY, (self.id, HISTORY_CODEC, blob))
@@ -210,7 +210,7 @@ class Recorder:
             cur = conn.execute(
                 "UPDATE runs SET state = ?, message = ?, ended = ?, saved = ?, heartbeat = ?, step = ?, "
                 "total_steps = ?, metrics = ?, has_weights = ?, started = COALESCE(started, ?) WHERE id = ?",
-                (run.state.value, _final_message(run, notes), now, now, now, int(run.step),
+                (run.state.value, _final_message(run, notes), now, now, now, int(run.global_step),
                  int(run.total_steps), metrics, int(weights_error is None), now, self.id))
             gone = cur.rowcount == 0
             if not gone:

@@ -156,9 +156,9 @@ class RunStore:
         if state != State.IDLE:
             t_start = run.started_at
             started = now - (time.perf_counter() - t_start) if t_start else now
-        blob = encode_history(run.history, 1) if run.step > 0 else None
-        row = (name, state.value, "" if state.final else note, now, started, now if run.step > 0 else None, now,
-               os.getpid(), HOST, process_token(os.getpid()), int(run.step), int(run.total_steps),
+        blob = encode_history(run.history, 1) if run.global_step > 0 else None
+        row = (name, state.value, "" if state.final else note, now, started, now if run.global_step > 0 else None, now,
+               os.getpid(), HOST, process_token(os.getpid()), int(run.global_step), int(run.total_steps),
                json.dumps(config), json.dumps(run_metrics(run)), fingerprint(run.pretrained), run.head_name, head_out,
                notebook)
         for _ in range(20):

@@ -1,0 +1,194 @@
+"""A plain PyTorch loop, watched: its history is what the loop did, it steers from any thread,
+and it is stored, restored and compared like an engine run."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import retrain_widgets as rw
+from retrain_widgets import Retrainer, RunConfig, State, examples
+from retrain_widgets.core.names import Series
+from retrain_widgets.core.run import Run
+from retrain_widgets.core.store import RunStore
+from retrain_widgets.core.watch import WatchedRun
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _data(n: int = 12, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(5, 4, generator=g), torch.randint(0, 3, (5,), generator=g)) for _ in range(n)]
+
+
+def _layer_norms(net: nn.Module) -> list[float]:
+    return [torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in m.parameters()])).item()
+            for m in (net[0], net[2])]
+
+
+@pytest.mark.parametrize("zero_grad_first", [True, False])
+def test_a_watched_loops_history_is_what_the_loop_did(zero_grad_first):
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 3, gamma=0.5)
+    run = WatchedRun(net, opt, scheduler=sched, publish_every=4, alignment_every=None)
+    losses, norms, lrs = [], [], []
+    for x, y in _data():
+        if zero_grad_first:
+            opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        norms.append(_layer_norms(net))
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if not zero_grad_first:
+            opt.zero_grad()  # the gradients are gone before step(): the hook took them at the optimizer step
+        sched.step()
+        losses.append(loss.item())
+        run.step(loss)
+    run.epoch_end(val_loss=0.25)
+    run.finish()
+    h = run.history
+    steps, got = h.series(Series.TRAIN_LOSS)
+    assert steps.tolist() == list(range(12)) and np.allclose(got, losses, rtol=1e-6)
+    _, cols, g = h.layer_series(Series.GRAD_NORM)
+    assert cols == ("0", "2") and g.shape == (12, 2) and np.allclose(g, norms, rtol=1e-5)
+    assert np.allclose(h.series(Series.LR)[1], lrs)
+    assert h.series(Series.VAL_LOSS)[1].tolist() == [0.25]
+    d = h.layer_series(Series.DRIFT)[2]
+    assert d.shape[1] == 2 and np.all(d[-1] > 0)  # against the weights at watch time
+    assert run.state == State.FINISHED and run.global_step == 12
+    config, _ = run.config_record()
+    assert config["optimizer"] == "sgd" and config["momentum"] == 0.9 and config["scheduler"] == "StepLR"
+
+
+def test_stop_from_another_thread_and_pause_waiting_in_step():
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    run = WatchedRun(net, opt, alignment_every=None)
+    states: list[State] = []
+    run.on(rw.Event.STATE_CHANGE, lambda info: states.append(info.data["state"]))
+    data = _data(4)
+    done = threading.Event()
+    steps_at_pause: list[int] = []
+
+    def loop() -> None:
+        i = 0
+        while not run.should_stop:
+            x, y = data[i % 4]
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+            run.step(loss)
+            i += 1
+            time.sleep(0.002)
+        run.finish()
+        done.set()
+
+    t = threading.Thread(target=loop)
+    t.start()
+    time.sleep(0.2)
+    run.pause()
+    time.sleep(0.3)
+    steps_at_pause.append(run.global_step)
+    time.sleep(0.3)
+    assert run.state == State.PAUSED and run.global_step == steps_at_pause[0]  # waiting inside step()
+    run.resume()
+    time.sleep(0.2)
+    assert run.global_step > steps_at_pause[0]
+    t0 = time.perf_counter()
+    run.stop()
+    assert done.wait(5) and time.perf_counter() - t0 < 1.0
+    t.join()
+    assert run.state == State.STOPPED and states[:3] == [State.RUNNING, State.PAUSED, State.RUNNING]
+    assert states[-1] == State.STOPPED
+
+
+def test_a_nan_loss_sets_should_stop_and_says_at_which_step():
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    run = WatchedRun(net, opt, alignment_every=None)
+    for i, (x, y) in enumerate(_data(6)):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y) * (float("nan") if i == 4 else 1.0)
+        loss.backward()
+        opt.step()
+        run.step(loss)
+        if run.should_stop:
+            break
+    assert run.should_stop and i == 4
+    assert "at step 4" in run.message
+    run.finish()
+    assert run.state == State.FAILED and "NaN or infinite at step 4" in run.history.meta["error"]
+
+
+def test_the_old_task_is_measured_at_each_epoch_and_the_alignment_probe_samples():
+    seven = examples.task("is_seven")
+    digits = examples.digits_loaders(batch_size=64)
+    model = examples.pretrained_digits_cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    run = WatchedRun(model, opt, old_val=digits[1], alignment_every=5, alignment_budget=1.0, name="loop")
+    for _epoch in range(2):
+        for x, y in seven.train:
+            opt.zero_grad()
+            logits = model(x)
+            loss = F.cross_entropy(logits, (y > 0.5).long())
+            loss.backward()
+            opt.step()
+            run.step(loss)
+        run.epoch_end()
+    run.finish()
+    h = run.history
+    old_steps, old_metric = h.series(Series.OLD_METRIC)
+    assert len(old_steps) == 2 and 0 <= old_metric[-1] <= 1 and h.meta["old_metric"] == "multiclass_accuracy"
+    a_steps, cols, a = h.layer_series(Series.GRAD_ALIGNMENT)
+    assert len(a_steps) >= 3 and cols == run.layer_names and np.isfinite(a).any()
+
+
+def test_a_watched_run_is_stored_restored_and_compared_with_an_engine_run(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    net = _net()
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.AdamW(net.parameters(), lr=0.05)
+    with WatchedRun(net, opt, name="plain loop", loss="ce") as run:
+        assert isinstance(run, Run)
+        run_id = store.record(run)
+        for x, y in _data():
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+            run.step(loss)
+    rec = store.get(run_id)
+    assert rec.state == "finished" and rec.name == "plain loop"
+    assert rec.config["framework"] == "loop" and rec.config["optimizer"] == "adamw" and rec.config["loss"] == "ce"
+    fresh = _net()
+    assert all(torch.equal(v, start[k]) for k, v in fresh.state_dict().items())
+    restored = store.restore(run_id, fresh)
+    assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), net.state_dict().values()))
+    engine = Retrainer(examples.pretrained_digits_cnn(), RunConfig(loss="bce", head_out=1, epochs=1),
+                       examples.task("is_seven").train)
+    engine.fit()
+    engine_id = store.record(engine, name="engine")
+    table = rw.compare([run_id, engine_id], store=store)
+    assert {row["run"] for row in table.rows} == {"plain loop", "engine"}
+    store.close()
+
+
+def test_an_exception_in_the_loop_marks_the_run_failed():
+    net = _net()
+    with pytest.raises(KeyError):
+        with WatchedRun(net, alignment_every=None) as run:
+            run.step(torch.tensor(1.0))
+            raise KeyError("boom")
+    assert run.state == State.FAILED and "KeyError" in run.message
