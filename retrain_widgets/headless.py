@@ -46,6 +46,7 @@ from torch import nn
 
 from . import autoloss, naming
 from .choices import Strategies, apply_freezing, try_freezing
+from .config_view import read_only
 from .core import feature_cache, losses, schedules
 from .core.batches import Forward, default_forward, first_batch, logits_of
 from .core.builder import build_model, count_steps
@@ -160,7 +161,7 @@ class HeadlessStudio:
         self.old_train_loader = old_train
         self.forward: Forward = forward or default_forward
         self.teacher = teacher
-        self._config = (copy.copy(config) if config is not None else RunConfig()).validate()
+        self._config = read_only((copy.copy(config) if config is not None else RunConfig()).validate())
         self.run: Retrainer | None = None
         self.mismatch: LossMismatchError | None = None
         self.lr_suggestion: float | None = None
@@ -212,7 +213,8 @@ class HeadlessStudio:
     # ================================================================== config
     @property
     def config(self) -> RunConfig:
-        """The run's configuration; assigning one (validated) updates every view."""
+        """The run's configuration, read-only (:mod:`retrain_widgets.config_view`): change it with
+        :meth:`set`, or assign a whole one (validated); either updates every view."""
         return self._config
 
     @config.setter
@@ -230,6 +232,7 @@ class HeadlessStudio:
     def _change(self, new: RunConfig) -> RunConfig:
         """Take ``new``; a freezing that cannot apply raises ``ValueError`` and changes nothing.
         A red status (a refusal) goes away with the next change taken."""
+        new = read_only(new)
         diff, red, self._red = self._config.diff(new), self._red, False
         fresh = bool({"head", "head_out", "head_init", "seed"} & diff.keys())
         work = self.working_copy(new) if fresh else self.work

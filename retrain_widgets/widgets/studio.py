@@ -89,7 +89,8 @@ class RetrainStudio(W.VBox):
     Attributes
     ----------
     config : RunConfig
-        The whole state of the dashboard; settable.
+        The whole state of the dashboard; settable as a whole, read-only in place (change a field
+        with ``studio.set(lr=...)``).
     run : Retrainer or None
         The current (or last) run; ``run.model`` is its trained copy.
     runs : list of Retrainer
