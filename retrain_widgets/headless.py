@@ -6,29 +6,9 @@ runs and the current one, the what-if queue, the run store, the loss check, the 
 LR finder, restore / delete / export, and waiting. :class:`~retrain_widgets.RetrainStudio` is a
 set of thin views bound to one of these; scripts and tests can drive it directly.
 
-Views learn of changes through topics (``studio.on(topic, fn)``); each ``fn`` gets the
-arguments listed here, and may be called from the what-if queue's thread:
-
-========== =================================== ==============================================
-topic      arguments                           when
-========== =================================== ==============================================
-config     ``old, new`` (RunConfig)            the config changed (before the checks rerun)
-work       (none)                              the working copy or its freezing changed
-loss_check ``LossVerdict``                     the loss was checked on one batch
-preview    ``Preview``                         the LR preview was redrawn (or refused)
-lr_find    ``result, png``                     the LR finder ran
-status     ``text, error``                     a one-line message (plain text, ```code```)
-error      ``exception or None``               a run or an action failed (None: clear it)
-run        ``run``                             a run was made and is about to start
-run_failed ``run``                             that run refused to start
-state      ``run or None``                     show this run's state (None: idle)
-plot       ``png``                             the main figure was redrawn (reset, restore)
-reset      (none)                              back to the pretrained weights (no progress)
-queue      ``text, error``                     what-if progress
-queue_done ``keys``                            the what-if queue ended; keys of its runs
-focus      ``"loss"`` or ``"runs"``            the part of the dashboard to look at now
-cache      ``text`` (see ``cache_state``)      the current run's feature cache changed (training thread)
-========== =================================== ==============================================
+Views learn of changes through typed topics: ``studio.on(Topic.X, fn)``, where ``fn`` gets one frozen
+payload object (:mod:`retrain_widgets.topics` lists them), and may be called from the what-if
+queue's thread.
 """
 
 from __future__ import annotations
@@ -38,7 +18,6 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -65,23 +44,30 @@ from .core.tree import (
 )
 from .plots import LiveFigure, lr_finder_png, lr_preview_png
 from .runbook import RunBook, WhatIfQueue
+from .topics import (
+    CacheState,
+    ConfigChanged,
+    ErrorShown,
+    Focus,
+    LossVerdict,
+    LrFound,
+    Payload,
+    PlotDrawn,
+    Preview,
+    ResetDone,
+    RunFailed,
+    RunMade,
+    StateShown,
+    StatusLine,
+    Topic,
+    WorkChanged,
+    listener,
+    payload_of,
+)
 
 __all__ = ["HeadlessStudio", "LossVerdict", "Preview", "STRATEGIES", "plain_wait_while"]
 
 STRATEGIES = ("custom", "head only", "full", "gradual")
-TOPICS = frozenset({"config", "work", "loss_check", "preview", "lr_find", "status", "error", "run", "run_failed",
-                    "state", "plot", "reset", "queue", "queue_done", "focus", "cache"})
-
-
-@dataclass(frozen=True)
-class LossVerdict:
-    """The loss check on one batch: ``ok``, a one-line ``text``, the head size that would fix it
-    and the mismatch itself."""
-
-    ok: bool
-    text: str
-    fix: int | None = None
-    mismatch: LossMismatchError | None = None
 
 
 def loss_verdict(forward: Forward, model: nn.Module, batch: Callable[[], Any], cfg: RunConfig) -> LossVerdict:
@@ -106,15 +92,6 @@ def loss_verdict(forward: Forward, model: nn.Module, batch: Callable[[], Any], c
     dtype_t = str(targets.dtype).replace("torch.", "") if is_tensor else ""
     name = cfg.loss if isinstance(cfg.loss, str) else "custom loss"
     return LossVerdict(True, f"'{name}' fits: outputs {tuple(logits.shape)}, targets {shape_t} {dtype_t}")
-
-
-@dataclass(frozen=True)
-class Preview:
-    """The LR preview: the PNG (``None`` when the schedule was refused) and a note under it."""
-
-    png: bytes | None
-    note: str
-    error: bool = False
 
 
 def plain_wait_while(busy: Callable[[], bool], timeout: float | None = None, interval: float = 0.05,
@@ -171,11 +148,11 @@ class HeadlessStudio:
         self.title = title or type(model).__name__
         self.figure = LiveFigure(title=self.title)
         self.wait_while: Callable[..., bool] = plain_wait_while
-        self._listeners: dict[str, list[Callable[..., Any]]] = {}
+        self._listeners: dict[Topic, list[Callable[[Payload], Any]]] = {}
         self._probe_batch: Any = None
         self._layers: dict[int, list[tuple[str, list[nn.Parameter]]]] = {}
         self._restored: tuple[str, nn.Module] | None = None
-        self.shown_error: BaseException | None = None  # on the ``error`` topic now
+        self.shown_error: BaseException | None = None  # on Topic.ERROR now
         self._red = False  # the last status was an error
         self.strategies = Strategies()
         self.work = self.working_copy()
@@ -185,30 +162,35 @@ class HeadlessStudio:
         self.strategies.remember(self.strategy_of(), self._config)
 
     # ================================================================== topics
-    def on(self, topic: str, fn: Callable[..., Any]) -> None:
-        """Call ``fn`` on ``topic`` (see the module's table)."""
-        if topic not in TOPICS:
-            raise ValueError(f"unknown studio topic {topic!r}; known: {', '.join(sorted(TOPICS))}")
-        self._listeners.setdefault(topic, []).append(fn)
+    def on(self, topic: Topic | str, fn: Callable[..., Any]) -> None:
+        """Call ``fn(payload)`` on ``topic`` (:mod:`retrain_widgets.topics`); a topic's plain name
+        (``"status"``) still works, ``fn`` then gets the payload's fields as positional arguments.
+        An unknown topic is a ``ValueError``."""
+        known, call = listener(topic, fn)
+        self._listeners.setdefault(known, []).append(call)
 
-    def emit(self, topic: str, *args: Any) -> None:
-        if topic in ("error", "status"):
-            self.shown_error = args[0] if topic == "error" else self.shown_error
-            self._red = bool(args[1]) if topic == "status" else self._red
-        for fn in self._listeners.get(topic, ()):
-            fn(*args)
+    def emit(self, payload: Payload | Topic | str, *args: Any) -> None:
+        """Announce ``payload`` on its topic (``emit(topic, *fields)`` makes the payload)."""
+        if not isinstance(payload, Payload):
+            payload = payload_of(payload, *args)
+        if isinstance(payload, ErrorShown):
+            self.shown_error = payload.error
+        elif isinstance(payload, StatusLine):
+            self._red = bool(payload.error)
+        for fn in self._listeners.get(payload.topic, ()):
+            fn(payload)
 
     def status(self, text: str, error: bool = False) -> None:
-        self.emit("status", text, error)
+        self.emit(StatusLine(text, error))
 
     def refresh(self) -> None:
         """Re-announce everything views show: the working copy, the loss check, the preview, the plot."""
         self.refresh_work()
         self.check_loss()
         self.update_preview()
-        self.emit("plot", self.figure.render(History().snapshot()))
-        self.emit("state", None)
-        self.emit("cache", self.cache_state())
+        self.emit(PlotDrawn(self.figure.render(History().snapshot())))
+        self.emit(StateShown(None))
+        self.emit(CacheState(self.cache_state()))
 
     # ================================================================== config
     @property
@@ -245,10 +227,10 @@ class HeadlessStudio:
         old, self._config, self.work = self._config, new, work
         self.strategies.remember(self.strategy_of(), new)
         if red and not self._red:
-            self.emit("state", self.run)  # the state's own line replaces the refusal
-        self.emit("config", old, new)
+            self.emit(StateShown(self.run))  # the state's own line replaces the refusal
+        self.emit(ConfigChanged(old, new))
         if fresh or {"frozen", "train_bn", "lora_r", "lora_modules"} & diff.keys():
-            self.emit("work")
+            self.emit(WorkChanged())
         if {"loss", "loss_kwargs", "head", "head_out"} & diff.keys():
             self.check_loss()
         if {"schedule", "schedule_kwargs", "epochs", "max_steps", "lr"} & diff.keys():
@@ -331,7 +313,7 @@ class HeadlessStudio:
             apply_freezing(self.work, self._config)
         except ValueError as exc:
             self.status(f"✗ {exc}", error=True)
-        self.emit("work")
+        self.emit(WorkChanged())
 
     def head_name(self) -> str | None:
         return self._config.head or find_head_or_none(self.work)
@@ -356,9 +338,9 @@ class HeadlessStudio:
         """
         verdict = loss_verdict(self.forward, self.work, self.probe_batch, self._config)
         self.mismatch = verdict.mismatch
-        self.emit("loss_check", verdict)
+        self.emit(verdict)
         if verdict.ok and isinstance(self.shown_error, LossMismatchError):
-            self.emit("error", None)  # the refused Start's mismatch no longer holds
+            self.emit(ErrorShown(None))  # the refused Start's mismatch no longer holds
         return self.mismatch
 
     def replace_head(self) -> None:
@@ -389,7 +371,7 @@ class HeadlessStudio:
                 note += (" Metric-driven: the LR drops when the validation loss stops improving, so the "
                          "preview is flat.")
             preview = Preview(lr_preview_png(lrs, title=f"{cfg.schedule}: LR over {total:,} steps"), note)
-        self.emit("preview", preview)
+        self.emit(preview)
         return preview
 
     def find_lr(self, **kwargs: Any) -> Any:
@@ -399,10 +381,10 @@ class HeadlessStudio:
             r = Retrainer(self.pretrained, self._config, self.train_loader, forward=self.forward)
             result = r.lr_find(**kwargs)
         except Exception as exc:  # noqa: BLE001 - shown in the views
-            self.emit("error", exc)
+            self.emit(ErrorShown(exc))
             return None
         self.lr_suggestion = result.suggestion
-        self.emit("lr_find", result, lr_finder_png(result))
+        self.emit(LrFound(result, lr_finder_png(result)))
         self.status(f"LR finder: steepest descent at {result.suggestion:.2e} (minimum / 10: "
                     f"{result.min_lr_div10:.2e}).")
         return result
@@ -417,18 +399,18 @@ class HeadlessStudio:
 
         Uses the studio's config, or ``config`` for this run only (what-ifs); ``name`` labels
         it among the runs. Returns the run, or ``None`` when it could not start (the reason is
-        announced on ``error``).
+        announced on :attr:`Topic.ERROR`).
         """
         if self.run is not None and self.run.state.active:
             self.status("a run is already going: Stop it first.", error=True)
             return None
-        self.emit("error", None)
+        self.emit(ErrorShown(None))
         cfg = self._config if config is None else config
         try:
             run = Retrainer(self.pretrained, cfg, self.train_loader, self.val_loader, self.old_val_loader,
                             old_train=self.old_train_loader, forward=self.forward, teacher=self.teacher)
         except Exception as exc:  # noqa: BLE001 - shown in the views
-            self.emit("error", exc)
+            self.emit(ErrorShown(exc))
             return None
         self.figure.reset()
         self._layers = {id(run.model): parameterised_layers(run.model)}
@@ -436,17 +418,17 @@ class HeadlessStudio:
         self.book.name(run, name or self.default_name(cfg))
         for event in (Event.EPOCH_END, Event.STAGE_CHANGE, Event.STATE_CHANGE):
             run.on(event, lambda _info, run=run: self.announce_cache(run))
-        self.emit("run", run)
+        self.emit(RunMade(run))
         try:
             run.start()
         except Exception as exc:  # noqa: BLE001 - mismatches and bad loaders: shown in the views
-            self.emit("run_failed", run)
+            self.emit(RunFailed(run))
             self.run = self.runs[-1] if self.runs else None
-            self.emit("error", exc)
+            self.emit(ErrorShown(exc))
             if isinstance(exc, LossMismatchError):
                 self.mismatch = exc
-                self.emit("focus", "loss")
-            self.emit("state", self.run)
+                self.emit(Focus("loss"))
+            self.emit(StateShown(self.run))
             return None
         self.book.add(run)
         self.announce_cache(run)
@@ -459,9 +441,9 @@ class HeadlessStudio:
         return feature_cache.describe(run.history.meta.get("feature_cache") if run is not None else None)
 
     def announce_cache(self, run: Retrainer) -> None:
-        """Announce ``run``'s cache state on ``cache`` while it is the current run (from any thread)."""
+        """Announce ``run``'s cache state on :attr:`Topic.CACHE` while it is the current run (from any thread)."""
         if run is self.run:
-            self.emit("cache", self.cache_state(run))
+            self.emit(CacheState(self.cache_state(run)))
 
     def default_name(self, cfg: RunConfig) -> str:
         """``#7 bce · head only · lr 0.00159 · cosine`` (:mod:`retrain_widgets.naming`)."""
@@ -493,14 +475,14 @@ class HeadlessStudio:
             run.stop()
             run.join(10)
         self.run, self._restored = None, None
-        self.emit("reset")
+        self.emit(ResetDone())
         self.figure.reset()
-        self.emit("plot", self.figure.render(History().snapshot()))
-        self.emit("error", None)
+        self.emit(PlotDrawn(self.figure.render(History().snapshot())))
+        self.emit(ErrorShown(None))
         self.work = self.working_copy()
         self.refresh_work()
-        self.emit("state", None)
-        self.emit("cache", "")
+        self.emit(StateShown(None))
+        self.emit(CacheState(""))
         self.status("reset: the next Start trains from the pretrained weights.")
 
     def busy(self) -> bool:
@@ -585,7 +567,7 @@ class HeadlessStudio:
         if config is not None:
             self.config = config
         self.figure.reset()
-        self.emit("plot", self.figure.render_final(history.snapshot()))
+        self.emit(PlotDrawn(self.figure.render_final(history.snapshot())))
         self.status(f"restored {self.book.name_for(key)}: `studio.model` holds its weights.")
         return model
 

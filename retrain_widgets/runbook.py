@@ -17,6 +17,7 @@ from .core.history import History
 from .core.store import RunStore, fingerprint
 from .naming import next_number, numbered
 from .notebook import kernel_notebook, notebook_key
+from .topics import ErrorShown, Focus, QueueDone, QueueProgress
 
 if TYPE_CHECKING:
     from .headless import HeadlessStudio
@@ -143,8 +144,8 @@ class RunBook:
 
 class WhatIfQueue:
     """Runs configs one after another through ``studio.start``, in a thread of its own; :meth:`stop`
-    ends it after the current run. Announces ``queue``, ``queue_done`` and ``focus`` (see
-    :mod:`retrain_widgets.headless`)."""
+    ends it after the current run. Announces ``QueueProgress``, ``QueueDone`` and ``Focus``
+    (see :mod:`retrain_widgets.topics`)."""
 
     def __init__(self, studio: HeadlessStudio) -> None:
         self.studio = studio
@@ -173,21 +174,21 @@ class WhatIfQueue:
         try:
             keys = self._run_each(configs, names)
         except Exception as exc:  # noqa: BLE001 - shown in the views, never lost in a thread
-            emit("error", exc)
-            emit("queue", f"✗ what-ifs: {exc}", True)
+            emit(ErrorShown(exc))
+            emit(QueueProgress(f"✗ what-ifs: {exc}", True))
             return
         stopped = self._stop.is_set()
-        emit("queue_done", keys)
-        emit("queue", f"what-ifs {'stopped after' if stopped else 'done:'} {len(keys)} of {len(configs)} "
-                      f"run{'s' if len(configs) > 1 else ''}; overlaid below.", False)
-        emit("focus", "runs")
+        emit(QueueDone(keys))
+        emit(QueueProgress(f"what-ifs {'stopped after' if stopped else 'done:'} {len(keys)} of {len(configs)} "
+                           f"run{'s' if len(configs) > 1 else ''}; overlaid below.", False))
+        emit(Focus("runs"))
 
     def _run_each(self, configs: list[RunConfig], names: list[str]) -> list[str]:
         keys: list[str] = []
         for i, (cfg, name) in enumerate(zip(configs, names)):
             if self._stop.is_set():
                 break
-            self.studio.emit("queue", f"what-if {i + 1} of {len(configs)}: {name}", False)
+            self.studio.emit(QueueProgress(f"what-if {i + 1} of {len(configs)}: {name}", False))
             run = self.studio.start(cfg, name=self.studio.book.numbered(name))
             if run is None:
                 break

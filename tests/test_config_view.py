@@ -10,7 +10,8 @@ import pytest
 
 from retrain_widgets import RetrainStudio, RunConfig, examples
 from retrain_widgets.config_view import ReadOnlyConfigError, read_only
-from retrain_widgets.headless import TOPICS, HeadlessStudio
+from retrain_widgets.headless import HeadlessStudio
+from retrain_widgets.topics import Topic
 
 pytestmark = pytest.mark.usefixtures("runs_in_tmp")
 
@@ -43,8 +44,8 @@ def _trainable(studio):
 def test_headless_refuses_an_in_place_edit_and_changes_nothing(cnn, seven, edit):
     s = HeadlessStudio(cnn, seven.train, seven.val, config=_config(), store=False)
     heard = []
-    for topic in TOPICS:
-        s.on(topic, lambda *args, t=topic: heard.append(t))
+    for topic in Topic:
+        s.on(topic, heard.append)
     before, trainable = copy.deepcopy(s.config), _trainable(s)
     with pytest.raises(ReadOnlyConfigError, match=EDITS[edit]):
         exec(edit, {"cfg": s.config})
@@ -57,11 +58,11 @@ def test_headless_refuses_an_in_place_edit_and_changes_nothing(cnn, seven, edit)
 def test_headless_changes_go_through_set_and_whole_configs(cnn, seven):
     s = HeadlessStudio(cnn, seven.train, seven.val, config=_config(), store=False)
     heard = []
-    s.on("config", lambda old, new: heard.append(new))
+    s.on(Topic.CONFIG, heard.append)
     new = s.set(frozen=["features"])
-    assert s.config is new and new.frozen == ["features"] and heard[-1] is new
+    assert s.config is new and new.frozen == ["features"] and heard[-1].new is new
     with pytest.raises(ReadOnlyConfigError):
-        heard[-1].frozen.clear()  # what a listener gets is read-only too
+        heard[-1].new.frozen.clear()  # what a listener gets is read-only too
     assert not all(_trainable(s))  # the working copy shows the freezing
     editable = copy.copy(s.config)  # a copy is a plain, editable RunConfig
     editable.lr = 3e-3
