@@ -143,7 +143,7 @@ class HeadlessStudio:
         self.mismatch: LossMismatchError | None = None
         self.lr_suggestion: float | None = None
         self.book = RunBook(open_store(store), model)
-        self.queue = WhatIfQueue(self)
+        self.queue = WhatIfQueue(self.book, start=self.start, emit=self.emit)
         self.code_hints = code
         self.title = title or type(model).__name__
         self.figure = LiveFigure(title=self.title)
@@ -158,7 +158,8 @@ class HeadlessStudio:
         self.work = self.working_copy()
         self.refresh_work()
         #: The loss chosen at open (no config given, and the default loss did not fit), else None.
-        self.loss_choice = autoloss.open_ready(self) if config is None else None
+        self.loss_choice = None if config is not None else autoloss.open_ready(
+            self.work, self.forward, self.probe_batch, self._config, change=self.set, fits=lambda: self.mismatch is None)
         self.strategies.remember(self.strategy_of(), self._config)
 
     # ================================================================== topics
