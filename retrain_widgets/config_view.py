@@ -86,8 +86,10 @@ class ReadOnlyConfig(RunConfig):
     """A validated :class:`RunConfig` that refuses in-place edits (see the module). Build one with
     :func:`read_only`."""
 
-    def __init__(self, *_args: Any, **_kwargs: Any) -> None:  # pragma: no cover - read_only() builds them
-        raise TypeError("build a ReadOnlyConfig with read_only(config)")
+    def __new__(cls, *args: Any, **kwargs: Any) -> RunConfig:  # type: ignore[misc]
+        """``ReadOnlyConfig(...)`` (``dataclasses.replace`` too) makes a plain, validated RunConfig;
+        :func:`read_only` makes the read-only ones."""
+        return RunConfig(*args, **kwargs)
 
     def __setattr__(self, name: str, value: Any) -> NoReturn:
         _refuse(f"studio.config.{name} = {value!r}", f"{name}={value!r}")

@@ -4,6 +4,7 @@ and changes nothing; ``set`` and assigning a whole config still work (both studi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
 
 import pytest
@@ -87,6 +88,10 @@ def test_a_read_only_config_compares_copies_and_pickles_as_a_run_config():
         assert type(twin) is RunConfig and twin == plain and type(twin.loss_kwargs) is dict
         twin.frozen.append("features")  # editable
     assert view.frozen == [] and read_only(view) is view
+    replaced = dataclasses.replace(view, lr=2e-3)  # made by the class: a plain, validated RunConfig
+    assert type(replaced) is RunConfig and replaced.lr == pytest.approx(2e-3)
+    with pytest.raises(ValueError, match="lr"):
+        dataclasses.replace(view, lr=-1.0)
     plain.lr = 0.5  # the view does not follow the object it was made from
     assert view.lr == pytest.approx(1e-3)
 
