@@ -88,6 +88,10 @@ def test_a_read_only_config_compares_copies_and_pickles_as_a_run_config():
         assert type(twin) is RunConfig and twin == plain and type(twin.loss_kwargs) is dict
         twin.frozen.append("features")  # editable
     assert view.frozen == [] and read_only(view) is view
+    for field in (view.frozen, view.loss_kwargs):  # a field copied alone is plain and editable too
+        assert type(copy.copy(field)) in (list, dict) and type(pickle.loads(pickle.dumps(field))) in (list, dict)
+    copy.deepcopy(view.loss_kwargs)["gamma"] = 1.0
+    assert view.validate() is view and view != "a config" and view.loss_kwargs == {"gamma": 2.0}
     replaced = dataclasses.replace(view, lr=2e-3)  # made by the class: a plain, validated RunConfig
     assert type(replaced) is RunConfig and replaced.lr == pytest.approx(2e-3)
     with pytest.raises(ValueError, match="lr"):

@@ -17,7 +17,7 @@ from retrain_widgets import RunConfig
 from retrain_widgets.autoloss import open_ready
 from retrain_widgets.core.batches import default_forward
 from retrain_widgets.runbook import RunBook, WhatIfQueue
-from retrain_widgets.topics import Focus, QueueDone, QueueProgress
+from retrain_widgets.topics import ErrorShown, Focus, QueueDone, QueueProgress
 
 pytestmark = pytest.mark.usefixtures("runs_in_tmp")
 
@@ -143,3 +143,15 @@ def test_a_studio_puts_its_config_back_when_the_choice_does_not_fit_the_model():
     task = examples.task("is_seven")
     s = HeadlessStudio(NoLinearHead(), task.train, task.val, store=False)  # 'bce' needs a 1-output head
     assert s.loss_choice is None and s.config == RunConfig() and s.mismatch is not None
+
+
+def test_the_what_if_queue_announces_an_error_of_its_start():
+    book, heard, boom = RunBook(None, nn.Linear(2, 2)), [], RuntimeError("boom")
+
+    def start(cfg: RunConfig, name: str):
+        raise boom
+
+    queue = WhatIfQueue(book, start=start, emit=heard.append)
+    queue.start([RunConfig()], ["a"])
+    queue.thread.join(10)
+    assert heard == [QueueProgress("what-if 1 of 1: a", False), ErrorShown(boom), QueueProgress("✗ what-ifs: boom", True)]

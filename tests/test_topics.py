@@ -96,6 +96,11 @@ def test_emit_takes_a_payload_or_a_topic_and_its_fields(cnn, seven):
     s.emit("status", "by name", False)
     s.emit(Topic.STATUS, "by topic")
     assert got == [T.StatusLine("typed", True), T.StatusLine("by name", False), T.StatusLine("by topic", False)]
+    verdicts: list = []
+    s.on(Topic.LOSS_CHECK, verdicts.append)
+    verdict = T.LossVerdict(True, "fits")
+    s.emit("loss_check", verdict)  # as the plain name's listeners get it: the verdict itself
+    assert verdicts == [verdict] and verdicts[0] is verdict
     s.emit(T.ErrorShown(KeyError("x")))
     assert isinstance(s.shown_error, KeyError)
 
