@@ -20,16 +20,16 @@ the new head. A config given explicitly is never replaced (the studio checks it 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import nn
 
-from .core.batches import logits_of
+from .core.batches import Forward, logits_of
+from .core.config import RunConfig
 from .core.losses import LossMismatchError, check_compatibility
-
-if TYPE_CHECKING:
-    from .headless import HeadlessStudio
 
 __all__ = ["LossChoice", "choose_loss", "open_ready"]
 
@@ -97,25 +97,31 @@ def _candidate(outputs: torch.Tensor, targets: Any, mismatch: LossMismatchError)
     return None
 
 
-def open_ready(studio: HeadlessStudio) -> LossChoice | None:
-    """Give ``studio`` (opened without a config) a loss that fits its task when its loss does not:
-    the choice is kept only when the studio's own loss check passes with it. Returns the choice."""
-    model = studio.work
+def open_ready(model: nn.Module, forward: Forward, batch: Callable[[], Any], config: RunConfig, *,
+               change: Callable[..., Any], fits: Callable[[], bool]) -> LossChoice | None:
+    """Give a studio opened without a config a loss that fits its task when ``config``'s does not.
+
+    ``batch()`` (the first training batch) goes through ``model`` (the working copy, in eval mode)
+    with ``forward``. A choice is taken with ``change(**fields)`` (the studio's ``set``: it rebuilds
+    the working copy and reruns the loss check) and kept only when ``fits()`` (that check passed)
+    then; else ``change`` puts ``config``'s fields back. Returns the choice kept, or ``None``.
+    """
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            outputs, targets = studio.forward(model, studio.probe_batch())
-            choice = choose_loss(logits_of(outputs), targets, studio.config.loss, **studio.config.loss_kwargs)
+            outputs, targets = forward(model, batch())
+            choice = choose_loss(logits_of(outputs), targets, config.loss, **config.loss_kwargs)
     except Exception:  # noqa: BLE001 - the user's model or data: the loss check shows the error
         return None
     finally:
         model.train(was)
     if choice is None:
         return None
-    before = studio.config
-    studio.set(**choice.changes())  # rebuilds the working copy and reruns the loss check
-    if studio.mismatch is not None:
-        studio.config = before
+    changes = choice.changes()
+    before = {name: getattr(config, name) for name in changes}
+    change(**changes)
+    if not fits():
+        change(**before)
         return None
     return choice

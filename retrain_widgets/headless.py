@@ -3,32 +3,13 @@
 Everything the dashboard does lives here, in plain Python (no ipywidgets, no IPython): the
 run's :class:`RunConfig`, the working copy that the layer tree and the loss check look at, the
 runs and the current one, the what-if queue, the run store, the loss check, the LR preview, the
-LR finder, restore / delete / export, and waiting. :class:`~retrain_widgets.RetrainStudio` is a
-set of thin views bound to one of these; scripts and tests can drive it directly.
+LR finder, restore / delete / export, and waiting (the checks before a run: its base class,
+:class:`~retrain_widgets.checks.StudioChecks`). :class:`~retrain_widgets.RetrainStudio` is a set of
+thin views bound to one of these; scripts and tests can drive it directly.
 
-Views learn of changes through topics (``studio.on(topic, fn)``); each ``fn`` gets the
-arguments listed here, and may be called from the what-if queue's thread:
-
-========== =================================== ==============================================
-topic      arguments                           when
-========== =================================== ==============================================
-config     ``old, new`` (RunConfig)            the config changed (before the checks rerun)
-work       (none)                              the working copy or its freezing changed
-loss_check ``LossVerdict``                     the loss was checked on one batch
-preview    ``Preview``                         the LR preview was redrawn (or refused)
-lr_find    ``result, png``                     the LR finder ran
-status     ``text, error``                     a one-line message (plain text, ```code```)
-error      ``exception or None``               a run or an action failed (None: clear it)
-run        ``run``                             a run was made and is about to start
-run_failed ``run``                             that run refused to start
-state      ``run or None``                     show this run's state (None: idle)
-plot       ``png``                             the main figure was redrawn (reset, restore)
-reset      (none)                              back to the pretrained weights (no progress)
-queue      ``text, error``                     what-if progress
-queue_done ``keys``                            the what-if queue ended; keys of its runs
-focus      ``"loss"`` or ``"runs"``            the part of the dashboard to look at now
-cache      ``text`` (see ``cache_state``)      the current run's feature cache changed (training thread)
-========== =================================== ==============================================
+Views learn of changes through typed topics: ``studio.on(Topic.X, fn)``, where ``fn`` gets one frozen
+payload object (:mod:`retrain_widgets.topics` lists them), and may be called from the what-if
+queue's thread.
 """
 
 from __future__ import annotations
@@ -38,17 +19,16 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
 from . import autoloss, naming
-from .choices import Strategies, apply_freezing, try_freezing
-from .core import feature_cache, losses, schedules
-from .core.batches import Forward, default_forward, first_batch, logits_of
-from .core.builder import build_model, count_steps
+from .checks import StudioChecks
+from .choices import Strategies, try_freezing
+from .config_view import read_only
+from .core import feature_cache
+from .core.batches import Forward, default_forward
 from .core.comparison import RunSummary, grid_variants
 from .core.config import RunConfig
 from .core.engine import Retrainer
@@ -56,64 +36,32 @@ from .core.events import Event, State
 from .core.history import History
 from .core.losses import LossMismatchError
 from .core.store import RunStore
-from .core.tree import (
-    find_head_or_none,
-    frozen_complement,
-    get_module,
-    parameterised_layers,
-)
-from .plots import LiveFigure, lr_finder_png, lr_preview_png
+from .core.tree import frozen_complement, parameterised_layers
+from .plots import LiveFigure
 from .runbook import RunBook, WhatIfQueue
+from .topics import (
+    CacheState,
+    ConfigChanged,
+    ErrorShown,
+    Focus,
+    LossVerdict,
+    Payload,
+    PlotDrawn,
+    Preview,
+    ResetDone,
+    RunFailed,
+    RunMade,
+    StateShown,
+    StatusLine,
+    Topic,
+    WorkChanged,
+    listener,
+    payload_of,
+)
 
 __all__ = ["HeadlessStudio", "LossVerdict", "Preview", "STRATEGIES", "plain_wait_while"]
 
 STRATEGIES = ("custom", "head only", "full", "gradual")
-TOPICS = frozenset({"config", "work", "loss_check", "preview", "lr_find", "status", "error", "run", "run_failed",
-                    "state", "plot", "reset", "queue", "queue_done", "focus", "cache"})
-
-
-@dataclass(frozen=True)
-class LossVerdict:
-    """The loss check on one batch: ``ok``, a one-line ``text``, the head size that would fix it
-    and the mismatch itself."""
-
-    ok: bool
-    text: str
-    fix: int | None = None
-    mismatch: LossMismatchError | None = None
-
-
-def loss_verdict(forward: Forward, model: nn.Module, batch: Callable[[], Any], cfg: RunConfig) -> LossVerdict:
-    """Run ``cfg``'s loss on one batch (``batch()``) through ``model`` (in eval mode, without
-    gradients)."""
-    was = model.training
-    model.eval()
-    kwargs = cfg.loss_kwargs if isinstance(cfg.loss, str) else {}
-    try:
-        with torch.no_grad():
-            outputs, targets = forward(model, batch())
-            logits = logits_of(outputs)
-            losses.check_compatibility(logits, targets, cfg.loss, **kwargs)
-    except LossMismatchError as exc:
-        return LossVerdict(False, str(exc), exc.head_out, exc)
-    except Exception as exc:  # noqa: BLE001 - user model/forward code: shown, not raised
-        return LossVerdict(False, f"could not run one batch: {type(exc).__name__}: {exc}")
-    finally:
-        model.train(was)
-    is_tensor = isinstance(targets, torch.Tensor)
-    shape_t = tuple(targets.shape) if is_tensor else "?"
-    dtype_t = str(targets.dtype).replace("torch.", "") if is_tensor else ""
-    name = cfg.loss if isinstance(cfg.loss, str) else "custom loss"
-    return LossVerdict(True, f"'{name}' fits: outputs {tuple(logits.shape)}, targets {shape_t} {dtype_t}")
-
-
-@dataclass(frozen=True)
-class Preview:
-    """The LR preview: the PNG (``None`` when the schedule was refused) and a note under it."""
-
-    png: bytes | None
-    note: str
-    error: bool = False
 
 
 def plain_wait_while(busy: Callable[[], bool], timeout: float | None = None, interval: float = 0.05,
@@ -139,7 +87,7 @@ def open_store(store: RunStore | str | os.PathLike[str] | None | bool) -> RunSto
     return RunStore(".retrain_runs" if store is None or store is True else store)
 
 
-class HeadlessStudio:
+class HeadlessStudio(StudioChecks):
     """The dashboard's model: the same parameters as :class:`~retrain_widgets.RetrainStudio`, plus
     ``cell`` (the notebook cell that made it: re-running that cell stops the older studio's run)."""
 
@@ -160,59 +108,66 @@ class HeadlessStudio:
         self.old_train_loader = old_train
         self.forward: Forward = forward or default_forward
         self.teacher = teacher
-        self._config = (copy.copy(config) if config is not None else RunConfig()).validate()
+        self._config = read_only((copy.copy(config) if config is not None else RunConfig()).validate())
         self.run: Retrainer | None = None
         self.mismatch: LossMismatchError | None = None
         self.lr_suggestion: float | None = None
         self.book = RunBook(open_store(store), model)
-        self.queue = WhatIfQueue(self)
+        self.queue = WhatIfQueue(self.book, start=self.start, emit=self.emit)
         self.code_hints = code
         self.title = title or type(model).__name__
         self.figure = LiveFigure(title=self.title)
         self.wait_while: Callable[..., bool] = plain_wait_while
-        self._listeners: dict[str, list[Callable[..., Any]]] = {}
+        self._listeners: dict[Topic, list[Callable[[Payload], Any]]] = {}
         self._probe_batch: Any = None
         self._layers: dict[int, list[tuple[str, list[nn.Parameter]]]] = {}
         self._restored: tuple[str, nn.Module] | None = None
-        self.shown_error: BaseException | None = None  # on the ``error`` topic now
+        self.shown_error: BaseException | None = None  # on Topic.ERROR now
         self._red = False  # the last status was an error
         self.strategies = Strategies()
         self.work = self.working_copy()
         self.refresh_work()
         #: The loss chosen at open (no config given, and the default loss did not fit), else None.
-        self.loss_choice = autoloss.open_ready(self) if config is None else None
+        self.loss_choice = None if config is not None else autoloss.open_ready(
+            self.work, self.forward, self.probe_batch, self._config, change=self.set, fits=lambda: self.mismatch is None)
         self.strategies.remember(self.strategy_of(), self._config)
 
     # ================================================================== topics
-    def on(self, topic: str, fn: Callable[..., Any]) -> None:
-        """Call ``fn`` on ``topic`` (see the module's table)."""
-        if topic not in TOPICS:
-            raise ValueError(f"unknown studio topic {topic!r}; known: {', '.join(sorted(TOPICS))}")
-        self._listeners.setdefault(topic, []).append(fn)
+    def on(self, topic: Topic | str, fn: Callable[..., Any]) -> None:
+        """Call ``fn(payload)`` on ``topic`` (:mod:`retrain_widgets.topics`); a topic's plain name
+        (``"status"``) still works, ``fn`` then gets the payload's fields as positional arguments.
+        An unknown topic is a ``ValueError``."""
+        known, call = listener(topic, fn)
+        self._listeners.setdefault(known, []).append(call)
 
-    def emit(self, topic: str, *args: Any) -> None:
-        if topic in ("error", "status"):
-            self.shown_error = args[0] if topic == "error" else self.shown_error
-            self._red = bool(args[1]) if topic == "status" else self._red
-        for fn in self._listeners.get(topic, ()):
-            fn(*args)
+    def emit(self, payload: Payload | Topic | str, *args: Any) -> None:
+        """Announce ``payload`` on its topic (``emit(topic, *fields)`` makes the payload)."""
+        if not isinstance(payload, Payload):
+            payload = payload_of(payload, *args)
+        if isinstance(payload, ErrorShown):
+            self.shown_error = payload.error
+        elif isinstance(payload, StatusLine):
+            self._red = bool(payload.error)
+        for fn in self._listeners.get(payload.topic, ()):
+            fn(payload)
 
     def status(self, text: str, error: bool = False) -> None:
-        self.emit("status", text, error)
+        self.emit(StatusLine(text, error))
 
     def refresh(self) -> None:
         """Re-announce everything views show: the working copy, the loss check, the preview, the plot."""
         self.refresh_work()
         self.check_loss()
         self.update_preview()
-        self.emit("plot", self.figure.render(History().snapshot()))
-        self.emit("state", None)
-        self.emit("cache", self.cache_state())
+        self.emit(PlotDrawn(self.figure.render(History().snapshot())))
+        self.emit(StateShown(None))
+        self.emit(CacheState(self.cache_state()))
 
     # ================================================================== config
     @property
     def config(self) -> RunConfig:
-        """The run's configuration; assigning one (validated) updates every view."""
+        """The run's configuration, read-only (:mod:`retrain_widgets.config_view`): change it with
+        :meth:`set`, or assign a whole one (validated); either updates every view."""
         return self._config
 
     @config.setter
@@ -230,6 +185,7 @@ class HeadlessStudio:
     def _change(self, new: RunConfig) -> RunConfig:
         """Take ``new``; a freezing that cannot apply raises ``ValueError`` and changes nothing.
         A red status (a refusal) goes away with the next change taken."""
+        new = read_only(new)
         diff, red, self._red = self._config.diff(new), self._red, False
         fresh = bool({"head", "head_out", "head_init", "seed"} & diff.keys())
         work = self.working_copy(new) if fresh else self.work
@@ -242,10 +198,10 @@ class HeadlessStudio:
         old, self._config, self.work = self._config, new, work
         self.strategies.remember(self.strategy_of(), new)
         if red and not self._red:
-            self.emit("state", self.run)  # the state's own line replaces the refusal
-        self.emit("config", old, new)
+            self.emit(StateShown(self.run))  # the state's own line replaces the refusal
+        self.emit(ConfigChanged(old, new))
         if fresh or {"frozen", "train_bn", "lora_r", "lora_modules"} & diff.keys():
-            self.emit("work")
+            self.emit(WorkChanged())
         if {"loss", "loss_kwargs", "head", "head_out"} & diff.keys():
             self.check_loss()
         if {"schedule", "schedule_kwargs", "epochs", "max_steps", "lr"} & diff.keys():
@@ -309,123 +265,24 @@ class HeadlessStudio:
         with self.strategies.picking(strategy):
             return self.set(**changes)
 
-    # ================================================================== the working copy
-    def working_copy(self, cfg: RunConfig | None = None) -> nn.Module:
-        """A copy of the pretrained model with the head of ``cfg`` (default: the config), for the
-        tree and the checks (:func:`~retrain_widgets.core.builder.build_model`, freezing left to
-        :meth:`refresh_work`; no LoRA adapters: the tree marks the chosen layers on the model as it is)."""
-        cfg = cfg or self._config
-        try:
-            return build_model(self.pretrained, cfg, apply_freezing=False, adapters=False).model
-        except ValueError as exc:  # head_out on a model without a Linear head: shown, the model kept
-            self.status(f"✗ {exc}", error=True)
-            torch.manual_seed(cfg.seed)
-            return copy.deepcopy(self.pretrained)
-
-    def refresh_work(self) -> None:
-        """Apply the config's freezing to the working copy."""
-        try:
-            apply_freezing(self.work, self._config)
-        except ValueError as exc:
-            self.status(f"✗ {exc}", error=True)
-        self.emit("work")
-
-    def head_name(self) -> str | None:
-        return self._config.head or find_head_or_none(self.work)
-
-    def head_outputs(self) -> Any:
-        """Outputs of the working copy's head (``"?"`` when there is no head to read)."""
-        head = self.head_name()
-        return getattr(get_module(self.work, head), "out_features", "?") if head else "?"
-
-    # ================================================================== loss check
-    def probe_batch(self) -> Any:
-        """The first training batch (read once), for the loss check."""
-        if self._probe_batch is None:
-            device = next((p.device for p in self.pretrained.parameters()), torch.device("cpu"))
-            self._probe_batch = first_batch(self.train_loader, device)
-        return self._probe_batch
-
-    def check_loss(self) -> LossMismatchError | None:
-        """Run the loss on one batch through the working model; announce the verdict.
-
-        Returns the mismatch (also kept in :attr:`mismatch`), or ``None`` when it fits.
-        """
-        verdict = loss_verdict(self.forward, self.work, self.probe_batch, self._config)
-        self.mismatch = verdict.mismatch
-        self.emit("loss_check", verdict)
-        if verdict.ok and isinstance(self.shown_error, LossMismatchError):
-            self.emit("error", None)  # the refused Start's mismatch no longer holds
-        return self.mismatch
-
-    def replace_head(self) -> None:
-        """Take the head size the loss check asks for."""
-        if self.mismatch is not None and self.mismatch.head_out is not None:
-            self.set(head_out=self.mismatch.head_out)
-
-    # ================================================================== schedule preview, LR finder
-    def total_steps(self) -> int:
-        """Optimizer steps of a run with the current config (:func:`~retrain_widgets.core.builder.count_steps`;
-        ``max_steps`` or 1 for a loader that cannot tell)."""
-        try:
-            return count_steps(self.train_loader, self._config)
-        except ValueError:
-            return self._config.max_steps or 1
-
-    def update_preview(self) -> Preview:
-        """Redraw the LR preview of the chosen schedule over the run's steps."""
-        cfg = self._config
-        total = self.total_steps()
-        try:
-            lrs = schedules.preview(cfg.schedule, total, cfg.lr, **cfg.schedule_kwargs)
-        except ValueError as exc:
-            preview = Preview(None, str(exc), error=True)
-        else:
-            note = f"LR from {lrs[0]:.2e} to {lrs[-1]:.2e}, peak {max(lrs):.2e}."
-            if schedules.get(cfg.schedule).metric_driven:
-                note += (" Metric-driven: the LR drops when the validation loss stops improving, so the "
-                         "preview is flat.")
-            preview = Preview(lr_preview_png(lrs, title=f"{cfg.schedule}: LR over {total:,} steps"), note)
-        self.emit("preview", preview)
-        return preview
-
-    def find_lr(self, **kwargs: Any) -> Any:
-        """Run the LR range test on a copy of the model with the current config."""
-        self.status("running the LR finder…")
-        try:
-            r = Retrainer(self.pretrained, self._config, self.train_loader, forward=self.forward)
-            result = r.lr_find(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - shown in the views
-            self.emit("error", exc)
-            return None
-        self.lr_suggestion = result.suggestion
-        self.emit("lr_find", result, lr_finder_png(result))
-        self.status(f"LR finder: steepest descent at {result.suggestion:.2e} (minimum / 10: "
-                    f"{result.min_lr_div10:.2e}).")
-        return result
-
-    def use_lr_suggestion(self) -> None:
-        if self.lr_suggestion is not None:
-            self.set(lr=min(1.0, self.lr_suggestion))
-
     # ================================================================== run control
     def start(self, config: RunConfig | None = None, name: str | None = None) -> Retrainer | None:
         """Start a run from the pretrained weights (returns at once).
 
         Uses the studio's config, or ``config`` for this run only (what-ifs); ``name`` labels
         it among the runs. Returns the run, or ``None`` when it could not start (the reason is
-        announced on ``error``).
+        announced on :attr:`Topic.ERROR`).
         """
         if self.run is not None and self.run.state.active:
             self.status("a run is already going: Stop it first.", error=True)
             return None
-        self.emit("error", None)
+        self.emit(ErrorShown(None))
         cfg = self._config if config is None else config
         try:
             run = Retrainer(self.pretrained, cfg, self.train_loader, self.val_loader, self.old_val_loader,
                             old_train=self.old_train_loader, forward=self.forward, teacher=self.teacher)
         except Exception as exc:  # noqa: BLE001 - shown in the views
-            self.emit("error", exc)
+            self.emit(ErrorShown(exc))
             return None
         self.figure.reset()
         self._layers = {id(run.model): parameterised_layers(run.model)}
@@ -433,17 +290,17 @@ class HeadlessStudio:
         self.book.name(run, name or self.default_name(cfg))
         for event in (Event.EPOCH_END, Event.STAGE_CHANGE, Event.STATE_CHANGE):
             run.on(event, lambda _info, run=run: self.announce_cache(run))
-        self.emit("run", run)
+        self.emit(RunMade(run))
         try:
             run.start()
         except Exception as exc:  # noqa: BLE001 - mismatches and bad loaders: shown in the views
-            self.emit("run_failed", run)
+            self.emit(RunFailed(run))
             self.run = self.runs[-1] if self.runs else None
-            self.emit("error", exc)
+            self.emit(ErrorShown(exc))
             if isinstance(exc, LossMismatchError):
                 self.mismatch = exc
-                self.emit("focus", "loss")
-            self.emit("state", self.run)
+                self.emit(Focus("loss"))
+            self.emit(StateShown(self.run))
             return None
         self.book.add(run)
         self.announce_cache(run)
@@ -456,9 +313,9 @@ class HeadlessStudio:
         return feature_cache.describe(run.history.meta.get("feature_cache") if run is not None else None)
 
     def announce_cache(self, run: Retrainer) -> None:
-        """Announce ``run``'s cache state on ``cache`` while it is the current run (from any thread)."""
+        """Announce ``run``'s cache state on :attr:`Topic.CACHE` while it is the current run (from any thread)."""
         if run is self.run:
-            self.emit("cache", self.cache_state(run))
+            self.emit(CacheState(self.cache_state(run)))
 
     def default_name(self, cfg: RunConfig) -> str:
         """``#7 bce · head only · lr 0.00159 · cosine`` (:mod:`retrain_widgets.naming`)."""
@@ -490,14 +347,14 @@ class HeadlessStudio:
             run.stop()
             run.join(10)
         self.run, self._restored = None, None
-        self.emit("reset")
+        self.emit(ResetDone())
         self.figure.reset()
-        self.emit("plot", self.figure.render(History().snapshot()))
-        self.emit("error", None)
+        self.emit(PlotDrawn(self.figure.render(History().snapshot())))
+        self.emit(ErrorShown(None))
         self.work = self.working_copy()
         self.refresh_work()
-        self.emit("state", None)
-        self.emit("cache", "")
+        self.emit(StateShown(None))
+        self.emit(CacheState(""))
         self.status("reset: the next Start trains from the pretrained weights.")
 
     def busy(self) -> bool:
@@ -582,7 +439,7 @@ class HeadlessStudio:
         if config is not None:
             self.config = config
         self.figure.reset()
-        self.emit("plot", self.figure.render_final(history.snapshot()))
+        self.emit(PlotDrawn(self.figure.render_final(history.snapshot())))
         self.status(f"restored {self.book.name_for(key)}: `studio.model` holds its weights.")
         return model
 

@@ -1,12 +1,12 @@
 """The studio's runs: :class:`RunBook` (this kernel's runs, their names and store ids, the store)
 and :class:`WhatIfQueue` (configs run one after another in a thread of their own). Both serve
-:class:`~retrain_widgets.headless.HeadlessStudio`; neither imports a widget."""
+the studio, and take what they need of it; neither imports a widget."""
 
 from __future__ import annotations
 
 import copy
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from torch import nn
 
@@ -17,9 +17,7 @@ from .core.history import History
 from .core.store import RunStore, fingerprint
 from .naming import next_number, numbered
 from .notebook import kernel_notebook, notebook_key
-
-if TYPE_CHECKING:
-    from .headless import HeadlessStudio
+from .topics import ErrorShown, Focus, Payload, QueueDone, QueueProgress
 
 __all__ = ["RunBook", "WhatIfQueue"]
 
@@ -142,12 +140,14 @@ class RunBook:
 
 
 class WhatIfQueue:
-    """Runs configs one after another through ``studio.start``, in a thread of its own; :meth:`stop`
-    ends it after the current run. Announces ``queue``, ``queue_done`` and ``focus`` (see
-    :mod:`retrain_widgets.headless`)."""
+    """Runs configs one after another through ``start(config, name)`` (the studio's: the run, or
+    ``None`` when it refused to start), in a thread of its own; :meth:`stop` ends it after the
+    current run. Names each run with ``book``'s next number and announces ``QueueProgress``,
+    ``QueueDone`` and ``Focus`` through ``emit`` (see :mod:`retrain_widgets.topics`)."""
 
-    def __init__(self, studio: HeadlessStudio) -> None:
-        self.studio = studio
+    def __init__(self, book: RunBook, *, start: Callable[[RunConfig, str], Retrainer | None],
+                 emit: Callable[[Payload], None]) -> None:
+        self.book, self._start_run, self.emit = book, start, emit
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -169,28 +169,28 @@ class WhatIfQueue:
         self.thread.start()
 
     def _run(self, configs: list[RunConfig], names: list[str]) -> None:
-        emit = self.studio.emit
+        emit = self.emit
         try:
             keys = self._run_each(configs, names)
         except Exception as exc:  # noqa: BLE001 - shown in the views, never lost in a thread
-            emit("error", exc)
-            emit("queue", f"✗ what-ifs: {exc}", True)
+            emit(ErrorShown(exc))
+            emit(QueueProgress(f"✗ what-ifs: {exc}", True))
             return
         stopped = self._stop.is_set()
-        emit("queue_done", keys)
-        emit("queue", f"what-ifs {'stopped after' if stopped else 'done:'} {len(keys)} of {len(configs)} "
-                      f"run{'s' if len(configs) > 1 else ''}; overlaid below.", False)
-        emit("focus", "runs")
+        emit(QueueDone(keys))
+        emit(QueueProgress(f"what-ifs {'stopped after' if stopped else 'done:'} {len(keys)} of {len(configs)} "
+                           f"run{'s' if len(configs) > 1 else ''}; overlaid below.", False))
+        emit(Focus("runs"))
 
     def _run_each(self, configs: list[RunConfig], names: list[str]) -> list[str]:
         keys: list[str] = []
         for i, (cfg, name) in enumerate(zip(configs, names)):
             if self._stop.is_set():
                 break
-            self.studio.emit("queue", f"what-if {i + 1} of {len(configs)}: {name}", False)
-            run = self.studio.start(cfg, name=self.studio.book.numbered(name))
+            self.emit(QueueProgress(f"what-if {i + 1} of {len(configs)}: {name}", False))
+            run = self._start_run(cfg, self.book.numbered(name))
             if run is None:
                 break
-            keys.append(self.studio.book.key_of(run) or "")
+            keys.append(self.book.key_of(run) or "")
             run.join()
         return keys

@@ -15,6 +15,7 @@ from torch import nn
 from ..core.engine import Retrainer
 from ..core.events import State
 from ..headless import HeadlessStudio
+from ..topics import Topic
 from .binding import css, message_html
 from .tabs import button
 from .writes import write
@@ -77,11 +78,11 @@ class ControlsView(W.VBox):
         self.buttons = W.HBox([self.start_button, self.pause_button, self.stop_button, self.reset_button,
                                self.progress, self.progress_label], layout=W.Layout(align_items="center"))
         self.children = [self.buttons, self.status, self.error, self.plot]
-        studio.on("status", self.show_status)
-        studio.on("error", self.show_error)
-        studio.on("state", self.show_state)
-        studio.on("plot", self.show_frame)
-        studio.on("reset", self.reset)
+        studio.on(Topic.STATUS, lambda p: self.show_status(p.text, p.error))
+        studio.on(Topic.ERROR, lambda p: self.show_error(p.error))
+        studio.on(Topic.STATE, lambda p: self.show_state(p.run))
+        studio.on(Topic.PLOT, lambda p: self.show_frame(p.png))
+        studio.on(Topic.RESET, lambda p: self.reset())
 
     # ------------------------------------------------------------------ the RunView interface
     def frozen_layers(self, model: nn.Module) -> list[str]:

@@ -15,6 +15,7 @@ from ..comparison import table_html
 from ..core.comparison import METRIC_COLUMNS, RunSummary, table
 from ..headless import HeadlessStudio
 from ..plots.comparison import comparison_png
+from ..topics import Topic
 from .binding import message_html
 from .whatif import WhatIfBuilder
 from .writes import show, write
@@ -88,8 +89,8 @@ class RunsPanel(W.VBox):
             self.message, self.figure, self.code,
         ]
         self._summaries: list[RunSummary] = []
-        studio.on("queue", self.say)
-        studio.on("queue_done", self.show_queued)
+        studio.on(Topic.QUEUE, lambda p: self.say(p.text, p.error))
+        studio.on(Topic.QUEUE_DONE, lambda p: self.show_queued(p.keys))
 
     def say(self, text: str, error: bool = False) -> None:
         """A message under the what-if grid (plain text, ```code``` spans)."""

@@ -26,6 +26,7 @@ from ..core.config import RunConfig
 from ..core.engine import Retrainer
 from ..core.store import RunStore
 from ..headless import HeadlessStudio
+from ..topics import Topic
 from .binding import ConfigBinding, css
 from .bridge import Bridge
 from .controls import ControlsView
@@ -89,7 +90,8 @@ class RetrainStudio(W.VBox):
     Attributes
     ----------
     config : RunConfig
-        The whole state of the dashboard; settable.
+        The whole state of the dashboard; settable as a whole, read-only in place (change a field
+        with ``studio.set(lr=...)``).
     run : Retrainer or None
         The current (or last) run; ``run.model`` is its trained copy.
     runs : list of Retrainer
@@ -142,11 +144,11 @@ class RetrainStudio(W.VBox):
         self.tabs.observe(lambda c: self.runs_panel.refresh() if c["new"] == _FOCUS["runs"] else None,
                           names="selected_index")
         self.children = [self.header, self.tabs, self.controls]
-        h.on("config", lambda old, new: b.sync())
-        h.on("focus", lambda where: write(self.tabs, selected_index=_FOCUS[where]))
-        h.on("run", self._attach)
-        h.on("plot", lambda png: self._live_again())
-        h.on("run_failed", lambda run: self.bridge.detach() if self.bridge is not None else None)
+        h.on(Topic.CONFIG, lambda p: b.sync())
+        h.on(Topic.FOCUS, lambda p: write(self.tabs, selected_index=_FOCUS[p.where]))
+        h.on(Topic.RUN, lambda p: self._attach(p.run))
+        h.on(Topic.PLOT, lambda p: self._live_again())
+        h.on(Topic.RUN_FAILED, lambda p: self.bridge.detach() if self.bridge is not None else None)
 
     def _attach(self, run: Retrainer) -> None:
         self._live_again()

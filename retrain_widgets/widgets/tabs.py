@@ -17,7 +17,8 @@ from ..core import losses, schedules
 from ..core.config import OPTIMIZERS, RunConfig
 from ..core.lora import lora_fields
 from ..core.recipe.training import HEAD_INITS
-from ..headless import STRATEGIES, HeadlessStudio, LossVerdict, Preview
+from ..headless import STRATEGIES, HeadlessStudio
+from ..topics import LossVerdict, Preview, Topic
 from .binding import ConfigBinding, css, message_html
 from .params import ParamEditor
 from .tree import LayerTreeView
@@ -50,7 +51,7 @@ class LayersTab(W.VBox):
             value=studio.config.train_bn, description="train BatchNorm in frozen layers", indent=False,
             tooltip="fastai's train_bn: frozen layers' BatchNorm keeps training"), "train_bn"), "rw-train-bn")
         self.children = [self.tree, self.train_bn]
-        studio.on("work", self.show_work)
+        studio.on(Topic.WORK, lambda p: self.show_work())
 
     def _lora_chosen(self, names: list[str]) -> None:
         before = self.studio.config
@@ -92,8 +93,8 @@ class LossTab(W.VBox):
                                                       layout=W.Layout(width="240px")), "rw-head-init"), "head_init")
         self.children = [self.loss_picker, self.loss_params, self.loss_check, self.loss_choice,
                          _row(self.head_label, self.replace_head_button, self.restore_head_button, self.head_init)]
-        studio.on("loss_check", self.show_verdict)
-        studio.on("work", self.show_head)
+        studio.on(Topic.LOSS_CHECK, self.show_verdict)
+        studio.on(Topic.WORK, lambda p: self.show_head())
 
     @staticmethod
     def _options(cfg: RunConfig) -> list[str]:
@@ -181,8 +182,8 @@ class OptimisationTab(W.VBox):
             self.l2sp, _row(self.cache, self.cache_state),
             W.HBox([self.lr_find_button, self.use_lr_button]), self.lr_find_plot,
         ]
-        studio.on("lr_find", self.show_lr_find)
-        studio.on("cache", self.show_cache_state)
+        studio.on(Topic.LR_FIND, lambda p: self.show_lr_find(p.result, p.png))
+        studio.on(Topic.CACHE, lambda p: self.show_cache_state(p.text))
 
     def _build_regularisers(self, cfg: RunConfig) -> None:
         distill = cfg.distill or {}
@@ -261,7 +262,7 @@ class ScheduleTab(W.VBox):
         self.preview_note = W.HTML()
         self.children = [W.HBox([self.schedule_picker, self.epochs, self.max_steps]), self.schedule_params,
                          self.preview, self.preview_note]
-        studio.on("preview", self.show_preview)
+        studio.on(Topic.PREVIEW, self.show_preview)
 
     def show_config(self, cfg: RunConfig) -> None:
         self.schedule_picker.value = cfg.schedule

@@ -26,6 +26,7 @@ from ..core.config import RunConfig
 from ..core.engine import Retrainer
 from ..core.events import Event, State
 from ..headless import STRATEGIES, HeadlessStudio
+from ..topics import Topic
 from .binding import css, message_html
 from .writes import write
 
@@ -117,7 +118,7 @@ class RunTimer:
         self.studio, self.on_change = studio, on_change
         self.measured: list[tuple[str, float]] = []  # (run name, seconds per step)
         self._lock = threading.Lock()
-        studio.on("run", self.watch)
+        studio.on(Topic.RUN, lambda p: self.watch(p.run))
 
     def watch(self, run: Retrainer) -> None:
         def ended(info: Any, run: Retrainer = run) -> None:
