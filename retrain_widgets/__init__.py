@@ -2,7 +2,7 @@
 
 The core (freezing, losses, schedules, the training engine, the run store) is plain PyTorch and
 usable from any Python; it is re-exported here. The notebook dashboard :class:`RetrainStudio`
-and :func:`compare` are imported on first use, so ``import retrain_widgets`` does not pull in
+, :func:`compare` and :func:`watch` (the dashboard on the user's own loop) are imported on first use, so ``import retrain_widgets`` does not pull in
 ipywidgets or matplotlib.
 """
 
@@ -17,7 +17,7 @@ from .core import *  # noqa: F403 - the core's public names are the package's
 __version__ = "0.1.0"
 
 _LAZY = {"RetrainStudio": ".widgets", "LayerTreeView": ".widgets", "HeadlessStudio": ".headless",
-         "compare": ".comparison", "Comparison": ".comparison"}
+         "compare": ".comparison", "Comparison": ".comparison", "watch": ".watching", "WatchedLoop": ".watching"}
 
 
 def __getattr__(name: str) -> Any:

@@ -192,3 +192,70 @@ def test_an_exception_in_the_loop_marks_the_run_failed():
             run.step(torch.tensor(1.0))
             raise KeyError("boom")
     assert run.state == State.FAILED and "KeyError" in run.message
+
+
+# ----------------------------------------------------------------------------- the dashboard (widgets, no browser)
+
+
+def _loop(run, net, opt, data, sleep=0.0):
+    for x, y in data:
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        run.step(loss)
+        if run.should_stop:
+            break
+        time.sleep(sleep)
+
+
+def test_watch_records_in_the_store_and_its_dashboard_draws_and_steers(tmp_path):
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    run = rw.watch(net, opt, store=tmp_path / "runs", name="my loop", total_steps=40, alignment_every=None)
+    dash = run.dashboard()
+    assert dash is run.dashboard() and run.id is not None
+    assert dash.pause_button.disabled and dash.status.value.count("waiting for the loop")
+    t = threading.Thread(target=_loop, args=(run, net, opt, _data(40), 0.01))
+    t.start()
+    time.sleep(0.15)
+    dash.pause_button.click()  # what a click does (the kernel's thread handles it)
+    time.sleep(0.3)
+    paused_at = run.global_step
+    assert run.state == State.PAUSED and dash.pause_button.description == "Resume"
+    time.sleep(0.2)
+    assert run.global_step == paused_at
+    dash.pause_button.click()
+    time.sleep(0.1)
+    dash.stop_button.click()
+    t.join(5)
+    run.finish()
+    assert run.state == State.STOPPED and 0 < run.global_step < 40
+    assert dash.plot.value[:4] == b"\x89PNG" and dash.progress.max == 40
+    assert run.store.get(run.id).state == "stopped"
+    assert "my loop" in dash.runs_table.value
+
+
+def test_the_layers_tab_freezes_at_the_next_step_and_refuses_what_the_optimizer_does_not_hold(tmp_path):
+    net = _net()
+    opt = torch.optim.SGD(net[2].parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)  # the head only
+    net[0].requires_grad_(False)
+    run = rw.watch(net, opt, store=False, alignment_every=None)
+    dash = run.dashboard()
+    assert run.frozen() == ["0"]
+    dash.set_frozen([])  # unfreeze "0": the optimizer does not hold it
+    assert "does not hold its parameters" in dash.tree_message.value and run.frozen() == ["0"]
+    _loop(run, net, opt, _data(3))
+    dash.set_frozen(["0", "2"])
+    assert "cannot freeze everything" in dash.tree_message.value and run.frozen() == ["0"]
+    net0 = {k: v.clone() for k, v in net[0].state_dict().items()}
+    dash.set_frozen([])  # refused above; now freeze nothing new while running, then the head's bias only
+    dash.set_frozen(["0", "2.bias"])  # queued to the next step
+    assert "next step" in dash.tree_message.value
+    _loop(run, net, opt, _data(1))  # the change applies at this step's boundary, in run.step
+    assert not net[2].bias.requires_grad and net[2].weight.requires_grad
+    bias = net[2].bias.detach().clone()
+    _loop(run, net, opt, _data(3))
+    assert torch.equal(net[2].bias, bias)  # momentum and weight decay did not move it
+    assert all(torch.equal(net0[k], v) for k, v in net[0].state_dict().items())
+    run.finish()

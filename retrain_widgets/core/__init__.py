@@ -2,7 +2,8 @@
 
 Everything the widgets do is callable from here: freezing, parameter groups, losses and
 their compatibility checks, scheduler shapes, the run builder, the training engine and its
-history. The recipe itself (:mod:`.recipe`) is plain PyTorch, run by the engine and copied into
+history; the telemetry any loop feeds (:class:`Telemetry`), a watched user loop
+(:class:`WatchedRun`) and the :class:`Run` protocol the store and comparisons read. The recipe itself (:mod:`.recipe`) is plain PyTorch, run by the engine and copied into
 exported scripts.
 """
 
@@ -12,14 +13,18 @@ from . import losses, metrics, recipe, schedules
 from .batches import default_forward, logits_of, split_batch
 from .builder import BuiltModel, build_model, build_run, count_steps
 from .config import RunConfig
+from .control import Control
 from .engine import LRFinderResult, Retrainer, TrainingFailed, lr_find, resolve_device
 from .events import Event, EventInfo, State
 from .export import export_script
 from .history import History, HistorySnapshot
 from .losses import LossMismatchError, check_compatibility
+from .names import Meta, Series
 from .params import make_optimizer, param_groups
 from .registry import Param
+from .run import Run
 from .store import RunRecord, RunStore, fingerprint
+from .telemetry import Telemetry
 from .tree import (
     LayerGroup,
     LayerInfo,
@@ -33,8 +38,15 @@ from .tree import (
     trainable_count,
     unfreeze,
 )
+from .watch import WatchedRun
 
 __all__ = [
+    "Run",
+    "Telemetry",
+    "WatchedRun",
+    "Control",
+    "Series",
+    "Meta",
     "Param",
     "BuiltModel",
     "build_model",
