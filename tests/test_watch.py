@@ -97,15 +97,14 @@ def test_stop_from_another_thread_and_pause_waiting_in_step():
 
     t = threading.Thread(target=loop)
     t.start()
-    time.sleep(0.2)
+    _until(lambda: run.global_step >= 2)
     run.pause()
-    time.sleep(0.3)
+    _until(lambda: run.state == State.PAUSED)
     steps_at_pause.append(run.global_step)
     time.sleep(0.3)
     assert run.state == State.PAUSED and run.global_step == steps_at_pause[0]  # waiting inside step()
     run.resume()
-    time.sleep(0.2)
-    assert run.global_step > steps_at_pause[0]
+    _until(lambda: run.global_step > steps_at_pause[0])
     t0 = time.perf_counter()
     run.stop()
     assert done.wait(5) and time.perf_counter() - t0 < 1.0
@@ -197,6 +196,13 @@ def test_an_exception_in_the_loop_marks_the_run_failed():
 # ----------------------------------------------------------------------------- the dashboard (widgets, no browser)
 
 
+def _until(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def _loop(run, net, opt, data, sleep=0.0):
     for x, y in data:
         opt.zero_grad()
@@ -218,15 +224,15 @@ def test_watch_records_in_the_store_and_its_dashboard_draws_and_steers(tmp_path)
     assert dash.pause_button.disabled and dash.status.value.count("waiting for the loop")
     t = threading.Thread(target=_loop, args=(run, net, opt, _data(40), 0.01))
     t.start()
-    time.sleep(0.15)
+    _until(lambda: run.global_step >= 2)  # the first optimizer step may import torch._dynamo (seconds)
     dash.pause_button.click()  # what a click does (the kernel's thread handles it)
-    time.sleep(0.3)
+    _until(lambda: run.state == State.PAUSED)
     paused_at = run.global_step
-    assert run.state == State.PAUSED and dash.pause_button.description == "Resume"
+    assert dash.pause_button.description == "Resume"
     time.sleep(0.2)
     assert run.global_step == paused_at
     dash.pause_button.click()
-    time.sleep(0.1)
+    _until(lambda: run.global_step > paused_at)
     dash.stop_button.click()
     t.join(5)
     run.finish()

@@ -138,7 +138,7 @@ class WatchedRun:
         meta = self.history.meta
         meta.update({Meta.CONFIG: self.config_record()[0], Meta.DEVICE: str(self.device),
                      Meta.TOTAL_STEPS: self.total_steps, Meta.LAYERS: list(self.layer_names),
-                     Meta.LOSS: self.loss_name or "loop", Meta.HAS_VAL: False,
+                     Meta.LOSS: self.loss_name or "your loop's", Meta.HAS_VAL: False,
                      Meta.HAS_OLD_VAL: self.old_val_loader is not None, Meta.SOURCE: self.framework})
 
     def _alignment(self, loader: Iterable[Any] | None, every: int | None, budget: float) -> AlignmentProbe | None:

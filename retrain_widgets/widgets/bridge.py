@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..core.engine import Retrainer
 from ..core.events import Event, EventInfo, State
+from ..core.run import Run
 
 if TYPE_CHECKING:
     from torch import nn
@@ -45,9 +45,9 @@ class RunView(Protocol):
 
     def show_frame(self, png: bytes) -> None: ...
 
-    def show_state(self, run: Retrainer | None) -> None: ...
+    def show_state(self, run: Run | None) -> None: ...
 
-    def run_ended(self, run: Retrainer, png: bytes) -> None: ...
+    def run_ended(self, run: Run, png: bytes) -> None: ...
 
 
 class Figure(Protocol):
@@ -66,7 +66,8 @@ def _clock(seconds: float | None) -> str:
 
 
 class Bridge:
-    """Connects one :class:`Retrainer` to a dashboard view for the length of a run.
+    """Connects one run (a :class:`~retrain_widgets.core.run.Run`: the engine's, a watched loop) to a
+    dashboard view for the length of a run.
 
     Parameters
     ----------
@@ -88,9 +89,9 @@ class Bridge:
         The wall clock (``time.perf_counter``); tests pass a fake one.
     """
 
-    def __init__(self, view: RunView, run: Retrainer, figure: Figure, budget: float = 0.02,
+    def __init__(self, view: RunView, run: Run, figure: Figure, budget: float = 0.02,
                  min_interval: float = 0.25, max_interval: float = 4.0, progress_interval: float = 0.2,
-                 on_end: Callable[[Retrainer], None] | None = None,
+                 on_end: Callable[[Run], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.view, self.run, self.figure = view, run, figure
         self.clock = clock
@@ -137,7 +138,11 @@ class Bridge:
 
     def progress_text(self) -> str:
         p = self.run.progress
-        parts = [f"step {p['step']:,} / {p['total']:,}", f"epoch {min(p['epoch'] + 1, p['epochs'])} / {p['epochs']}"]
+        parts = [f"step {p['step']:,} / {p['total']:,}" if p["total"] else f"step {p['step']:,}"]
+        if p["epochs"]:  # a watched loop may not say how many
+            parts.append(f"epoch {min(p['epoch'] + 1, p['epochs'])} / {p['epochs']}")
+        elif p["epoch"]:
+            parts.append(f"{p['epoch']} epoch{'s' if p['epoch'] > 1 else ''} done")
         if p["stages"] > 1:
             parts.append(f"stage {p['stage'] + 1} / {p['stages']}")
         if p["steps_per_second"]:

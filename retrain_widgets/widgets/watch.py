@@ -35,7 +35,7 @@ from .tree import LayerTreeView
 from .uipoll import ui_events
 from .writes import write
 
-__all__ = ["WatchDashboard"]
+__all__ = ["WatchDashboard", "DashboardSlot"]
 
 
 class WatchDashboard(W.VBox):
@@ -212,3 +212,22 @@ def _cannot_unfreeze(run: WatchedRun, model: nn.Module, layers: list[str]) -> st
                 f"would not train. Build the optimizer over model.parameters() (frozen ones included) to unfreeze "
                 f"from here")
     return ""
+
+
+class DashboardSlot(W.VBox):
+    """Where a run's dashboard goes when it is shown before the run exists (a framework's callback
+    displayed before ``trainer.train()``): a line saying so, then the dashboard once :meth:`attach`
+    gives the run (from the loop's thread: the cell that trains)."""
+
+    def __init__(self, text: str = "waiting for training to begin: the dashboard appears with its first step.") -> None:
+        super().__init__()
+        self.add_class("rw-watch-slot")
+        self.dashboard: WatchDashboard | None = None
+        self.children = [css(W.HTML(message_html(text)), "rw-status")]
+
+    def attach(self, run: WatchedRun, store: RunStore | None = None) -> WatchDashboard:
+        """Show ``run``'s dashboard here (made once per run)."""
+        if self.dashboard is None or self.dashboard.run is not run:
+            self.dashboard = WatchDashboard(run, store)
+            self.children = [self.dashboard]
+        return self.dashboard
