@@ -128,7 +128,7 @@ class Bridge:
         """Training speed between step 1 and the latest step: per wall-clock second (what the user
         experiences) or, with ``cpu``, per CPU second of the training thread (frames included)."""
         first, last = self.step_cpu_times if cpu else self.step_times
-        return (self.run.global_step - 1) / (last - first) if last > first else 0.0
+        return (self.run.progress["step"] - 1) / (last - first) if last > first else 0.0
 
     @property
     def draw_share(self) -> float:
@@ -180,7 +180,8 @@ class Bridge:
 
     # ------------------------------------------------------------------ drawing
     def update_progress(self) -> None:
-        self.view.show_progress(self.run.global_step, self.run.total_steps, self.progress_text())
+        p = self.run.progress
+        self.view.show_progress(p["step"], p["total"], self.progress_text())
 
     def frame(self, force: bool = False) -> None:
         """Draw one frame if the budget allows (or ``force``) and new data arrived."""
