@@ -265,3 +265,32 @@ def test_the_layers_tab_freezes_at_the_next_step_and_refuses_what_the_optimizer_
     assert torch.equal(net[2].bias, bias)  # momentum and weight decay did not move it
     assert all(torch.equal(net0[k], v) for k, v in net[0].state_dict().items())
     run.finish()
+
+
+def test_the_studios_runs_tab_lists_restores_and_overlays_a_watched_loop_beside_engine_runs(runs_in_tmp):
+    from retrain_widgets import RetrainStudio
+
+    pretrained = examples.pretrained_digits_cnn()
+    seven = examples.task("is_seven")
+    studio = RetrainStudio(pretrained, seven.train, seven.val, seven.old_val,
+                           config=RunConfig(loss="bce", head_out=1, epochs=1), store=True)
+    studio.start()
+    studio.wait(60)
+    model = examples.pretrained_digits_cnn()  # the user's own copy of the same pretrained weights
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with rw.watch(model, opt, name="my loop", alignment_every=None) as run:
+        for x, y in seven.train:
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), (y > 0.5).long())
+            loss.backward()
+            opt.step()
+            run.step(loss)
+    names = [s.name for s in studio.headless.run_summaries()]
+    assert "my loop" in names and len(names) == 2
+    panel = studio.runs_panel
+    panel.refresh()
+    png = panel.overlay([s.id for s in studio.headless.run_summaries()])
+    assert png is not None and png[:4] == b"\x89PNG"
+    restored = studio.headless.restore(run.id)
+    assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), model.state_dict().values()))
+    studio.close()
