@@ -55,6 +55,7 @@ from .core.engine import Retrainer
 from .core.events import Event, State
 from .core.history import History
 from .core.losses import LossMismatchError
+from .core.runslot import RunBusy, RunSlot
 from .core.store import RunStore
 from .core.tree import (
     find_head_or_none,
@@ -63,7 +64,7 @@ from .core.tree import (
     parameterised_layers,
 )
 from .plots import LiveFigure, lr_finder_png, lr_preview_png
-from .runbook import RunBook, WhatIfQueue
+from .runbook import RunBook, WhatIfQueue, interrupted, start_refusal
 
 __all__ = ["HeadlessStudio", "LossVerdict", "Preview", "STRATEGIES", "plain_wait_while"]
 
@@ -166,6 +167,7 @@ class HeadlessStudio:
         self.lr_suggestion: float | None = None
         self.book = RunBook(open_store(store), model)
         self.queue = WhatIfQueue(self)
+        self.slot, self.stops = RunSlot("a run of this studio"), 0  # one start at a time; stop() calls
         self.code_hints = code
         self.title = title or type(model).__name__
         self.figure = LiveFigure(title=self.title)
@@ -416,9 +418,15 @@ class HeadlessStudio:
         it among the runs. Returns the run, or ``None`` when it could not start (the reason is
         announced on ``error``).
         """
-        if self.run is not None and self.run.state.active:
-            self.status("a run is already going: Stop it first.", error=True)
+        try:
+            with self.slot.claim(lambda: start_refusal(self)):
+                return self._start(config, name)
+        except RunBusy as exc:
+            self.status(f"✗ {exc}", error=True)
             return None
+
+    def _start(self, config: RunConfig | None, name: str | None) -> Retrainer | None:
+        stops = self.stops
         self.emit("error", None)
         cfg = self._config if config is None else config
         try:
@@ -445,6 +453,8 @@ class HeadlessStudio:
                 self.emit("focus", "loss")
             self.emit("state", self.run)
             return None
+        if self.stops != stops:  # stopped while it was being built or checked
+            run.stop()
         self.book.add(run)
         self.announce_cache(run)
         return run
@@ -478,7 +488,8 @@ class HeadlessStudio:
             (self.run.resume if self.run.state == State.PAUSED else self.run.pause)()
 
     def stop(self) -> None:
-        """Stop the run at its next step boundary (and any queued what-ifs)."""
+        """Stop the run at its next step boundary (and any queued what-ifs), or one being started."""
+        self.stops += 1
         self.queue.stop()
         if self.run is not None:
             self.run.stop()
@@ -511,7 +522,11 @@ class HeadlessStudio:
         run); raises ``TimeoutError`` after ``timeout`` seconds."""
         if self.run is None and not self.queue.used:
             return None
-        if not self.wait_while(self.busy, timeout):
+        try:
+            done = self.wait_while(self.busy, timeout)
+        except KeyboardInterrupt:
+            raise interrupted(self) from None
+        if not done:
             run = self.run
             raise TimeoutError(f"still running after {timeout} s" + (f" (step {run.step})" if run else ""))
         return self.history
@@ -608,12 +623,12 @@ class HeadlessStudio:
         ends the queue cleanly. Returns the configs queued; ``wait=True`` blocks until they are
         done (Stop still works).
         """
-        if (self.run is not None and self.run.state.active) or self.queue.alive():
-            raise ValueError("a run is going: stop it before starting what-ifs")
-        variants = grid_variants(grid)
-        configs = [self._config.replace(**self.variant_changes(v)) for v in variants]
-        names = [naming.variant_label(variant, variants) for variant in variants]
-        self.queue.start(configs, names)
+        busy = "a run is going: stop it before starting what-ifs"
+        with self.slot.claim(lambda: busy if start_refusal(self, queue_too=True) else ""):
+            variants = grid_variants(grid)
+            configs = [self._config.replace(**self.variant_changes(v)) for v in variants]
+            names = [naming.variant_label(variant, variants) for variant in variants]
+            self.queue.start(configs, names)
         if wait:
             self.wait()
         return configs

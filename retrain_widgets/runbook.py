@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -21,7 +22,7 @@ from .notebook import kernel_notebook, notebook_key
 if TYPE_CHECKING:
     from .headless import HeadlessStudio
 
-__all__ = ["RunBook", "WhatIfQueue"]
+__all__ = ["RunBook", "WhatIfQueue", "interrupted", "start_refusal"]
 
 
 class RunBook:
@@ -184,6 +185,7 @@ class WhatIfQueue:
 
     def _run_each(self, configs: list[RunConfig], names: list[str]) -> list[str]:
         keys: list[str] = []
+        self.studio.slot.wait_free()  # what_if() holds it until this thread has started
         for i, (cfg, name) in enumerate(zip(configs, names)):
             if self._stop.is_set():
                 break
@@ -194,3 +196,26 @@ class WhatIfQueue:
             keys.append(self.studio.book.key_of(run) or "")
             run.join()
         return keys
+
+
+def start_refusal(studio: HeadlessStudio, queue_too: bool = False) -> str:
+    """Why ``studio`` cannot start a run now (``""``: it can): a run is going, or what-ifs are queued
+    (their own thread starts each of their runs; ``queue_too``: not even it)."""
+    run, thread = studio.run, studio.queue.thread
+    if run is not None and run.state.active:
+        return "a run is already going: Stop it first (one run at a time)."
+    if thread is not None and thread.is_alive() and (queue_too or thread is not threading.current_thread()):
+        return "what-ifs are running: Stop them first (one run at a time)."
+    return ""
+
+
+def interrupted(studio: HeadlessStudio) -> KeyboardInterrupt:
+    """A ``KeyboardInterrupt`` while waiting on ``studio``: stop its run and queue, wait until they end,
+    and say where the run stopped (as ``Retrainer.wait`` does)."""
+    studio.stop()
+    while studio.busy():
+        time.sleep(0.05)
+    run = studio.run
+    where = f" at step {run.step} of {run.total_steps}" if run is not None else ""
+    return KeyboardInterrupt(f"interrupted: training stopped{where} (and any queued what-ifs); the trained model "
+                             f"(.model) and the history (.history) are kept")

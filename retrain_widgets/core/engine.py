@@ -41,10 +41,11 @@ from .params import scale_lrs
 from .probes import StepProbes
 from .publisher import Publisher
 from .recipe import training as recipe
+from .runslot import RunBusy, RunSlot
 from .tree import check_names, freeze, parameterised_layers, unfreeze
 from .validation import Validation
 
-__all__ = ["Retrainer", "TrainingFailed", "LRFinderResult", "resolve_device", "lr_find"]
+__all__ = ["Retrainer", "RunBusy", "TrainingFailed", "LRFinderResult", "resolve_device", "lr_find"]
 
 
 class TrainingFailed(RuntimeError):
@@ -161,6 +162,7 @@ class Retrainer:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._checked = False
+        self._slot = RunSlot("this run")
         self._t_start = 0.0
         self.publisher = Publisher(self)  # probes -> history, on the publish cadence
         self.validation = Validation(self)
@@ -200,22 +202,23 @@ class Retrainer:
         return self.validation.metric.name if self.validation.metric is not None else None
 
     def start(self) -> Retrainer:
-        """Check the first batch, then train in a background thread; returns at once."""
-        if self.state.active:
-            raise RuntimeError(f"this run is already {self.state.value}; stop() it or wait() for it first")
-        if self.state.final:
-            raise RuntimeError(
-                f"this run has ended ({self.state.value}); make a new Retrainer to train again from the "
-                f"pretrained weights (its trained model is kept in .model)"
-            )
-        self.check()
-        self._stop_flag.clear()
-        self._resume_flag.set()
-        self._done.clear()
-        self._set_state(State.RUNNING)
-        self._thread = threading.Thread(target=self._run, name="retrain_widgets-train", daemon=True)
-        self._thread.start()
+        """Check the first batch, then train in a background thread; returns at once. One start at a
+        time: from another thread meanwhile, or once started, :class:`RunBusy` (a ``ValueError``)."""
+        with self._slot.claim(self._busy):
+            self.check()
+            self._stop_flag.clear()
+            self._resume_flag.set()
+            self._done.clear()
+            self._set_state(State.RUNNING)
+            self._thread = threading.Thread(target=self._run, name="retrain_widgets-train", daemon=True)
+            self._thread.start()
         return self
+
+    def _busy(self) -> str:
+        if self.state.active:
+            return f"this run is already {self.state.value}; stop() it or wait() for it first"
+        return (f"this run has ended ({self.state.value}); make a new Retrainer to train again from the "
+                f"pretrained weights (its trained model is kept in .model)") if self.state.final else ""
 
     def pause(self) -> None:
         """Pause at the next step boundary (the model is consistent while paused)."""
