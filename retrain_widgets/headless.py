@@ -46,7 +46,7 @@ from torch import nn
 
 from . import autoloss, naming
 from .choices import Strategies, apply_freezing, try_freezing
-from .core import feature_cache, losses, schedules
+from .core import feature_cache, losses, lr_preview, schedules
 from .core.batches import Forward, default_forward, first_batch, logits_of
 from .core.builder import build_model, count_steps
 from .core.comparison import RunSummary, grid_variants
@@ -379,7 +379,7 @@ class HeadlessStudio:
         cfg = self._config
         total = self.total_steps()
         try:
-            lrs = schedules.preview(cfg.schedule, total, cfg.lr, **cfg.schedule_kwargs)
+            steps, lrs = lr_preview.sampled(cfg.schedule, total, cfg.lr, **cfg.schedule_kwargs)  # bounded cost
         except ValueError as exc:
             preview = Preview(None, str(exc), error=True)
         else:
@@ -387,7 +387,7 @@ class HeadlessStudio:
             if schedules.get(cfg.schedule).metric_driven:
                 note += (" Metric-driven: the LR drops when the validation loss stops improving, so the "
                          "preview is flat.")
-            preview = Preview(lr_preview_png(lrs, title=f"{cfg.schedule}: LR over {total:,} steps"), note)
+            preview = Preview(lr_preview_png(lrs, steps=steps, title=f"{cfg.schedule}: LR over {total:,} steps"), note)
         self.emit("preview", preview)
         return preview
 
