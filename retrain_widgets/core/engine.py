@@ -42,6 +42,7 @@ from .probes import StepProbes
 from .publisher import Publisher
 from .recipe import training as recipe
 from .runslot import RunBusy, RunSlot
+from .target_guard import TargetGuard
 from .tree import check_names, freeze, parameterised_layers, unfreeze
 from .validation import Validation
 
@@ -145,6 +146,7 @@ class Retrainer:
         self.drift, self.checkpoint = self.heavy.drift, self.heavy.checkpoint
         self._l2sp = recipe.pretrained_reference(net, self.head_name) if cfg.l2sp > 0 else None
         self.history = _new_history(self)
+        self.target_guard = TargetGuard(self)  # the training loss, its targets checked (late bad labels)
 
     def _init_state(self) -> None:
         self.step = 0
@@ -407,7 +409,8 @@ class Retrainer:
     def batch_loss(self, batch: Any) -> torch.Tensor:
         """The training loss of one batch (already on the device), distillation included, as the
         training step computes it (:func:`retrain_widgets.core.recipe.training.training_loss`)."""
-        return recipe.training_loss(self.model, batch, self.run_batch, self.loss_fn, self.amp_dtype, self.distillation)
+        return recipe.training_loss(self.model, batch, self.run_batch, self.target_guard, self.amp_dtype,
+                                    self.distillation)
 
     _loss = batch_loss
 

@@ -79,6 +79,12 @@ class Publisher:
         run = self.run
         mode = self.sync_guard("default")
         steps, loss, layer_norms, lrs = run.probes.flush()
+        bad = run.target_guard.check()  # CUDA: the steps' targets, read with the probes
+        if bad is not None:
+            keep = steps < bad.step
+            self.record(steps[keep], loss[keep], layer_norms[keep], lrs[keep])
+            run.checkpoint.restore()
+            raise bad
         now = time.perf_counter()
         if len(steps):
             bad = ~np.isfinite(loss)
