@@ -85,3 +85,21 @@ def test_deferred_check_binary():
     r.start()
     with pytest.raises(BadTargets, match=r"step 2 .*target 5"):
         r.wait()
+
+
+def test_a_failed_studio_leaves_no_error_at_garbage_collection():
+    import gc
+    import sys
+
+    from retrain_widgets import RetrainStudio
+
+    seen = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        with pytest.raises(ValueError, match="torch.nn.Module"):
+            RetrainStudio("not a model", [])
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert not [u for u in seen if "headless" in str(u.exc_value)], [str(u.exc_value) for u in seen]
