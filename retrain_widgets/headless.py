@@ -137,7 +137,10 @@ def open_store(store: RunStore | str | os.PathLike[str] | None | bool) -> RunSto
         return None
     if isinstance(store, RunStore):
         return store
-    return RunStore(".retrain_runs" if store is None or store is True else store)
+    opened = RunStore(".retrain_runs" if store is None or store is True else store)
+    if opened.read_only:  # a studio records its runs: say so now, not at the first Start
+        raise ValueError(opened.read_only)
+    return opened
 
 
 class HeadlessStudio:
@@ -455,7 +458,8 @@ class HeadlessStudio:
             return None
         if self.stops != stops:  # stopped while it was being built or checked
             run.stop()
-        self.book.add(run)
+        if note := self.book.add(run):
+            self.status(note, error=True)
         self.announce_cache(run)
         return run
 

@@ -4,7 +4,9 @@ and :class:`WhatIfQueue` (configs run one after another in a thread of their own
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import sqlite3
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -57,18 +59,30 @@ class RunBook:
         model, in the store (across kernel restarts) and in this kernel."""
         names = [self._names.get(id(r), "") for r in self.runs]
         if self.store is not None:
-            names += [r.name for r in self.store.runs(pretrained_id=self.pretrained_id, notebook=self.notebook)]
+            with contextlib.suppress(sqlite3.Error, ValueError):  # a damaged store: said when the run is recorded
+                names += [r.name for r in self.store.runs(pretrained_id=self.pretrained_id, notebook=self.notebook)]
         return next_number(names)
 
     def numbered(self, label: str) -> str:
-        """``label`` with the next run's number: ``#7 bce · full · lr 0.001 · constant``."""
-        return numbered(self.next_number(), label)
+        """``label`` with the next run's number: ``#7 bce · full · lr 0.001 · constant`` (reserved in the
+        store: unique across the processes sharing it)."""
+        number = self.next_number()
+        if self.store is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):  # a read-only or damaged store: this kernel's
+                number = self.store.reserve_number(f"{self.pretrained_id}:{self.notebook}", number)
+        return numbered(number, label)
 
-    def add(self, run: Retrainer) -> None:
-        """A run that started: kept, and recorded in the store under its name and notebook."""
+    def add(self, run: Retrainer) -> str:
+        """A run that started: kept, and recorded in the store under its name and notebook. Returns ``""``,
+        or why the store could not record it (a damaged database, a full disk): the run trains on, in memory."""
         self.runs.append(run)
         if self.store is not None:
-            self._ids[id(run)] = self.store.record(run, name=self._names.get(id(run)), notebook=self.notebook)
+            try:
+                self._ids[id(run)] = self.store.record(run, name=self._names.get(id(run)), notebook=self.notebook)
+            except (sqlite3.Error, OSError, ValueError) as exc:
+                return (f"✗ this run is not recorded: the run store {self.store.db_path} failed ({type(exc).__name__}: "
+                        f"{exc}); it trains on in memory. A damaged runs.sqlite: move it away; or pass store=False")
+        return ""
 
     def name_of(self, run: Retrainer) -> str | None:
         return self._names.get(id(run))

@@ -21,6 +21,7 @@ import numpy as np
 from ..alignment import alignment_summary
 from ..events import Event, EventInfo, State
 from ..history import History
+from .faults import bounded_decompress
 from .files import Connections, WeightsFolder
 
 if TYPE_CHECKING:
@@ -42,10 +43,10 @@ def encode_history(history: History, level: int) -> bytes:
     return zlib.compress(text.encode(), level)
 
 
-def decode_history(codec: str, data: bytes) -> History:
+def decode_history(codec: str, data: bytes, run_id: str = "?") -> History:
     if codec != HISTORY_CODEC:
         raise ValueError(f"unknown history codec {codec!r} (this version reads {HISTORY_CODEC!r})")
-    return History.from_json(zlib.decompress(data).decode())
+    return History.from_json(bounded_decompress(data, run_id).decode())  # bounded: a bad row cannot take GBs
 
 
 def config_of(run: Retrainer) -> tuple[dict[str, Any], str]:
