@@ -224,3 +224,55 @@ def test_two_studios_starting_together_get_different_numbers(tmp_path, pretraine
         s.wait(60)
     names = [r.name for r in RunStore(tmp_path / "runs").runs()]
     assert len(names) == 2 and len({n.split()[0] for n in names}) == 2, names
+
+
+def test_a_full_disk_marks_the_run_failed_at_once_with_the_reason(tmp_path, pretrained, seven, monkeypatch):
+    import time as _time
+
+    from conftest import SlowLoader
+
+    from retrain_widgets.core.store import recorder
+
+    real = recorder.encode_history
+
+    def full(history, level):
+        if level == 1:  # the progress saves: the disk filled up while the run trained
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(history, level)
+
+    monkeypatch.setattr(recorder, "encode_history", full)
+    s = RunStore(tmp_path / "runs")
+    run = Retrainer(pretrained, RunConfig(loss="bce", head_out=1, max_steps=40, alignment_every=None),
+                    SlowLoader(seven.train, 0.05), publish_every=2)
+    run_id = s.record(run, save_every=0)
+    with pytest.warns(RuntimeWarning, match="is full"):
+        run.start()
+        deadline = _time.monotonic() + 30
+        while s.get(run_id).state != "failed" and _time.monotonic() < deadline:
+            _time.sleep(0.05)
+        rec = s.get(run_id)
+        assert run.state.active, "the row is marked while the run still trains"
+        run.stop()
+        run.wait()
+    assert rec.state == "failed" and "is full" in rec.message and run_id in rec.message
+    assert "store=False" in rec.message
+    s.close()
+
+
+def test_weights_that_do_not_fit_are_said_plainly(tmp_path, pretrained, seven, monkeypatch):
+    from retrain_widgets.core.store.files import WeightsFolder
+
+    def full(self, run_id, model, pretrained=None):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(WeightsFolder, "write", full)
+    s = RunStore(tmp_path / "runs")
+    run = Retrainer(pretrained, RunConfig(loss="bce", head_out=1, max_steps=3, alignment_every=None), seven.train)
+    run_id = s.record(run, save_every=0)
+    with pytest.warns(RuntimeWarning, match="is full"):
+        run.fit()
+    rec = s.get(run_id)
+    assert rec.state == "failed" and not rec.has_weights
+    assert "is full" in rec.message and "the weights file" in rec.message and "enforce fail" not in rec.message
+    s.close()

@@ -8,16 +8,19 @@ Every message names the run and the file, and says what to do. :class:`DamagedRu
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import re
+import shutil
+import sqlite3
 import time
 import zipfile
 import zlib
 from collections.abc import Callable
 
-__all__ = ["DamagedRun", "read_only_reason", "HISTORY_MAX_BYTES", "bounded_decompress", "weights_error", "stale_temporary_files",
-           "clean_weights_folder"]
+__all__ = ["DamagedRun", "StoreFull", "HISTORY_MAX_BYTES", "bounded_decompress", "clean_weights_folder", "disk_full",
+           "full_message", "read_only_reason", "stale_temporary_files", "weights_error", "writable"]
 
 #: The most bytes a stored history may take uncompressed (a bounded history takes a few MB).
 HISTORY_MAX_BYTES = 64 * 2**20
@@ -133,3 +136,29 @@ def read_only_reason(folder: str, db_path: str) -> str:
 def writable(path: str) -> bool:
     """Whether ``path`` can be written by this process (a read-only file system included)."""
     return os.access(path, os.W_OK)
+
+
+class StoreFull(OSError):
+    """The disk holding a store is full: the run's recording stopped (its row says so when it could be written)."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full: ``ENOSPC``, SQLite's ``SQLITE_FULL``, or torch's writer failing
+    (``[enforce fail at inline_container.cc...] ... file write failed``)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(exc)
+    text = str(exc)
+    return "No space left" in text or ("enforce fail" in text and "write" in text)
+
+
+def full_message(run_id: str, folder: str, what: str, step: int) -> str:
+    """Why recording stopped: the disk is full, where, and what to do."""
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:.0f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return (f"the disk holding the run store {folder} is full ({free}): {what} of run {run_id} could not be written "
+            f"at step {step}, so its recording stopped there (the trained model stays in memory: run.model). Free "
+            f"some space, or pass store=False / another folder to the next studio")
