@@ -458,8 +458,8 @@ class HeadlessStudio:
             return None
         if self.stops != stops:  # stopped while it was being built or checked
             run.stop()
-        if note := self.book.add(run):
-            self.status(note, error=True)
+        if (fault := self.book.add(run, on_fault=lambda exc: self.emit("error", exc))) is not None:
+            self.emit("error", fault)
         self.announce_cache(run)
         return run
 

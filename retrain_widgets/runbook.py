@@ -9,15 +9,18 @@ import copy
 import sqlite3
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from .core.comparison import RunSummary, summarize
 from .core.config import RunConfig
 from .core.engine import Retrainer
+from .core.events import Event
 from .core.history import History
 from .core.store import RunStore, fingerprint
+from .core.store.faults import NotRecorded
 from .naming import next_number, numbered
 from .notebook import kernel_notebook, notebook_key
 
@@ -72,17 +75,33 @@ class RunBook:
                 number = self.store.reserve_number(f"{self.pretrained_id}:{self.notebook}", number)
         return numbered(number, label)
 
-    def add(self, run: Retrainer) -> str:
-        """A run that started: kept, and recorded in the store under its name and notebook. Returns ``""``,
-        or why the store could not record it (a damaged database, a full disk): the run trains on, in memory."""
+    def add(self, run: Retrainer, on_fault: Callable[[BaseException], Any] | None = None) -> BaseException | None:
+        """A run that started: kept, and recorded in the store under its name and notebook. Returns ``None``,
+        or why the store could not record it (a damaged database...): the run trains on, in memory.
+        ``on_fault(exc)``: the recording failed later (a full disk), from the training thread."""
         self.runs.append(run)
-        if self.store is not None:
-            try:
-                self._ids[id(run)] = self.store.record(run, name=self._names.get(id(run)), notebook=self.notebook)
-            except (sqlite3.Error, OSError, ValueError) as exc:
-                return (f"✗ this run is not recorded: the run store {self.store.db_path} failed ({type(exc).__name__}: "
-                        f"{exc}); it trains on in memory. A damaged runs.sqlite: move it away; or pass store=False")
-        return ""
+        if self.store is None:
+            return None
+        try:
+            self._ids[id(run)] = self.store.record(run, name=self._names.get(id(run)), notebook=self.notebook)
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            fault = NotRecorded(f"this run is not recorded: the run store {self.store.db_path} failed "
+                                f"({type(exc).__name__}: {exc}); it trains on in memory. A damaged runs.sqlite: "
+                                f"move it away; or pass store=False")
+            fault.__cause__ = exc
+            return fault
+        if on_fault is not None:
+            seen = [len(run.handler_errors)]
+
+            def store_faults(_info: Any) -> None:  # the recorder's errors (StoreFull...): shown, not only warned
+                new, seen[0] = run.handler_errors[seen[0]:], len(run.handler_errors)
+                for text in new:
+                    if "StoreFull" in text or "run store" in text:
+                        on_fault(NotRecorded(text))
+
+            for event in (Event.PUBLISH, Event.STATE_CHANGE):
+                run.on(event, store_faults)
+        return None
 
     def name_of(self, run: Retrainer) -> str | None:
         return self._names.get(id(run))

@@ -197,12 +197,13 @@ def test_a_damaged_database_at_start_is_said_and_the_run_trains(tmp_path, pretra
             os.remove(folder / name)
     studio = HeadlessStudio(pretrained, seven.train, config=RunConfig(loss="bce", head_out=1, max_steps=3,
                                                                       alignment_every=None), store=folder)
-    said = []
-    studio.on("status", lambda text, error: said.append((text, error)))
+    shown = []
+    studio.on("error", shown.append)
     run = studio.start()
     assert run is not None
     studio.wait(60)
-    assert any(error and "not recorded" in text and str(db) in text for text, error in said), said
+    assert run.step == 3
+    assert any(exc is not None and "not recorded" in str(exc) and str(db) in str(exc) for exc in shown), shown
 
 
 def test_two_studios_starting_together_get_different_numbers(tmp_path, pretrained, seven):
@@ -276,3 +277,23 @@ def test_weights_that_do_not_fit_are_said_plainly(tmp_path, pretrained, seven, m
     assert rec.state == "failed" and not rec.has_weights
     assert "is full" in rec.message and "the weights file" in rec.message and "enforce fail" not in rec.message
     s.close()
+
+
+def test_a_full_disk_while_a_studio_trains_is_shown(tmp_path, pretrained, seven, monkeypatch):
+    from conftest import SlowLoader
+
+    from retrain_widgets.core.store import recorder
+    from retrain_widgets.headless import HeadlessStudio
+
+    def full(history, level):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(recorder, "encode_history", full)
+    studio = HeadlessStudio(pretrained, SlowLoader(seven.train, 0.02), config=RunConfig(
+        loss="bce", head_out=1, max_steps=6, alignment_every=None), store=tmp_path / "runs")
+    shown = []
+    studio.on("error", shown.append)
+    with pytest.warns(RuntimeWarning, match="is full"):
+        studio.start()
+        studio.wait(60)
+    assert any(exc is not None and "is full" in str(exc) for exc in shown), shown

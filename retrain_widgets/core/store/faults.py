@@ -19,7 +19,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 
-__all__ = ["DamagedRun", "StoreFull", "HISTORY_MAX_BYTES", "bounded_decompress", "clean_weights_folder", "disk_full",
+__all__ = ["DamagedRun", "NotRecorded", "StoreFull", "HISTORY_MAX_BYTES", "bounded_decompress", "clean_weights_folder", "disk_full",
            "full_message", "read_only_reason", "stale_temporary_files", "weights_error", "writable"]
 
 #: The most bytes a stored history may take uncompressed (a bounded history takes a few MB).
@@ -136,6 +136,10 @@ def read_only_reason(folder: str, db_path: str) -> str:
 def writable(path: str) -> bool:
     """Whether ``path`` can be written by this process (a read-only file system included)."""
     return os.access(path, os.W_OK)
+
+
+class NotRecorded(RuntimeError):
+    """The store could not record a run (or stopped recording it); the run trains on in memory."""
 
 
 class StoreFull(OSError):
