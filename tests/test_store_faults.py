@@ -297,3 +297,13 @@ def test_a_full_disk_while_a_studio_trains_is_shown(tmp_path, pretrained, seven,
         studio.start()
         studio.wait(60)
     assert any(exc is not None and "is full" in str(exc) for exc in shown), shown
+
+
+def test_delete_removes_the_temporary_files_of_a_killed_save(store):
+    s, ids = store
+    tmp = os.path.join(s.weights_dir, f"{ids[0]}.pt.{os.getpid()}-0123abcd.tmp")  # a live writer: kept at open
+    with open(tmp, "wb") as f:
+        f.write(b"half")
+    s.delete(ids[0])
+    assert not os.path.exists(tmp) and not os.path.exists(os.path.join(s.weights_dir, f"{ids[0]}.pt"))
+    assert [r.id for r in s.runs()] == [ids[1]]

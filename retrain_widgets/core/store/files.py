@@ -4,6 +4,7 @@ weights folder (one ``torch.save`` file per run, written atomically: the tensors
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import sqlite3
 import threading
@@ -146,5 +147,10 @@ class WeightsFolder:
             return None
 
     def remove(self, run_id: str) -> None:
+        """The run's weights file, and any temporary file a killed save of it left."""
+        path = self.path(run_id)
         with contextlib.suppress(FileNotFoundError):
-            os.remove(self.path(run_id))
+            os.remove(path)
+        for tmp in glob.glob(f"{glob.escape(path)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
