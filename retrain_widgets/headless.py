@@ -55,7 +55,7 @@ from .core.engine import Retrainer
 from .core.events import Event, State
 from .core.history import History
 from .core.losses import LossMismatchError
-from .core.runslot import RunBusy, RunSlot
+from .core.runslot import RunSlot
 from .core.store import RunStore
 from .core.tree import (
     find_head_or_none,
@@ -64,7 +64,7 @@ from .core.tree import (
     parameterised_layers,
 )
 from .plots import LiveFigure, lr_finder_png, lr_preview_png
-from .runbook import RunBook, WhatIfQueue, interrupted, start_refusal
+from .runbook import RunBook, WhatIfQueue, one_start_at_a_time, start_refusal, wait_or_stop
 
 __all__ = ["HeadlessStudio", "LossVerdict", "Preview", "STRATEGIES", "plain_wait_while"]
 
@@ -137,10 +137,7 @@ def open_store(store: RunStore | str | os.PathLike[str] | None | bool) -> RunSto
         return None
     if isinstance(store, RunStore):
         return store
-    opened = RunStore(".retrain_runs" if store is None or store is True else store)
-    if opened.read_only:  # a studio records its runs: say so now, not at the first Start
-        raise ValueError(opened.read_only)
-    return opened
+    return RunStore(".retrain_runs" if store is None or store is True else store)
 
 
 class HeadlessStudio:
@@ -414,6 +411,7 @@ class HeadlessStudio:
             self.set(lr=min(1.0, self.lr_suggestion))
 
     # ================================================================== run control
+    @one_start_at_a_time
     def start(self, config: RunConfig | None = None, name: str | None = None) -> Retrainer | None:
         """Start a run from the pretrained weights (returns at once).
 
@@ -421,15 +419,6 @@ class HeadlessStudio:
         it among the runs. Returns the run, or ``None`` when it could not start (the reason is
         announced on ``error``).
         """
-        try:
-            with self.slot.claim(lambda: start_refusal(self)):
-                return self._start(config, name)
-        except RunBusy as exc:
-            self.status(f"✗ {exc}", error=True)
-            return None
-
-    def _start(self, config: RunConfig | None, name: str | None) -> Retrainer | None:
-        stops = self.stops
         self.emit("error", None)
         cfg = self._config if config is None else config
         try:
@@ -456,8 +445,6 @@ class HeadlessStudio:
                 self.emit("focus", "loss")
             self.emit("state", self.run)
             return None
-        if self.stops != stops:  # stopped while it was being built or checked
-            run.stop()
         if (fault := self.book.add(run, on_fault=lambda exc: self.emit("error", exc))) is not None:
             self.emit("error", fault)
         self.announce_cache(run)
@@ -526,11 +513,7 @@ class HeadlessStudio:
         run); raises ``TimeoutError`` after ``timeout`` seconds."""
         if self.run is None and not self.queue.used:
             return None
-        try:
-            done = self.wait_while(self.busy, timeout)
-        except KeyboardInterrupt:
-            raise interrupted(self) from None
-        if not done:
+        if not wait_or_stop(self, timeout):
             run = self.run
             raise TimeoutError(f"still running after {timeout} s" + (f" (step {run.step})" if run else ""))
         return self.history
@@ -627,8 +610,7 @@ class HeadlessStudio:
         ends the queue cleanly. Returns the configs queued; ``wait=True`` blocks until they are
         done (Stop still works).
         """
-        busy = "a run is going: stop it before starting what-ifs"
-        with self.slot.claim(lambda: busy if start_refusal(self, queue_too=True) else ""):
+        with self.slot.claim(lambda: start_refusal(self, queue_too=True)):
             variants = grid_variants(grid)
             configs = [self._config.replace(**self.variant_changes(v)) for v in variants]
             names = [naming.variant_label(variant, variants) for variant in variants]

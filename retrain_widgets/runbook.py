@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import sqlite3
 import threading
 import time
@@ -19,6 +20,7 @@ from .core.config import RunConfig
 from .core.engine import Retrainer
 from .core.events import Event
 from .core.history import History
+from .core.runslot import RunBusy
 from .core.store import RunStore, fingerprint
 from .core.store.faults import NotRecorded
 from .naming import next_number, numbered
@@ -27,7 +29,7 @@ from .notebook import kernel_notebook, notebook_key
 if TYPE_CHECKING:
     from .headless import HeadlessStudio
 
-__all__ = ["RunBook", "WhatIfQueue", "interrupted", "start_refusal"]
+__all__ = ["RunBook", "WhatIfQueue", "interrupted", "one_start_at_a_time", "start_refusal", "wait_or_stop"]
 
 
 class RunBook:
@@ -40,6 +42,8 @@ class RunBook:
     every run of the pretrained model in the store."""
 
     def __init__(self, store: RunStore | None, pretrained: nn.Module) -> None:
+        if store is not None and store.read_only:  # runs are recorded: say so now, not at the first Start
+            raise ValueError(store.read_only)
         self.store, self.pretrained = store, pretrained
         self.notebook = notebook_key(kernel_notebook(), store.path if store is not None else None)
         self.runs: list[Retrainer] = []
@@ -235,11 +239,43 @@ def start_refusal(studio: HeadlessStudio, queue_too: bool = False) -> str:
     """Why ``studio`` cannot start a run now (``""``: it can): a run is going, or what-ifs are queued
     (their own thread starts each of their runs; ``queue_too``: not even it)."""
     run, thread = studio.run, studio.queue.thread
+    if queue_too and ((run is not None and run.state.active) or (thread is not None and thread.is_alive())):
+        return "a run is going: stop it before starting what-ifs"
     if run is not None and run.state.active:
         return "a run is already going: Stop it first (one run at a time)."
     if thread is not None and thread.is_alive() and (queue_too or thread is not threading.current_thread()):
         return "what-ifs are running: Stop them first (one run at a time)."
     return ""
+
+
+def one_start_at_a_time(start: Callable[..., Retrainer | None]) -> Callable[..., Retrainer | None]:
+    """``HeadlessStudio.start``, one at a time: refused (``None``, said on the status line) while another
+    start holds the studio's slot, a run is going or what-ifs run; a run that :meth:`HeadlessStudio.stop`
+    was called on while it was being built or checked is stopped as soon as it started."""
+
+    @functools.wraps(start)
+    def guarded(studio: HeadlessStudio, config: RunConfig | None = None, name: str | None = None) -> Retrainer | None:
+        try:
+            with studio.slot.claim(lambda: start_refusal(studio)):
+                stops = studio.stops
+                run = start(studio, config, name)
+                if run is not None and studio.stops != stops:
+                    run.stop()
+                return run
+        except RunBusy as exc:
+            studio.status(f"✗ {exc}", error=True)
+            return None
+
+    return guarded
+
+
+def wait_or_stop(studio: HeadlessStudio, timeout: float | None) -> bool:
+    """``studio.wait_while(studio.busy, timeout)``; a ``KeyboardInterrupt`` meanwhile stops the run (see
+    :func:`interrupted`) and is raised again."""
+    try:
+        return studio.wait_while(studio.busy, timeout)
+    except KeyboardInterrupt:
+        raise interrupted(studio) from None
 
 
 def interrupted(studio: HeadlessStudio) -> KeyboardInterrupt:
