@@ -8,7 +8,7 @@ instead of the loss) and stops the run with :class:`BadTargets`, naming the step
 and the fix.
 
 Cost: on the CPU one ``aminmax`` of the batch's targets, read at once (a host read is free there).
-On CUDA nothing is read per step: the targets' min and max go into a device buffer, a row per step,
+On CUDA (and MPS) nothing is read per step: the targets' min and max go into a device buffer, a row per step,
 that :meth:`check` reads when the publisher flushes the probes (one copy per publish); cross
 entropy's targets out of range are replaced by ``ignore_index`` on the device meanwhile, so its
 kernel does not assert before the publish reports them.
@@ -45,7 +45,7 @@ class TargetGuard:
         self.task = getattr(fn, "task", None) if hasattr(fn, "align") else None  # a CheckedLoss of a known task
         self.ignore_index = int(getattr(fn, "ignore_index", -100))
         self.name = getattr(fn, "name", "the loss")
-        self.host = run.device.type != "cuda"  # read at once; on CUDA at the publish
+        self.host = run.device.type == "cpu"  # read at once (free); on CUDA / MPS at the publish (no sync)
         self.capacity = run.publish_every
         self.rows = torch.zeros(self.capacity, 3, device=run.device, dtype=torch.float64) if not self.host else None
         self.steps = np.zeros(self.capacity, dtype=np.int64)
