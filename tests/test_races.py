@@ -131,3 +131,23 @@ def test_keyboard_interrupt_in_studio_wait_stops_the_run(cnn, seven):
         assert run.state == State.STOPPED and not run.running and run.step < run.total_steps
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_keyboard_interrupt_in_the_dashboards_wait_stops_the_run(cnn, seven):
+    import _thread
+
+    from retrain_widgets import RetrainStudio
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        studio = RetrainStudio(cnn, SlowLoader(seven.train, 0.02), seven.val, store=False,
+                               config=RunConfig(loss="bce", head_out=1, max_steps=500))
+        run = studio.start()
+        assert run is not None
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        with pytest.raises(KeyboardInterrupt, match="training stopped at step"):
+            studio.wait()
+        assert run.state == State.STOPPED and not run.running and run.step < run.total_steps
+        studio.close()
+    finally:
+        signal.signal(signal.SIGINT, previous)
