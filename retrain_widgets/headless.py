@@ -241,17 +241,22 @@ class HeadlessStudio:
             except ValueError:
                 self._red = red
                 raise
-        old, self._config, self.work = self._config, new, work
-        self.strategies.remember(self.strategy_of(), new)
-        if red and not self._red:
-            self.emit("state", self.run)  # the state's own line replaces the refusal
-        self.emit("config", old, new)
-        if fresh or {"frozen", "train_bn", "lora_r", "lora_modules"} & diff.keys():
-            self.emit("work")
-        if {"loss", "loss_kwargs", "head", "head_out"} & diff.keys():
-            self.check_loss()
-        if {"schedule", "schedule_kwargs", "epochs", "max_steps", "lr"} & diff.keys():
-            self.update_preview()
+        (old, old_work), self._config, self.work = (self._config, self.work), new, work
+        try:  # a check or a view that cannot take it: refused, the config as it was
+            self.strategies.remember(self.strategy_of(), new)
+            if red and not self._red:
+                self.emit("state", self.run)  # the state's own line replaces the refusal
+            self.emit("config", old, new)
+            if fresh or {"frozen", "train_bn", "lora_r", "lora_modules"} & diff.keys():
+                self.emit("work")
+            if {"loss", "loss_kwargs", "head", "head_out"} & diff.keys():
+                self.check_loss()
+            if {"schedule", "schedule_kwargs", "epochs", "max_steps", "lr"} & diff.keys():
+                self.update_preview()
+        except BaseException:
+            self._config, self.work = old, old_work
+            self.emit("config", new, old)
+            raise
         run = self.run
         if run is not None and run.state.active:
             self.apply_live(run, old, new, diff)

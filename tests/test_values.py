@@ -86,3 +86,22 @@ def test_a_studio_of_a_billion_epochs_opens_and_changes(cnn, seven):
     assert s.config.grad_clip is None and s.config.schedule == "one_cycle"
     s.set(epochs=3)
     assert s.config.epochs == 3
+
+
+def test_a_change_that_fails_after_its_checks_leaves_the_config(cnn, seven, monkeypatch):
+    from retrain_widgets.core import lr_preview
+
+    s = HeadlessStudio(cnn, seven.train, seven.val, config=RunConfig(loss="bce", head_out=1, epochs=3), store=False)
+    configs = []
+    s.on("config", lambda old, new: configs.append(new))
+    real = lr_preview.sampled
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("the preview could not be drawn")
+
+    monkeypatch.setattr(lr_preview, "sampled", out_of_memory)
+    with pytest.raises(MemoryError):
+        s.set(epochs=7)
+    assert s.config.epochs == 3 and configs[-1].epochs == 3  # the views were told it is back
+    monkeypatch.setattr(lr_preview, "sampled", real)
+    assert s.set(epochs=8).epochs == 8 and s.config.epochs == 8
