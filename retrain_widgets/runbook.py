@@ -243,7 +243,7 @@ def start_refusal(studio: HeadlessStudio, queue_too: bool = False) -> str:
         return "a run is going: stop it before starting what-ifs"
     if run is not None and run.state.active:
         return "a run is already going: Stop it first (one run at a time)."
-    if thread is not None and thread.is_alive() and (queue_too or thread is not threading.current_thread()):
+    if thread is not None and thread.is_alive() and thread is not threading.current_thread():
         return "what-ifs are running: Stop them first (one run at a time)."
     return ""
 
