@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .choices import apply_freezing
-from .core import losses, schedules
+from .core import losses, lr_preview, schedules
 from .core.batches import Forward, first_batch, logits_of
 from .core.builder import build_model, count_steps
 from .core.config import RunConfig
@@ -140,7 +140,7 @@ class StudioChecks:
         cfg = self._config
         total = self.total_steps()
         try:
-            lrs = schedules.preview(cfg.schedule, total, cfg.lr, **cfg.schedule_kwargs)
+            steps, lrs = lr_preview.sampled(cfg.schedule, total, cfg.lr, **cfg.schedule_kwargs)  # bounded cost
         except ValueError as exc:
             preview = Preview(None, str(exc), error=True)
         else:
@@ -148,7 +148,8 @@ class StudioChecks:
             if schedules.get(cfg.schedule).metric_driven:
                 note += (" Metric-driven: the LR drops when the validation loss stops improving, so the "
                          "preview is flat.")
-            preview = Preview(lr_preview_png(lrs, title=f"{cfg.schedule}: LR over {total:,} steps"), note)
+            preview = Preview(lr_preview_png(lrs, steps=steps, title=f"{cfg.schedule}: LR over {total:,} steps"),
+                              note)
         self.emit(preview)
         return preview
 

@@ -35,8 +35,10 @@ from .core.engine import Retrainer
 from .core.events import Event, State
 from .core.history import History
 from .core.losses import LossMismatchError
+from .core.runslot import RunSlot
 from .core.store import RunStore
 from .core.tree import frozen_complement, parameterised_layers
+from .one_run import one_start_at_a_time, start_refusal, wait_or_stop
 from .plots import LiveFigure
 from .runbook import RunBook, WhatIfQueue
 from .topics import (
@@ -113,7 +115,8 @@ class HeadlessStudio(StudioChecks):
         self.mismatch: LossMismatchError | None = None
         self.lr_suggestion: float | None = None
         self.book = RunBook(open_store(store), model)
-        self.queue = WhatIfQueue(self.book, start=self.start, emit=self.emit)
+        self.slot, self.stops = RunSlot("a run of this studio"), 0  # one start at a time; stop() calls
+        self.queue = WhatIfQueue(self.book, start=self.start, emit=self.emit, ready=self.slot.wait_free)
         self.code_hints = code
         self.title = title or type(model).__name__
         self.figure = LiveFigure(title=self.title)
@@ -195,17 +198,22 @@ class HeadlessStudio(StudioChecks):
             except ValueError:
                 self._red = red
                 raise
-        old, self._config, self.work = self._config, new, work
-        self.strategies.remember(self.strategy_of(), new)
-        if red and not self._red:
-            self.emit(StateShown(self.run))  # the state's own line replaces the refusal
-        self.emit(ConfigChanged(old, new))
-        if fresh or {"frozen", "train_bn", "lora_r", "lora_modules"} & diff.keys():
-            self.emit(WorkChanged())
-        if {"loss", "loss_kwargs", "head", "head_out"} & diff.keys():
-            self.check_loss()
-        if {"schedule", "schedule_kwargs", "epochs", "max_steps", "lr"} & diff.keys():
-            self.update_preview()
+        (old, old_work), self._config, self.work = (self._config, self.work), new, work
+        try:  # a check or a view that cannot take it: refused, the config as it was
+            self.strategies.remember(self.strategy_of(), new)
+            if red and not self._red:
+                self.emit(StateShown(self.run))  # the state's own line replaces the refusal
+            self.emit(ConfigChanged(old, new))
+            if fresh or {"frozen", "train_bn", "lora_r", "lora_modules"} & diff.keys():
+                self.emit(WorkChanged())
+            if {"loss", "loss_kwargs", "head", "head_out"} & diff.keys():
+                self.check_loss()
+            if {"schedule", "schedule_kwargs", "epochs", "max_steps", "lr"} & diff.keys():
+                self.update_preview()
+        except BaseException:
+            self._config, self.work = old, old_work
+            self.emit(ConfigChanged(new, old))
+            raise
         run = self.run
         if run is not None and run.state.active:
             self.apply_live(run, old, new, diff)
@@ -266,6 +274,7 @@ class HeadlessStudio(StudioChecks):
             return self.set(**changes)
 
     # ================================================================== run control
+    @one_start_at_a_time
     def start(self, config: RunConfig | None = None, name: str | None = None) -> Retrainer | None:
         """Start a run from the pretrained weights (returns at once).
 
@@ -273,9 +282,6 @@ class HeadlessStudio(StudioChecks):
         it among the runs. Returns the run, or ``None`` when it could not start (the reason is
         announced on :attr:`Topic.ERROR`).
         """
-        if self.run is not None and self.run.state.active:
-            self.status("a run is already going: Stop it first.", error=True)
-            return None
         self.emit(ErrorShown(None))
         cfg = self._config if config is None else config
         try:
@@ -302,7 +308,8 @@ class HeadlessStudio(StudioChecks):
                 self.emit(Focus("loss"))
             self.emit(StateShown(self.run))
             return None
-        self.book.add(run)
+        if (fault := self.book.add(run, on_fault=lambda exc: self.emit(ErrorShown(exc)))) is not None:
+            self.emit(ErrorShown(fault))
         self.announce_cache(run)
         return run
 
@@ -335,7 +342,8 @@ class HeadlessStudio(StudioChecks):
             (self.run.resume if self.run.state == State.PAUSED else self.run.pause)()
 
     def stop(self) -> None:
-        """Stop the run at its next step boundary (and any queued what-ifs)."""
+        """Stop the run at its next step boundary (and any queued what-ifs), or one being started."""
+        self.stops += 1
         self.queue.stop()
         if self.run is not None:
             self.run.stop()
@@ -368,7 +376,7 @@ class HeadlessStudio(StudioChecks):
         run); raises ``TimeoutError`` after ``timeout`` seconds."""
         if self.run is None and not self.queue.used:
             return None
-        if not self.wait_while(self.busy, timeout):
+        if not wait_or_stop(self, timeout):
             run = self.run
             raise TimeoutError(f"still running after {timeout} s" + (f" (step {run.step})" if run else ""))
         return self.history
@@ -465,12 +473,11 @@ class HeadlessStudio(StudioChecks):
         ends the queue cleanly. Returns the configs queued; ``wait=True`` blocks until they are
         done (Stop still works).
         """
-        if (self.run is not None and self.run.state.active) or self.queue.alive():
-            raise ValueError("a run is going: stop it before starting what-ifs")
-        variants = grid_variants(grid)
-        configs = [self._config.replace(**self.variant_changes(v)) for v in variants]
-        names = [naming.variant_label(variant, variants) for variant in variants]
-        self.queue.start(configs, names)
+        with self.slot.claim(lambda: start_refusal(self, queue_too=True)):
+            variants = grid_variants(grid)
+            configs = [self._config.replace(**self.variant_changes(v)) for v in variants]
+            names = [naming.variant_label(variant, variants) for variant in variants]
+            self.queue.start(configs, names)
         if wait:
             self.wait()
         return configs

@@ -4,17 +4,22 @@ the studio, and take what they need of it; neither imports a widget."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import sqlite3
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
 from .core.comparison import RunSummary, summarize
 from .core.config import RunConfig
 from .core.engine import Retrainer
+from .core.events import Event
 from .core.history import History
 from .core.store import RunStore, fingerprint
+from .core.store.faults import NotRecorded
 from .naming import next_number, numbered
 from .notebook import kernel_notebook, notebook_key
 from .topics import ErrorShown, Focus, Payload, QueueDone, QueueProgress
@@ -32,6 +37,8 @@ class RunBook:
     every run of the pretrained model in the store."""
 
     def __init__(self, store: RunStore | None, pretrained: nn.Module) -> None:
+        if store is not None and store.read_only:  # runs are recorded: say so now, not at the first Start
+            raise ValueError(store.read_only)
         self.store, self.pretrained = store, pretrained
         self.notebook = notebook_key(kernel_notebook(), store.path if store is not None else None)
         self.runs: list[Retrainer] = []
@@ -54,18 +61,46 @@ class RunBook:
         model, in the store (across kernel restarts) and in this kernel."""
         names = [self._names.get(id(r), "") for r in self.runs]
         if self.store is not None:
-            names += [r.name for r in self.store.runs(pretrained_id=self.pretrained_id, notebook=self.notebook)]
+            with contextlib.suppress(sqlite3.Error, ValueError):  # a damaged store: said when the run is recorded
+                names += [r.name for r in self.store.runs(pretrained_id=self.pretrained_id, notebook=self.notebook)]
         return next_number(names)
 
     def numbered(self, label: str) -> str:
-        """``label`` with the next run's number: ``#7 bce · full · lr 0.001 · constant``."""
-        return numbered(self.next_number(), label)
-
-    def add(self, run: Retrainer) -> None:
-        """A run that started: kept, and recorded in the store under its name and notebook."""
-        self.runs.append(run)
+        """``label`` with the next run's number: ``#7 bce · full · lr 0.001 · constant`` (reserved in the
+        store: unique across the processes sharing it)."""
+        number = self.next_number()
         if self.store is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):  # a read-only or damaged store: this kernel's
+                number = self.store.reserve_number(f"{self.pretrained_id}:{self.notebook}", number)
+        return numbered(number, label)
+
+    def add(self, run: Retrainer, on_fault: Callable[[BaseException], Any] | None = None) -> BaseException | None:
+        """A run that started: kept, and recorded in the store under its name and notebook. Returns ``None``,
+        or why the store could not record it (a damaged database...): the run trains on, in memory.
+        ``on_fault(exc)``: the recording failed later (a full disk), from the training thread."""
+        self.runs.append(run)
+        if self.store is None:
+            return None
+        try:
             self._ids[id(run)] = self.store.record(run, name=self._names.get(id(run)), notebook=self.notebook)
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            fault = NotRecorded(f"this run is not recorded: the run store {self.store.db_path} failed "
+                                f"({type(exc).__name__}: {exc}); it trains on in memory. A damaged runs.sqlite: "
+                                f"move it away; or pass store=False")
+            fault.__cause__ = exc
+            return fault
+        if on_fault is not None:
+            seen = [len(run.handler_errors)]
+
+            def store_faults(_info: Any) -> None:  # the recorder's errors (StoreFull...): shown, not only warned
+                new, seen[0] = run.handler_errors[seen[0]:], len(run.handler_errors)
+                for text in new:
+                    if "StoreFull" in text or "run store" in text:
+                        on_fault(NotRecorded(text))
+
+            for event in (Event.PUBLISH, Event.STATE_CHANGE):
+                run.on(event, store_faults)
+        return None
 
     def name_of(self, run: Retrainer) -> str | None:
         return self._names.get(id(run))
@@ -146,8 +181,8 @@ class WhatIfQueue:
     ``QueueDone`` and ``Focus`` through ``emit`` (see :mod:`retrain_widgets.topics`)."""
 
     def __init__(self, book: RunBook, *, start: Callable[[RunConfig, str], Retrainer | None],
-                 emit: Callable[[Payload], None]) -> None:
-        self.book, self._start_run, self.emit = book, start, emit
+                 emit: Callable[[Payload], None], ready: Callable[[], Any] = lambda: None) -> None:
+        self.book, self._start_run, self.emit, self._ready = book, start, emit, ready
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -184,6 +219,7 @@ class WhatIfQueue:
 
     def _run_each(self, configs: list[RunConfig], names: list[str]) -> list[str]:
         keys: list[str] = []
+        self._ready()  # the studio's what_if() holds its slot until this thread has started
         for i, (cfg, name) in enumerate(zip(configs, names)):
             if self._stop.is_set():
                 break

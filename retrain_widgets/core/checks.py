@@ -20,8 +20,8 @@ def number(name: str, value: Any, *, low: float | None = None, high: float | Non
             value = int(value)
     else:
         value = float(value)
-    if value != value:  # NaN
-        raise ValueError(f"RunConfig.{name} must be a number, got {value!r}")
+    if value != value or value in (float("inf"), float("-inf")):  # NaN, inf
+        raise ValueError(f"RunConfig.{name} must be a finite number, got {value!r}")
     if low is not None and (value <= low if low_open else value < low):
         raise ValueError(f"RunConfig.{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
     if high is not None and value > high:

@@ -16,6 +16,7 @@ from typing import Any
 from .history import History
 from .run import Run
 from .store import RunRecord, RunStore, run_metrics
+from .store.faults import DamagedRun
 
 __all__ = ["RunSummary", "summarize", "differing_fields", "table", "METRIC_COLUMNS", "DISK_COLUMN",
            "grid_variants"]
@@ -55,9 +56,13 @@ def summarize(run: Run | RunRecord | RunSummary | str, store: RunStore | None = 
             raise ValueError(f"run id {run!r} given without a store: pass store=RunStore(...)")
         run = store.get(run)
     if isinstance(run, RunRecord):
-        history = store.history(run.id) if store is not None else None
+        state = run.state
+        try:
+            history = store.history(run.id) if store is not None else None
+        except DamagedRun:  # one damaged row: that run listed as damaged, the others as they are
+            history, state = None, f"{run.state} (history damaged)"
         size = store.weights_size(run.id) if store is not None else None
-        return RunSummary(run.id, name or run.name, run.state, dict(run.config), dict(run.metrics), history,
+        return RunSummary(run.id, name or run.name, state, dict(run.config), dict(run.metrics), history,
                           None if size is None else size / 1e6, run.notebook)
     raise ValueError(f"cannot compare a {type(run).__name__}: give runs (Retrainer objects, watched loops), "
                      f"stored runs or run ids")

@@ -41,12 +41,14 @@ from .lr_finder import LRFinderResult, run_lr_finder
 from .names import Meta, Series
 from .params import scale_lrs
 from .recipe import training as recipe
+from .runslot import RunBusy, RunSlot
 from .step import TrainingStep
+from .target_guard import TargetGuard
 from .telemetry import Telemetry
 from .tree import check_names, freeze, unfreeze
 from .validation import Validation
 
-__all__ = ["Retrainer", "TrainingFailed", "LRFinderResult", "resolve_device", "lr_find"]
+__all__ = ["Retrainer", "RunBusy", "TrainingFailed", "LRFinderResult", "resolve_device", "lr_find"]
 
 
 class _Stop(Exception):
@@ -144,6 +146,8 @@ class Retrainer:
         self.probes, self.heavy, self.history, self.handlers = tel.probes, tel.heavy, tel.history, tel.handlers
         self.drift, self.checkpoint = self.heavy.drift, self.heavy.checkpoint
         describe(self)
+        self.target_guard = TargetGuard(self)  # the training loss, its targets checked (late bad labels)
+        tel.guards.append(self.target_guard.check)  # on CUDA read with the probes, at each publish
 
     def _init_state(self) -> None:
         self.step = 0
@@ -156,6 +160,7 @@ class Retrainer:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._checked = False
+        self._slot = RunSlot("this run")
         self._t_start = 0.0
 
     # ================================================================== public control
@@ -193,21 +198,22 @@ class Retrainer:
         return self.validation.metric.name if self.validation.metric is not None else None
 
     def start(self) -> Retrainer:
-        """Check the first batch, then train in a background thread; returns at once."""
-        if self.state.active:
-            raise RuntimeError(f"this run is already {self.state.value}; stop() it or wait() for it first")
-        if self.state.final:
-            raise RuntimeError(
-                f"this run has ended ({self.state.value}); make a new Retrainer to train again from the "
-                f"pretrained weights (its trained model is kept in .model)"
-            )
-        self.check()
-        self.control.reset()
-        self._done.clear()
-        self._set_state(State.RUNNING)
-        self._thread = threading.Thread(target=self._run, name="retrain_widgets-train", daemon=True)
-        self._thread.start()
+        """Check the first batch, then train in a background thread; returns at once. One start at a
+        time: from another thread meanwhile, or once started, :class:`RunBusy` (a ``ValueError``)."""
+        with self._slot.claim(self._busy):
+            self.check()
+            self.control.reset()
+            self._done.clear()
+            self._set_state(State.RUNNING)
+            self._thread = threading.Thread(target=self._run, name="retrain_widgets-train", daemon=True)
+            self._thread.start()
         return self
+
+    def _busy(self) -> str:
+        if self.state.active:
+            return f"this run is already {self.state.value}; stop() it or wait() for it first"
+        return (f"this run has ended ({self.state.value}); make a new Retrainer to train again from the "
+                f"pretrained weights (its trained model is kept in .model)") if self.state.final else ""
 
     def pause(self) -> None:
         """Pause at the next step boundary (the model is consistent while paused)."""
@@ -405,7 +411,8 @@ class Retrainer:
     def batch_loss(self, batch: Any) -> torch.Tensor:
         """The training loss of one batch (already on the device), distillation included, as the
         training step computes it (:func:`retrain_widgets.core.recipe.training.training_loss`)."""
-        return recipe.training_loss(self.model, batch, self.run_batch, self.loss_fn, self.amp_dtype, self.distillation)
+        return recipe.training_loss(self.model, batch, self.run_batch, self.target_guard, self.amp_dtype,
+                                    self.distillation)
 
     _loss = batch_loss
 

@@ -59,6 +59,8 @@ class Param:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{where} must be a number, got {value!r}")
             value = float(value)
+            if value != value or value in (float("inf"), float("-inf")):  # NaN, inf
+                raise ValueError(f"{where} must be a finite number, got {value!r}")
         elif self.kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 if isinstance(value, float) and value.is_integer():

@@ -96,6 +96,9 @@ class Telemetry:
         self.step = 0
         self.epoch = 0
         self.sync_check = False  # fail on any host sync between publishes (CUDA only)
+        # checks a loop defers to the publish (no host sync per step), read with the probes: each
+        # returns None, or the exception (with its ``step``) that ends the run there
+        self.guards: list[Callable[[], Any]] = []
         self.last = (0, 0.0)  # (step, perf_counter time) of the last publish
         self.steps_per_second = 0.0
 
@@ -207,6 +210,13 @@ class Telemetry:
         Drift and the checkpoint are measured when their time budget allows, or ``force``."""
         mode = self.sync_guard("default")
         steps, loss, layer_norms, lrs = self.probes.flush()
+        for guard in self.guards:
+            bad = guard()
+            if bad is not None:  # the steps before the bad one are kept, the weights put back
+                keep = steps < bad.step
+                self.record(steps[keep], loss[keep], layer_norms[keep], lrs[keep])
+                self.heavy.checkpoint.restore()
+                raise bad
         now = time.perf_counter()
         if len(steps):
             bad = ~np.isfinite(loss)

@@ -69,7 +69,9 @@ def _legend(fig: Figure, handles: list[Any], panels: tuple[Any, ...]) -> None:
 
 
 def _label(name: str, limit: int = 90) -> str:
-    return name if len(name) <= limit else name[: limit - 1] + "…"
+    """A run's name for the legend, cut to ``limit`` characters; its ``$`` escaped, so that it is shown as it
+    is (never read as mathtext)."""
+    return (name if len(name) <= limit else name[: limit - 1] + "…").replace("$", r"\$")
 
 
 def _axes(fig: Figure, metric: str, old_metric: str) -> tuple[Any, Any, Any, Any, Any]:
@@ -103,7 +105,8 @@ def _scale_and_label(panels: tuple[Any, ...], metric: str, old_metric: str, laye
     ax_grad.xaxis.set_minor_formatter(NullFormatter())
     ax_grad.set_yticks(np.arange(len(layer_names)))
     # long dotted names (bert.encoder.layer.0.attention.self.query) keep their informative end
-    ax_grad.set_yticklabels([short_name(n, 24) for n in layer_names], fontsize=7 if len(layer_names) < 30 else 5)
+    ax_grad.set_yticklabels([short_name(n, 24) for n in layer_names], fontsize=7 if len(layer_names) < 30 else 5,
+                            parse_math=False)
     ax_grad.set_xlabel("‖grad‖ (frozen layers absent)", fontsize=8)
     for ax in (ax_val, ax_metric, ax_old):
         if not ax.get_lines():

@@ -247,7 +247,7 @@ class LiveFigure:
         self.layers = LayerView(self.fig, self._all_rects, dpi=self.dpi, scale=sc, stamper=self._stamper, max_columns=self.max_columns)
         self._build_markers()
         self.title_text = self.fig.text(14 / w, 1 - 17 / h, "", ha="left", va="center", fontsize=12.5,
-                                        fontweight="bold", color=C_TEXT)
+                                        fontweight="bold", color=C_TEXT, parse_math=False)
         self._status_parts: list[str] = []
         self._hint_rows: list[int] = []
         self._title_right = 0.0
@@ -516,7 +516,8 @@ class LiveFigure:
                 placed.append(px)
                 label = text.split(":")[0] if kind == "stage" else text
                 t = ax.text(step, 0.98, f"{short_name(label, 28)} ", transform=tr, rotation=90, ha="right",
-                            va="top", fontsize=7.5, color=C_STAGE if kind == "stage" else C_MUTED, clip_on=True)
+                            va="top", fontsize=7.5, color=C_STAGE if kind == "stage" else C_MUTED, clip_on=True,
+                            parse_math=False)  # layer names as they are: never mathtext
                 self._marker_texts.append(t)
 
     # ================================================================== per frame: artists

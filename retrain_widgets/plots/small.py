@@ -67,10 +67,12 @@ def _axes(kind: str, width_px: int, height_px: int) -> tuple[Figure, FigureCanva
 
 
 def lr_preview_png(lrs: Sequence[float], *, title: str = "", width_px: int = 420, height_px: int = 200,
-                   marker_step: int | None = None) -> bytes:
-    """PNG of a learning-rate schedule: ``lrs[i]`` is the LR at step ``i`` (log y when it spans
-    more than two decades). ``marker_step`` marks a step (e.g. where a run is now)."""
+                   marker_step: int | None = None, steps: Sequence[int] | None = None) -> bytes:
+    """PNG of a learning-rate schedule: ``lrs[i]`` is the LR at step ``i``, or at ``steps[i]`` when given
+    (a decimated schedule, :func:`~retrain_widgets.core.lr_preview.sampled`); log y when it spans
+    more than two decades. ``marker_step`` marks a step (e.g. where a run is now)."""
     y = np.asarray(lrs, np.float64).reshape(-1)
+    at = np.arange(len(y), dtype=np.float64) if steps is None else np.asarray(steps, np.float64).reshape(-1)
     with _LOCK:
         fig, canvas, ax = _axes("lr_preview", width_px, height_px)
         ax.set_title(title or "Learning rate schedule", loc="left", fontsize=9.5, fontweight="bold",
@@ -79,10 +81,10 @@ def lr_preview_png(lrs: Sequence[float], *, title: str = "", width_px: int = 420
         lo, hi = finite_range(y, positive=True)
         if n == 0 or not math.isfinite(hi):
             return _empty_png(ax, canvas, "no schedule to show")
-        x = np.arange(n, dtype=np.float64)
+        x, last = at, int(at[-1])
         nb = max(2, int(width_px))
         if n > 2 * nb:
-            x, y_plot, _, _ = envelope(x, y, 0.0, max(n - 1, 1) / nb * (1 + 1e-9), nb)
+            x, y_plot, _, _ = envelope(x, y, 0.0, max(last, 1) / nb * (1 + 1e-9), nb)
         else:
             y_plot = y
         if spans_decades(y, decades=2):
@@ -99,15 +101,15 @@ def lr_preview_png(lrs: Sequence[float], *, title: str = "", width_px: int = 420
             ax.yaxis.set_major_formatter(FuncFormatter(fmt_sci))
         ax.fill_between(x, np.maximum(y_plot, bottom), bottom, color=C_LR, alpha=0.12, linewidth=0)
         ax.plot(x, y_plot, color=C_LR, lw=1.8)
-        ax.set_xlim(0, max(n - 1, 1))
+        ax.set_xlim(0, max(last, 1))
         ax.xaxis.set_major_locator(MaxNLocator(5, integer=True, steps=[1, 2, 2.5, 5, 10]))
-        ax.xaxis.set_major_formatter(FuncFormatter(step_formatter(n - 1)))
+        ax.xaxis.set_major_formatter(FuncFormatter(step_formatter(last)))
         ax.set_xlabel("step", fontsize=8.5, color=C_TEXT, labelpad=1)
         ax.annotate(f"max {fmt_sci(hi)} · end {fmt_sci(float(y[-1]))}", (1.0, 0.0), xycoords="axes fraction",
                     xytext=(0, -17), textcoords="offset points", ha="right", va="top", fontsize=8, color=C_MUTED)
-        if marker_step is not None and 0 <= marker_step < n:
+        if marker_step is not None and 0 <= marker_step <= last:
             ax.axvline(marker_step, color=C_VAL, lw=1.2, ls=(0, (4, 2)))
-            ax.plot([marker_step], [y[marker_step]], "o", color=C_VAL, ms=5)
+            ax.plot([marker_step], [y[min(int(np.searchsorted(at, marker_step)), n - 1)]], "o", color=C_VAL, ms=5)
         canvas.draw()
         return encode_png(canvas, 6)
 

@@ -108,7 +108,14 @@ class RunsPanel(W.VBox):
 
     def refresh(self, select: list[str] | None = None) -> None:
         """Re-read the runs and redraw the table."""
-        self._summaries = self.summaries()
+        try:
+            self._summaries = self.summaries()
+        except Exception as exc:  # noqa: BLE001 - a damaged or unreadable store: said here, not in a log
+            self.say(f"✗ the runs could not be listed: {type(exc).__name__}: {exc}", error=True)
+            return
+        damaged = [s.name for s in self._summaries if "damaged" in s.state]
+        if damaged:
+            self.say(f"✗ damaged in the store: {', '.join(damaged)} (listed; delete to remove).", error=True)
         if not self._summaries:
             write(self.table, value="<i>no runs yet: press Start, or run what-ifs below.</i>")
             write(self.select, options=())
@@ -165,7 +172,11 @@ class RunsPanel(W.VBox):
         if len(chosen) != 1:
             self.say("select exactly one run to restore.")
             return
-        self.studio.restore(self._key(chosen[0]))
+        try:
+            self.studio.restore(self._key(chosen[0]))
+        except Exception as exc:  # noqa: BLE001 - a missing or damaged file, a model that does not fit: shown here
+            self.say(f"✗ could not restore {chosen[0].name}: {exc}", error=True)
+            return
         self.say(f"restored {chosen[0].name}: its weights are `studio.model`, its config is the studio's.")
 
     def _delete(self) -> None:

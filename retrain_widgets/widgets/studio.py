@@ -208,7 +208,10 @@ class RetrainStudio(W.VBox):
             When the run has not ended ``timeout`` seconds after being stopped; nothing is closed
             then (its thread still writes to the dashboard): call ``close()`` again.
         """
-        h = self.headless
+        h = getattr(self, "headless", None)
+        if h is None:  # __init__ failed before the studio was made (Widget.__del__ closes it)
+            super().close()
+            return
         h.stop()
         deadline = time.monotonic() + timeout
         threads = []

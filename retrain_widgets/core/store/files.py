@@ -4,15 +4,18 @@ weights folder (one ``torch.save`` file per run, written atomically: the tensors
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator
+from urllib.request import pathname2url
 
 import torch
 from torch import nn
 
 from ..weights_delta import load_weights, save_weights
+from .faults import READ_ERRORS, weights_error
 from .records import check_id
 
 __all__ = ["Connections", "WeightsFolder", "BUSY_TIMEOUT_S"]
@@ -24,8 +27,9 @@ class Connections:
     """This process's connections to one database, one per thread (sqlite3 connections must not
     cross threads), in WAL mode with a busy timeout; :meth:`tx` is one write transaction."""
 
-    def __init__(self, db_path: str) -> None:
+    def __init__(self, db_path: str, read_only: str = "") -> None:
         self.db_path = db_path
+        self.read_only = read_only  # why the store cannot be written ("": it can): opened immutable
         self._lock = threading.Lock()
         self._conns: dict[tuple[int, int], sqlite3.Connection] = {}
 
@@ -35,6 +39,12 @@ class Connections:
         with self._lock:
             conn = self._conns.get(key)
         if conn is not None:
+            return conn
+        if self.read_only:  # SQLite reads a database it cannot lock with immutable=1 (no -wal, no -shm)
+            conn = sqlite3.connect(f"file:{pathname2url(self.db_path)}?immutable=1", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+            with self._lock:
+                self._conns[key] = conn
             return conn
         conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         try:
@@ -88,6 +98,8 @@ class Connections:
     @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``: waits up to the busy timeout for the lock)."""
+        if self.read_only:
+            raise ValueError(self.read_only)
         conn = self.get()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -122,7 +134,10 @@ class WeightsFolder:
         path = self.path(run_id)
         if not os.path.exists(path):
             raise FileNotFoundError(f"the weights file of run {run_id} is missing: {path}")
-        return load_weights(path, pretrained)
+        try:
+            return load_weights(path, pretrained)
+        except READ_ERRORS as exc:  # truncated, garbage, torch's weights_only refusal...: named, with the fix
+            raise weights_error(run_id, path, exc) from exc
 
     def size(self, run_id: str) -> int | None:
         """Bytes on disk of the run's weights file (None: there is none)."""
@@ -132,5 +147,10 @@ class WeightsFolder:
             return None
 
     def remove(self, run_id: str) -> None:
+        """The run's weights file, and any temporary file a killed save of it left."""
+        path = self.path(run_id)
         with contextlib.suppress(FileNotFoundError):
-            os.remove(self.path(run_id))
+            os.remove(path)
+        for tmp in glob.glob(f"{glob.escape(path)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                os.remove(tmp)

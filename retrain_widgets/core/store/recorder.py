@@ -8,12 +8,16 @@ message and trained weights.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
+import os
+import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +26,7 @@ from ..alignment import alignment_summary
 from ..events import Event, EventInfo, State
 from ..history import History
 from ..names import Meta, Series
+from .faults import StoreFull, bounded_decompress, disk_full, full_message
 from .files import Connections, WeightsFolder
 
 if TYPE_CHECKING:
@@ -43,10 +48,10 @@ def encode_history(history: History, level: int) -> bytes:
     return zlib.compress(text.encode(), level)
 
 
-def decode_history(codec: str, data: bytes) -> History:
+def decode_history(codec: str, data: bytes, run_id: str = "?") -> History:
     if codec != HISTORY_CODEC:
         raise ValueError(f"unknown history codec {codec!r} (this version reads {HISTORY_CODEC!r})")
-    return History.from_json(zlib.decompress(data).decode())
+    return History.from_json(bounded_decompress(data, run_id).decode())  # bounded: a bad row cannot take GBs
 
 
 def _finite(x: Any) -> float | None:
@@ -132,16 +137,36 @@ class Recorder:
     # ------------------------------------------------------------------ handlers
     def on_progress(self, info: EventInfo) -> None:
         if time.monotonic() - self._last >= max(self.save_every, self._cost / self.SAVE_BUDGET):
-            self.save_progress()
+            with self._full("the history"):
+                self.save_progress()
 
     def on_state(self, info: EventInfo) -> None:
         state = State(info.data.get("state", self.run.state))
-        if state.final:
-            self.save_final()
-        elif state == State.PAUSED:
-            self.save_progress()
-        else:
-            self.save_state(state)
+        with self._full("the final record" if state.final else "the state"):
+            if state.final:
+                self.save_final()
+            elif state == State.PAUSED:
+                self.save_progress()
+            else:
+                self.save_state(state)
+
+    @contextlib.contextmanager
+    def _full(self, what: str) -> Iterator[None]:
+        """A full disk: the row marked failed with the reason at once (when that small write fits), the
+        recording ended, and :class:`~.faults.StoreFull` raised (a handler error: reported, the run goes on)."""
+        try:
+            yield
+        except Exception as exc:
+            if not disk_full(exc) or isinstance(exc, StoreFull):
+                raise
+            text = full_message(self.id, os.path.dirname(self.weights.folder), what, self.run.global_step)
+            saved = self.done and not isinstance(exc, sqlite3.Error)  # the final row is written: only the weights
+            with contextlib.suppress(Exception), self.db.tx() as conn:
+                conn.execute("UPDATE runs SET state = 'failed', message = CASE WHEN ? THEN message ELSE ? END, "
+                             "ended = ? WHERE id = ?", (int(saved), text, time.time(), self.id))
+            if not self.done:
+                self._gone()
+            raise StoreFull(errno.ENOSPC, text) from exc
 
     # ------------------------------------------------------------------ saves
     def save_state(self, state: State) -> None:
@@ -202,7 +227,8 @@ class Recorder:
             self.weights.write(self.id, run.model, run.pretrained)  # what it changed against the pretrained model
         except Exception as exc:  # noqa: BLE001 - recorded in the message, then re-raised
             weights_error = exc
-            notes.append(f"the weights could not be saved: {type(exc).__name__}: {exc}")
+            notes.append(full_message(self.id, os.path.dirname(self.weights.folder), "the weights file", run.global_step)
+                         if disk_full(exc) else f"the weights could not be saved: {type(exc).__name__}: {exc}")
         blob = encode_history(run.history, 6)
         metrics = json.dumps(run_metrics(run))
         now = time.time()

@@ -79,12 +79,15 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_lay_out, _add_noteboo
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def migrate(conn: sqlite3.Connection, path: str) -> int:
+def migrate(conn: sqlite3.Connection, path: str, writable: bool = True) -> int:
     """Bring the database of the store ``path`` to the current version, inside the transaction
     the caller opened; return that version. ``ValueError`` for a database that is not a run
-    store, or one written by a newer retrain_widgets."""
+    store, or one written by a newer retrain_widgets (or an older one, not ``writable``)."""
     target = len(MIGRATIONS)
     version, empty = _version(conn, path)
+    if not writable and version != target:
+        raise ValueError(f"the run store {path} is read-only and has schema version {version}, not {target}: it "
+                         f"cannot be migrated in place; copy the folder somewhere writable and open the copy")
     if version > target:
         raise ValueError(
             f"the run store {path} has schema version {version}, newer than this retrain_widgets reads "

@@ -24,8 +24,9 @@ from ..lora import CONFIG_FIELDS
 from ..names import Meta
 from ..run import check_run
 from . import schema
+from .faults import DamagedRun, clean_weights_folder, read_only_reason
 from .files import Connections, WeightsFolder
-from .liveness import HOST, death_note, process_token
+from .liveness import HOST, death_note, process_alive, process_token
 from .recorder import HISTORY_CODEC, Recorder, decode_history, encode_history, run_metrics
 from .records import RECORD_COLUMNS, RunRecord, UnknownRun, check_name, is_id, new_id, record_of_row
 
@@ -83,18 +84,19 @@ class RunStore:
             raise ValueError(f"RunStore takes a folder, but {self.path} is a file")
         self.db_path = os.path.join(self.path, DB_NAME)
         self.weights_dir = os.path.join(self.path, WEIGHTS_DIR)
-        os.makedirs(self.path, exist_ok=True)
+        #: Why this store cannot be written (a read-only folder): listing and restoring work, recording does not.
+        self.read_only = read_only_reason(self.path, self.db_path)
         self._lock = threading.RLock()
         #: This process's connections to the database, one per thread.
-        self.connections = Connections(self.db_path)
+        self.connections = Connections(self.db_path, self.read_only)
         self._weights = WeightsFolder(self.weights_dir)
         self._recorders: dict[str, Recorder] = {}
         self._heartbeat: threading.Thread | None = None
         self._closed = False
         schema.check_sqlite_file(self.db_path)
         try:
-            with self.connections.tx() as conn:
-                schema.migrate(conn, self.path)
+            with contextlib.nullcontext(self.connections.get()) if self.read_only else self.connections.tx() as conn:
+                schema.migrate(conn, self.path, writable=not self.read_only)
         except sqlite3.DatabaseError as exc:
             self.close()
             if schema.is_not_a_database(exc):
@@ -104,7 +106,21 @@ class RunStore:
         except BaseException:
             self.close()
             raise
-        os.makedirs(self.weights_dir, exist_ok=True)
+        if not self.read_only:
+            os.makedirs(self.weights_dir, exist_ok=True)
+            with contextlib.suppress(OSError, sqlite3.Error):  # best effort
+                self._tidy()
+
+    def _tidy(self) -> None:
+        """Files a killed process left: stale temporaries removed; a complete weights file whose run
+        ended without its row saying so is adopted, one without a run removed (:mod:`.faults`)."""
+        self._mark_dead()
+        rows = {r[0]: (r[1], bool(r[2])) for r in self._conn().execute("SELECT id, state, has_weights FROM runs")}
+        _, adopted, _ = clean_weights_folder(self.weights_dir, rows, ACTIVE_STATES, lambda pid: process_alive(pid, None))
+        if adopted:
+            with self.connections.tx() as conn:
+                conn.executemany("UPDATE runs SET has_weights = 1 WHERE id = ? AND has_weights = 0",
+                                 [(run_id,) for run_id in adopted])
 
     # ------------------------------------------------------------------ recording
     def record(self, run: Run, name: str | None = None, save_every: float = 5.0,
@@ -122,6 +138,8 @@ class RunStore:
         while it runs, and after it ended. Recording the same run twice returns the same id.
         """
         self._check_open()
+        if self.read_only:
+            raise ValueError(self.read_only)
         check_run(run, "record()")
         if isinstance(save_every, bool) or not isinstance(save_every, (int, float)) or not save_every >= 0:
             raise ValueError(f"save_every must be a number of seconds >= 0, got {save_every!r}")
@@ -254,9 +272,12 @@ class RunStore:
             self.get(run_id)  # unknown id -> KeyError
             return History()
         try:
-            return decode_history(row[0], row[1])
-        except (ValueError, zlib.error, KeyError, TypeError) as exc:
-            raise ValueError(f"the history of run {run_id} cannot be read: {type(exc).__name__}: {exc}") from exc
+            return decode_history(row[0], row[1], run_id)
+        except DamagedRun:
+            raise
+        except (ValueError, zlib.error, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise DamagedRun(f"the history of run {run_id} cannot be read: {type(exc).__name__}: {exc} (in "
+                             f"{self.db_path}); delete the run to remove it") from exc
 
     def load_weights(self, run_id: str, pretrained: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """The run's trained weights (a full ``state_dict`` on the CPU), loaded with ``weights_only=True``.
@@ -297,6 +318,20 @@ class RunStore:
                              f"run started from? its fingerprint is {self.get(run_id).pretrained_id}): {exc}") from exc
         return net
 
+    def reserve_number(self, key: str, at_least: int) -> int:
+        """The next run number under ``key`` (a model in a notebook), unique across the processes sharing
+        this store: at least ``at_least``, and above any number reserved in the last minute (a run named,
+        its row not written yet). One write transaction, so two studios starting together differ."""
+        self._check_open()
+        meta_key = f"run_number:{key}"
+        with self.connections.tx() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (meta_key,)).fetchone()
+            last, at = json.loads(row[0]) if row else (0, 0.0)
+            number = max(int(at_least), int(last) + 1 if time.time() - float(at) < 60 else 0)
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                         (meta_key, json.dumps([number, time.time()])))
+        return number
+
     # ------------------------------------------------------------------ editing
     def delete(self, run_id: str) -> None:
         """Remove the run: its row, history and weights file."""
@@ -320,6 +355,8 @@ class RunStore:
     # ------------------------------------------------------------------ dead runs
     def _mark_dead(self) -> None:
         """Mark ``interrupted`` the active runs whose writing process is gone."""
+        if self.read_only:
+            return
         rows = self._conn().execute(
             f"SELECT id, pid, host, proc, heartbeat, saved, step, total_steps, message FROM runs "
             f"WHERE state IN {_ACTIVE_SQL}").fetchall()
