@@ -33,12 +33,19 @@ from .builder import apply_stage, build_run
 from .config import RunConfig
 from .control import Control
 from .device import cpu_threads, resolve_device
-from .engine_parts import alignment_probe, config_record, describe, new_feature_cache
+from .engine_parts import (
+    alignment_probe,
+    config_record,
+    describe,
+    new_feature_cache,
+    progress_of,
+    start_refusal,
+    validate,
+)
 from .errors import TrainingFailed
 from .events import Event, EventInfo, State
 from .history import History
 from .lr_finder import LRFinderResult, run_lr_finder
-from .names import Meta, Series
 from .params import scale_lrs
 from .recipe import training as recipe
 from .runslot import RunBusy, RunSlot
@@ -200,7 +207,7 @@ class Retrainer:
     def start(self) -> Retrainer:
         """Check the first batch, then train in a background thread; returns at once. One start at a
         time: from another thread meanwhile, or once started, :class:`RunBusy` (a ``ValueError``)."""
-        with self._slot.claim(self._busy):
+        with self._slot.claim(lambda: start_refusal(self)):
             self.check()
             self.control.reset()
             self._done.clear()
@@ -208,12 +215,6 @@ class Retrainer:
             self._thread = threading.Thread(target=self._run, name="retrain_widgets-train", daemon=True)
             self._thread.start()
         return self
-
-    def _busy(self) -> str:
-        if self.state.active:
-            return f"this run is already {self.state.value}; stop() it or wait() for it first"
-        return (f"this run has ended ({self.state.value}); make a new Retrainer to train again from the "
-                f"pretrained weights (its trained model is kept in .model)") if self.state.final else ""
 
     def pause(self) -> None:
         """Pause at the next step boundary (the model is consistent while paused)."""
@@ -311,11 +312,7 @@ class Retrainer:
     @property
     def progress(self) -> dict[str, Any]:
         """Step, total, epoch, steps/s and ETA in seconds, state and stage (plain numbers, cheap)."""
-        sps = self.telemetry.steps_per_second
-        left = max(0, self.total_steps - self.step)
-        return {"step": self.step, "total": self.total_steps, "epoch": self.epoch, "epochs": self.config.epochs,
-                "steps_per_second": sps, "eta": left / sps if sps > 0 else None, "state": self.state.value,
-                "stage": self.stage, "stages": self.n_stages}
+        return progress_of(self)
 
     # ================================================================== what the store and comparisons read
     @property
@@ -460,23 +457,8 @@ class Retrainer:
 
     # ================================================================== validation
     def _validate(self) -> None:
-        """The epoch's measurements (the new task on ``val``, the old one on ``old_val``) into the
-        telemetry, with the stage's summary when unfreezing gradually."""
-        self.telemetry.publish(force=True)
-        data: dict[str, float] = {}
-        if self.val_loader is not None:
-            vloss, vmetric = self.validation.evaluate(self.val_loader, old=False)
-            data.update({Series.VAL_LOSS: vloss, Series.VAL_METRIC: vmetric})
-        if self.old_val_loader is not None:
-            oloss, ometric = self.validation.evaluate(self.old_val_loader, old=True)
-            data.update({Series.OLD_LOSS: oloss, Series.OLD_METRIC: ometric})
-        if self._metric_driven:
-            self.scheduler.step(data.get(Series.VAL_LOSS, float(self.history.series(Series.TRAIN_LOSS)[1][-1])))
-        if self.config.gradual:
-            self.history.meta.setdefault(Meta.STAGES, []).append(
-                {"stage": self.stage, "epoch": self.epoch, "step": self.step,
-                 "group": self.groups[len(self.groups) - 1 - self.stage].name, **data})
-        self.telemetry.epoch_end(self.step, self.epoch, data)
+        """The epoch's measurements into the telemetry (:func:`~.engine_parts.validate`)."""
+        validate(self)
 
     # ================================================================== state and events
     def _set_state(self, state: State) -> None:

@@ -11,14 +11,15 @@ from torch import nn
 from .alignment import AlignmentProbe, OldTask
 from .config import RunConfig
 from .feature_cache import FeatureCache
-from .names import Meta
+from .names import Meta, Series
 from .recipe import training as recipe
 from .tree import parameterised_layers
 
 if TYPE_CHECKING:
     from .engine import Retrainer
 
-__all__ = ["describe", "new_feature_cache", "alignment_probe", "config_record"]
+__all__ = ["describe", "new_feature_cache", "alignment_probe", "config_record", "progress_of", "start_refusal",
+           "validate"]
 
 
 def describe(run: Retrainer) -> None:
@@ -64,3 +65,40 @@ def config_record(cfg: RunConfig) -> tuple[dict[str, Any], str]:
         return {"loss": name}, (
             f"config not stored in full: the loss is a custom callable ({name}); register it with "
             f"retrain_widgets.losses.register(name, fn) and use its name to store the whole config")
+
+
+def progress_of(run: Retrainer) -> dict[str, Any]:
+    """Step, total, epoch, steps/s and ETA in seconds, state and stage (plain numbers, cheap)."""
+    sps = run.telemetry.steps_per_second
+    left = max(0, run.total_steps - run.step)
+    return {"step": run.step, "total": run.total_steps, "epoch": run.epoch, "epochs": run.config.epochs,
+            "steps_per_second": sps, "eta": left / sps if sps > 0 else None, "state": run.state.value,
+            "stage": run.stage, "stages": run.n_stages}
+
+
+def start_refusal(run: Retrainer) -> str:
+    """Why ``run`` cannot start (``""``: it can): it is going, or it has ended."""
+    if run.state.active:
+        return f"this run is already {run.state.value}; stop() it or wait() for it first"
+    return (f"this run has ended ({run.state.value}); make a new Retrainer to train again from the "
+            f"pretrained weights (its trained model is kept in .model)") if run.state.final else ""
+
+
+def validate(run: Retrainer) -> None:
+    """The epoch's measurements (the new task on ``val``, the old one on ``old_val``) into the
+    telemetry, with the stage's summary when unfreezing gradually."""
+    run.telemetry.publish(force=True)
+    data: dict[str, float] = {}
+    if run.val_loader is not None:
+        vloss, vmetric = run.validation.evaluate(run.val_loader, old=False)
+        data.update({Series.VAL_LOSS: vloss, Series.VAL_METRIC: vmetric})
+    if run.old_val_loader is not None:
+        oloss, ometric = run.validation.evaluate(run.old_val_loader, old=True)
+        data.update({Series.OLD_LOSS: oloss, Series.OLD_METRIC: ometric})
+    if run._metric_driven:
+        run.scheduler.step(data.get(Series.VAL_LOSS, float(run.history.series(Series.TRAIN_LOSS)[1][-1])))
+    if run.config.gradual:
+        run.history.meta.setdefault(Meta.STAGES, []).append(
+            {"stage": run.stage, "epoch": run.epoch, "step": run.step,
+             "group": run.groups[len(run.groups) - 1 - run.stage].name, **data})
+    run.telemetry.epoch_end(run.step, run.epoch, data)
