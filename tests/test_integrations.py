@@ -164,6 +164,19 @@ def test_hf_loss_computed_by_the_trainer_comes_from_its_log(tmp_path):
     assert np.all(losses < 0.5)  # halved cross-entropy of 2 classes (~0.35), not the model's own loss
 
 
+def test_hf_old_task_and_alignment_probe_do_not_leak_into_the_step_loss(tmp_path):
+    old = [transformers.default_data_collator(_texts(8, seed=2)[i:i + 4]) for i in (0, 4)]
+    cb = hf_integration.RetrainCallback(old_val=old, old_train=old, alignment_every=1, alignment_budget=1.0,
+                                        forward=lambda model, batch: (model(**batch), batch["labels"]))  # with its loss
+    trainer = transformers.Trainer(model=_bert(), args=_hf_args(tmp_path, logging_steps=1, num_train_epochs=2),
+                                   train_dataset=_texts(24), callbacks=[cb])
+    trainer.train()
+    h = cb.history
+    assert len(h.series(Series.OLD_BATCH_LOSS)[0]) >= 6 and h.series(Series.OLD_METRIC)[0].tolist() == [6, 12]
+    logged = [log["loss"] for log in trainer.state.log_history if "loss" in log]  # no accumulation: the model's loss
+    assert np.allclose(h.series(Series.TRAIN_LOSS)[1], logged, rtol=1e-5)
+
+
 def test_hf_run_is_stored_and_restores_bit_identically(tmp_path):
     model = _bert()
     cb = hf_integration.RetrainCallback(alignment_every=None, name="bert stored", store=tmp_path / "runs")

@@ -128,7 +128,7 @@ class RetrainCallback(WatchingCallback, TrainerCallback):
     def _forward_done(self, module: Any, args: Any, output: Any) -> None:
         """The model's ``loss`` of a training micro-batch, kept on its device."""
         if not (module.training and torch.is_grad_enabled()) or not isinstance(output, Mapping):
-            return
+            return  # an evaluation's, or the alignment probe's (it runs the model in eval mode)
         loss = output.get("loss")
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             loss = loss.detach().reshape(())
