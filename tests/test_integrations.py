@@ -119,6 +119,13 @@ def test_hf_stop_asked_from_a_hook_after_three_steps_ends_training_there(tmp_pat
     assert cb.run.state == State.STOPPED and cb.history.layer_series(Series.GRAD_NORM)[2].shape[0] == 3
 
 
+def _wait_for(condition, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
 def test_hf_pause_waits_in_the_step_and_stop_from_another_thread(tmp_path):
     cb = hf_integration.RetrainCallback(alignment_every=None)
     trainer = transformers.Trainer(model=_bert(), args=_hf_args(tmp_path, max_steps=100_000), train_dataset=_texts(40),
@@ -127,18 +134,19 @@ def test_hf_pause_waits_in_the_step_and_stop_from_another_thread(tmp_path):
     seen: dict[str, int] = {}
 
     def steer() -> None:
-        while cb.run is None or cb.run.global_step < 3:
-            time.sleep(0.01)
-        cb.run.on(Event.STATE_CHANGE, lambda info: states.append(info.data["state"]))
-        cb.pause()
-        time.sleep(0.3)
-        seen["paused"] = cb.run.global_step
-        time.sleep(0.3)
-        seen["still"] = cb.run.global_step
-        cb.resume()
-        time.sleep(0.2)
-        seen["resumed"] = cb.run.global_step
-        cb.stop()
+        try:
+            _wait_for(lambda: cb.run is not None and cb.run.global_step >= 3)
+            cb.run.on(Event.STATE_CHANGE, lambda info: states.append(info.data["state"]))
+            cb.pause()
+            _wait_for(lambda: cb.run.state == State.PAUSED)
+            seen["paused"] = cb.run.global_step
+            time.sleep(0.3)
+            seen["still"] = cb.run.global_step  # waiting in on_step_end
+            cb.resume()
+            _wait_for(lambda: cb.run.global_step > seen["paused"])
+            seen["resumed"] = cb.run.global_step
+        finally:
+            cb.stop()  # also when a wait timed out: the Trainer must end
 
     thread = threading.Thread(target=steer)
     thread.start()
