@@ -126,10 +126,8 @@ def _wait_for(condition, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def test_hf_pause_waits_in_the_step_and_stop_from_another_thread(tmp_path):
-    cb = hf_integration.RetrainCallback(alignment_every=None)
-    trainer = transformers.Trainer(model=_bert(), args=_hf_args(tmp_path, max_steps=100_000), train_dataset=_texts(40),
-                                   callbacks=[cb])
+def _steer(cb) -> tuple[threading.Thread, dict[str, int], list[State]]:
+    """A thread that pauses the run after 3 steps, checks it waits, resumes it, then stops it."""
     states: list[State] = []
     seen: dict[str, int] = {}
 
@@ -141,15 +139,23 @@ def test_hf_pause_waits_in_the_step_and_stop_from_another_thread(tmp_path):
             _wait_for(lambda: cb.run.state == State.PAUSED)
             seen["paused"] = cb.run.global_step
             time.sleep(0.3)
-            seen["still"] = cb.run.global_step  # waiting in on_step_end
+            seen["still"] = cb.run.global_step  # waiting in the step-end hook
             cb.resume()
             _wait_for(lambda: cb.run.global_step > seen["paused"])
             seen["resumed"] = cb.run.global_step
         finally:
-            cb.stop()  # also when a wait timed out: the Trainer must end
+            cb.stop()  # also when a wait timed out: the trainer must end
 
     thread = threading.Thread(target=steer)
     thread.start()
+    return thread, seen, states
+
+
+def test_hf_pause_waits_in_the_step_and_stop_from_another_thread(tmp_path):
+    cb = hf_integration.RetrainCallback(alignment_every=None)
+    trainer = transformers.Trainer(model=_bert(), args=_hf_args(tmp_path, max_steps=100_000), train_dataset=_texts(40),
+                                   callbacks=[cb])
+    thread, seen, states = _steer(cb)
     trainer.train()
     thread.join()
     assert seen["paused"] == seen["still"] < seen["resumed"]
@@ -303,6 +309,17 @@ def test_lightning_stop_asked_after_four_steps_ends_training_there(digits):
     trainer.fit(_Digits(), digits[0])
     assert trainer.global_step == 4 and cb.run.state == State.STOPPED
     assert cb.history.layer_series(Series.GRAD_NORM)[2].shape[0] == 4
+
+
+def test_lightning_pause_waits_at_the_batch_end_and_stop_from_another_thread(digits):
+    cb = pl_integration.RetrainCallback(alignment_every=None)
+    trainer = _pl_trainer([cb], max_epochs=1000)
+    thread, seen, states = _steer(cb)
+    trainer.fit(_Digits(), digits[0])
+    thread.join()
+    assert seen["paused"] == seen["still"] < seen["resumed"]
+    assert states[:2] == [State.PAUSED, State.RUNNING] and states[-1] == State.STOPPED
+    assert cb.run.state == State.STOPPED and trainer.global_step == cb.run.global_step < 1000 * len(digits[0])
 
 
 def test_lightning_old_task_alignment_store_and_bit_identical_restore(digits, tmp_path):
