@@ -41,7 +41,20 @@ step's gradients before the forward pass (as the engine does) against dropping t
 engine did before), ending with ``gradient order ratio <model>: X`` (before's steps/s / after's; above 1:
 dropping them first is faster) and its best-runs line.
 
-Run: ``.venv/bin/python benchmarks/overhead.py [--repeats 7] [--quick] [--probe-only | --engine-only | --gradient-order]``.
+``--watch`` measures a user's own loop instead: the bare loop against the same loop under
+:class:`~retrain_widgets.core.watch.WatchedRun` with every probe on (gradient norms at the optimizer
+step, LRs, drift and checkpoints, the alignment probe at its default cadence and budget with old-task
+batches), on the bundled CNN in blocks of ~300 steps (as the probe's own measurement, long enough to hold
+its steady state), ending with ``watch overhead ratio: X`` and
+``watch best-runs ratio: Y``. Target: <= 1.02.
+
+``--hf`` measures the Hugging Face callback: ``transformers.Trainer`` on a tiny random BERT without
+against with ``integrations.huggingface.RetrainCallback()`` (default options: no old task, no store),
+timed from the end of the first optimizer step to the end of the last (a callback stamps both, in both
+runs), ending with ``hf callback overhead ratio: X`` and ``hf callback best-runs ratio: Y``. Target: <= 1.03.
+
+Run: ``.venv/bin/python benchmarks/overhead.py [--repeats 7] [--quick] [--probe-only | --engine-only | --gradient-order
+| --watch | --hf]``.
 """
 
 from __future__ import annotations
@@ -64,6 +77,7 @@ from paired import interleave, ratios  # noqa: E402
 
 from retrain_widgets import Event, Retrainer, RunConfig, examples  # noqa: E402
 from retrain_widgets.core.params import make_optimizer  # noqa: E402
+from retrain_widgets.core.watch import WatchedRun  # noqa: E402
 
 
 def bare_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.device) -> tuple[float, float]:
@@ -139,6 +153,106 @@ def engine_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.d
         samples.append(int(((steps >= first) & (steps < len(batches))).sum()))
     n = len(batches) - first
     return n / (t1 - t0), n / (c1 - c0)
+
+
+def user_loop(model: nn.Module, batches: list, cfg: RunConfig, device: torch.device,
+              old_train: list | None = None) -> tuple[float, float]:
+    """(steps/s, steps per CPU second) of :func:`bare_loop`'s loop, under a :class:`WatchedRun` with
+    every probe on when ``old_train`` is given (the alignment probe samples it), bare otherwise. Timed
+    from the end of the first step, as :func:`bare_loop`; the run's set-up and finish are not."""
+    model = copy.deepcopy(model).to(device).train()
+    opt = make_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    run = WatchedRun(model, opt, scheduler=sched, old_train=old_train) if old_train is not None else None
+    loss_fn = nn.CrossEntropyLoss()
+    t0 = c0 = 0.0
+    for i, (x, y) in enumerate(batches):
+        if i == 1:
+            t0, c0 = time.perf_counter(), time.thread_time()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if run is not None:
+            run.step(loss)
+    t1, c1 = time.perf_counter(), time.thread_time()
+    if run is not None:
+        run.finish()
+        assert run.history.total_points("grad_norm") == len(batches)
+        assert run.alignment is not None and len(run.history.series("old_batch_loss")[0]) >= 1
+    n = len(batches) - 1
+    return n / (t1 - t0), n / (c1 - c0)
+
+
+def measure_watch(model: nn.Module, batches: list, cfg: RunConfig, repeats: int,
+                  device: torch.device) -> tuple[float, float]:
+    """(median of the paired ratios, ratio of the best blocks): the bare loop against the same loop
+    watched, old-task batches from the training batches."""
+    old = batches[: max(1, len(batches) // 4)]
+    user_loop(model, batches[:5], cfg, device)  # warm-up both paths once
+    user_loop(model, batches[:5], cfg, device, old_train=old)
+    return compare("digits_cnn (watched loop)", ("bare", "watched"), lambda: user_loop(model, batches, cfg, device),
+                   lambda: user_loop(model, batches, cfg, device, old_train=old), repeats)
+
+
+def hf_case(quick: bool) -> tuple[Callable[[], nn.Module], list]:
+    """A tiny random BERT (built fresh by the returned function, same seed) and ~100 steps of texts."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                                        num_attention_heads=2, intermediate_size=64, num_labels=2))
+
+    g = torch.Generator().manual_seed(0)
+    texts = [{"input_ids": torch.randint(0, 100, (16,), generator=g), "labels": i % 2} for i in range(40 if quick else 400)]
+    return model, texts
+
+
+def hf_train(make_model: Callable[[], nn.Module], texts: list, watched: bool, folder: str) -> tuple[float, float]:
+    """(steps/s, steps per CPU second) of ``Trainer.train()`` (batches of 4), with or without the
+    callback, from the end of the first optimizer step to the end of the last."""
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    from retrain_widgets.integrations.huggingface import RetrainCallback
+
+    stamps: list[tuple[float, float]] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in (1, state.max_steps):
+                stamps.append((time.perf_counter(), time.thread_time()))
+
+    args = TrainingArguments(output_dir=folder, use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True,
+                             per_device_train_batch_size=4, num_train_epochs=1, logging_steps=10_000,
+                             dataloader_num_workers=0)
+    callbacks = [RetrainCallback(), Stamp()] if watched else [Stamp()]
+    trainer = Trainer(model=make_model(), args=args, train_dataset=texts, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # its end-of-training print, in both
+    trainer.train()
+    if watched:
+        assert callbacks[0].history.total_points("grad_norm") == trainer.state.global_step
+    (t0, c0), (t1, c1) = stamps
+    n = trainer.state.global_step - 1
+    return n / (t1 - t0), n / (c1 - c0)
+
+
+def measure_hf(quick: bool, repeats: int) -> tuple[float, float]:
+    """(median of the paired ratios, ratio of the best blocks): the Trainer without against with the callback."""
+    import tempfile
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    make_model, texts = hf_case(quick)
+    with tempfile.TemporaryDirectory() as folder:
+        hf_train(make_model, texts[:12], False, folder)  # warm-up both paths once
+        hf_train(make_model, texts[:12], True, folder)
+        return compare("tiny BERT (Hugging Face Trainer)", ("plain", "callback"),
+                       lambda: hf_train(make_model, texts, False, folder),
+                       lambda: hf_train(make_model, texts, True, folder), repeats)
 
 
 class _Stamped:
@@ -237,6 +351,8 @@ def main() -> None:
     parser.add_argument("--engine-only", action="store_true", help="only the bare loop against the engine")
     parser.add_argument("--gradient-order", action="store_true",
                         help="only the bare loop dropping the last gradients before the forward against after it")
+    parser.add_argument("--watch", action="store_true", help="only the bare loop against the same loop watched")
+    parser.add_argument("--hf", action="store_true", help="only the Hugging Face Trainer without against with the callback")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
     device = torch.device("cpu")
@@ -246,6 +362,17 @@ def main() -> None:
           f"{repeats} interleaved repeats")
     cfg = RunConfig(loss="ce", optimizer="adamw", lr=1e-3, schedule="constant", device="cpu")
     results, probe = {}, {}
+    if args.watch:
+        model, batches = cnn_case(args.quick, epochs=13)  # ~300 steps: the alignment probe's steady state
+        median, best = measure_watch(model, batches, cfg, repeats, device)
+        print(f"watch overhead ratio: {median:.3f}")
+        print(f"watch best-runs ratio: {best:.3f}")
+        return
+    if args.hf:
+        median, best = measure_hf(args.quick, repeats)
+        print(f"hf callback overhead ratio: {median:.3f}")
+        print(f"hf callback best-runs ratio: {best:.3f}")
+        return
     if args.gradient_order:
         for name, case in (("digits_cnn", cnn_case), ("resnet18_shaped", resnet_case)):
             model, batches = case(args.quick)

@@ -62,3 +62,15 @@ def test_feature_cache_benchmark_quick_runs_and_reports():
     assert out.returncode == 0, out.stderr
     assert "feature cache speedup (2 runs):" in out.stdout and "feature cache speedup (3 runs):" in out.stdout
     assert "peak memory:" in out.stdout
+
+
+@pytest.mark.parametrize(("mode", "lines"), [("--watch", ("watch overhead ratio: ", "watch best-runs ratio: ")),
+                                             ("--hf", ("hf callback overhead ratio: ", "hf callback best-runs ratio: "))])
+def test_overhead_watch_and_hf_modes_quick_run_and_print_their_lines(mode, lines):
+    if mode == "--hf":
+        pytest.importorskip("transformers")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead.py"), mode, "--quick"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert all(line in out.stdout for line in lines), out.stdout
+    assert "overhead ratio digits_cnn" not in out.stdout  # the mode runs alone

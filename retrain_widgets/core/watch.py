@@ -94,6 +94,10 @@ class WatchedRun:
         The planned length, when known (progress and ETA).
     alignment_every, alignment_budget
         The alignment probe's cadence and cost budget (``None``: off).
+    hook_optimizer
+        Take the gradients at ``optimizer.step`` (a pre-hook). ``False`` for loops whose optimizer
+        step runs the backward pass itself (a closure, as Lightning's): they call
+        :meth:`gradients_ready` where the gradients are final.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
@@ -102,7 +106,7 @@ class WatchedRun:
                  metric: str | Callable[..., Any] | None = None, name: str | None = None, loss: str | None = None,
                  scheduler: Any = None, framework: str = "loop", total_steps: int | None = None,
                  epochs: int | None = None, alignment_every: int | None = 10, alignment_budget: float = 0.005,
-                 publish_every: int = 50, publish_seconds: float = 0.25) -> None:
+                 publish_every: int = 50, publish_seconds: float = 0.25, hook_optimizer: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"watch() takes the torch.nn.Module the loop trains, got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -130,7 +134,8 @@ class WatchedRun:
         self._t_start = 0.0
         self._thread: threading.Thread | None = None
         self._grads_at: int | None = None  # the step whose gradients the optimizer hook took
-        self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step) if optimizer is not None else None
+        hook = optimizer is not None and hook_optimizer
+        self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step) if hook else None
         old_batches = old_train if old_train is not None else old_val
         self.alignment = self._alignment(old_batches, alignment_every, alignment_budget)
 
@@ -171,6 +176,11 @@ class WatchedRun:
             self._diverged(exc)
             return
         self.control.boundary(self._paused, self._resumed)
+
+    def gradients_ready(self) -> None:
+        """This optimizer step's gradients are in ``.grad`` now: take them (what the hook on
+        ``optimizer.step`` does; for loops built with ``hook_optimizer=False``)."""
+        self._before_optimizer_step(self.optimizer, (), {})
 
     def epoch_end(self, **metrics: float) -> None:
         """An epoch ended: ``metrics`` (``val_loss=...``, any name) recorded at this step, and the
