@@ -36,7 +36,7 @@ from .core.events import Event, State
 from .core.history import History
 from .core.losses import LossMismatchError
 from .core.runslot import RunSlot
-from .core.store import RunStore
+from .core.store import RunStore, open_store
 from .core.tree import frozen_complement, parameterised_layers
 from .one_run import one_start_at_a_time, start_refusal, wait_or_stop
 from .plots import LiveFigure
@@ -80,15 +80,6 @@ def plain_wait_while(busy: Callable[[], bool], timeout: float | None = None, int
     return True
 
 
-def open_store(store: RunStore | str | os.PathLike[str] | None | bool) -> RunStore | None:
-    """``False``: no store; ``None``/``True``: ``.retrain_runs/`` here; a folder or a RunStore."""
-    if store is False:
-        return None
-    if isinstance(store, RunStore):
-        return store
-    return RunStore(".retrain_runs" if store is None or store is True else store)
-
-
 class HeadlessStudio(StudioChecks):
     """The dashboard's model: the same parameters as :class:`~retrain_widgets.RetrainStudio`, plus
     ``cell`` (the notebook cell that made it: re-running that cell stops the older studio's run)."""
@@ -114,7 +105,7 @@ class HeadlessStudio(StudioChecks):
         self.run: Retrainer | None = None
         self.mismatch: LossMismatchError | None = None
         self.lr_suggestion: float | None = None
-        self.book = RunBook(open_store(store), model)
+        self.book = RunBook(open_store(store, none_is_default=True), model)
         self.slot, self.stops = RunSlot("a run of this studio"), 0  # one start at a time; stop() calls
         self.queue = WhatIfQueue(self.book, start=self.start, emit=self.emit, ready=self.slot.wait_free)
         self.code_hints = code

@@ -27,25 +27,11 @@ import torch
 from torch import nn
 
 from .core.batches import Forward
-from .core.store import RunStore
+from .core.store import RunStore, open_store
 from .core.watch import WatchedRun
 from .notebook import kernel_notebook, notebook_key
 
-__all__ = ["watch", "WatchedLoop", "open_store"]
-
-
-def open_store(store: bool | str | os.PathLike[str] | RunStore | None) -> RunStore | None:
-    """``store`` as a :class:`RunStore`: ``True`` the working directory's ``.retrain_runs``, a path
-    that folder, a store itself; ``False`` / ``None`` no store."""
-    if store is None or store is False:
-        return None
-    if store is True:
-        return RunStore()
-    if isinstance(store, RunStore):
-        return store
-    if isinstance(store, (str, os.PathLike)):
-        return RunStore(store)
-    raise ValueError(f"store must be True, False, a folder or a RunStore, got {type(store).__name__}")
+__all__ = ["watch", "WatchedLoop"]
 
 
 class WatchedLoop(WatchedRun):

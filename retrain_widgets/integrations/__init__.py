@@ -18,33 +18,19 @@ Each module imports its framework when it is imported; this package imports neit
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from ..core.store import RunStore
+from ..core.store import open_store
 from ..core.watch import WatchedRun
+from ..notebook import kernel_notebook, notebook_key
 
-__all__ = ["WatchingCallback", "open_store", "missing_extra"]
+__all__ = ["WatchingCallback", "missing_extra"]
 
 
 def missing_extra(framework: str, extra: str, error: ImportError) -> ImportError:
     """The ``ImportError`` raised when ``framework`` is not installed: it names the extra."""
     return ImportError(f"retrain_widgets' {framework} callback needs {framework}, which is not installed: "
                        f"pip install 'retrain_widgets[{extra}]' ({error})")
-
-
-def open_store(store: Any) -> RunStore | None:
-    """The store a callback records its run in: ``True`` → ``RunStore()`` (``.retrain_runs`` in the
-    working directory), ``False``/``None`` → none, a :class:`RunStore`, or a folder's path."""
-    if store is None or store is False:
-        return None
-    if store is True:
-        return RunStore()
-    if isinstance(store, RunStore):
-        return store
-    if isinstance(store, (str, os.PathLike)):
-        return RunStore(store)
-    raise ValueError(f"store must be True, False, None, a RunStore or a folder's path, got {type(store).__name__}")
 
 
 class WatchingCallback:
@@ -74,6 +60,24 @@ class WatchingCallback:
         self.run: WatchedRun | None = None
         self.run_id: str | None = None
         self._asked: str | None = None  # "stop" or "pause", asked before training began
+        self._slot: Any = None  # the dashboard's place, when shown before training began
+
+    # ------------------------------------------------------------------ the dashboard
+    def dashboard(self) -> Any:
+        """The live dashboard (:class:`~retrain_widgets.widgets.watch.WatchDashboard`): shown before
+        training begins, it says so and fills with the run's dashboard at its start."""
+        if self._slot is None:
+            from ..widgets.watch import DashboardSlot
+
+            self._slot = DashboardSlot()
+            if self.run is not None:
+                self._slot.attach(self.run, self.store)
+        return self._slot
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.dashboard())
 
     # ------------------------------------------------------------------ steering (any thread)
     def stop(self) -> None:
@@ -127,5 +131,8 @@ class WatchingCallback:
             run.control.pause()
         self._asked = None
         if self.store is not None:
-            self.run_id = self.store.record(run)
+            run.notebook = notebook_key(kernel_notebook(), self.store.path)
+            self.run_id = self.store.record(run, notebook=run.notebook)
+        if self._slot is not None:
+            self._slot.attach(run, self.store)
         return run

@@ -50,6 +50,7 @@ from ..fingerprints import fingerprint
 from .recorder import run_metrics
 from .records import RunRecord, UnknownRun
 from .schema import SCHEMA_VERSION
-from .store import DEFAULT_DIR, RunStore
+from .store import DEFAULT_DIR, RunStore, open_store
 
-__all__ = ["SCHEMA_VERSION", "DEFAULT_DIR", "RunRecord", "RunStore", "UnknownRun", "fingerprint", "run_metrics"]
+__all__ = ["SCHEMA_VERSION", "DEFAULT_DIR", "RunRecord", "RunStore", "UnknownRun", "fingerprint", "run_metrics",
+           "open_store"]

@@ -33,7 +33,7 @@ from .records import RECORD_COLUMNS, RunRecord, UnknownRun, check_name, is_id, n
 if TYPE_CHECKING:
     from ..run import Run
 
-__all__ = ["RunStore", "DEFAULT_DIR", "INTERRUPTED", "ACTIVE_STATES"]
+__all__ = ["RunStore", "DEFAULT_DIR", "INTERRUPTED", "ACTIVE_STATES", "open_store"]
 
 #: Folder used by ``RunStore()`` without a path.
 DEFAULT_DIR = ".retrain_runs"
@@ -409,3 +409,18 @@ class RunStore:
 
 def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "(never saved)"
+
+
+def open_store(store: RunStore | str | os.PathLike[str] | bool | None, *, none_is_default: bool = False) -> RunStore | None:
+    """``store`` as a :class:`RunStore`: ``True`` the working directory's ``.retrain_runs``, a folder's
+    path that folder, a store itself; ``False`` no store; ``None`` no store, or the default folder
+    with ``none_is_default`` (the studios' default)."""
+    if store is False or (store is None and not none_is_default):
+        return None
+    if store is True or store is None:
+        return RunStore(DEFAULT_DIR)
+    if isinstance(store, RunStore):
+        return store
+    if isinstance(store, (str, os.PathLike)):
+        return RunStore(store)
+    raise ValueError(f"store must be True, False, None, a RunStore or a folder's path, got {type(store).__name__}")
