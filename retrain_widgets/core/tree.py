@@ -325,6 +325,7 @@ def freeze(model: nn.Module, names: str | Iterable[str], train_bn: bool = False)
             _unlock_norm(norm, model.training)
     else:
         recipe_freezing.freeze(model, wanted)
+    recipe_freezing.follow_frozen(model)  # RunConfig.frozen_eval: the modes follow at once
     return wanted
 
 
@@ -337,6 +338,7 @@ def unfreeze(model: nn.Module, names: str | Iterable[str] | None = None) -> list
     """
     wanted = [""] if names is None else check_names(model, names)
     recipe_freezing.unfreeze(model, wanted)
+    recipe_freezing.follow_frozen(model)
     return wanted
 
 
