@@ -178,14 +178,18 @@ def layer_leaves(model):
 def layer_groups(model):
     """The model's blocks, input side first, head last: lists of module names, every parameter
     in exactly one group. Norm layers and parameter-free modules join the group before them;
-    parameters an opened module holds itself (``cls_token``, ``pos_embed``) join the next group,
-    the input side; a layer whose parameters are all tied to earlier ones (GPT-2's ``lm_head``)
+    parameters the root holds itself (``cls_token``, ``pos_embed``) join the next group, and those
+    an opened module inside holds (torchvision's ``encoder.pos_embedding``) the group before it:
+    the input side, as timm's stem group; a layer whose parameters are all tied to earlier ones (GPT-2's ``lm_head``)
     is in no group, its weight being in an earlier one. For a CNN: one group per conv
     (+ BatchNorm) and per Linear."""
     groups, pending, seen = [], [], set()
     for name, module in layer_leaves(model):
-        if module is None:  # a held parameter: waits for the next layer
-            pending.append(name)
+        if module is None:  # a held parameter: joins the group before its holder, else waits for the next layer
+            if "." in name and groups:
+                groups[-1].append(name)
+            else:
+                pending.append(name)
             continue
         ids = {id(p) for p in module.parameters()}
         if ids and ids <= seen:
