@@ -53,6 +53,7 @@ from torch.utils.data import (
 
 from .alignment import kept_rng
 from .batches import Forward, default_forward, first_batch, logits_of, split_batch, to_device
+from .deterministic_transforms import undetermined
 from .feature_suffix import dropout_hint, lead_in, random_layer_hint
 from .tree import frozen_complement
 
@@ -311,9 +312,11 @@ def _augmentation(dataset: Any) -> str | None:
     while dataset is not None and id(dataset) not in seen:
         seen.add(id(dataset))
         for attr in ("transform", "transforms", "target_transform"):
-            if getattr(dataset, attr, None) is not None:
-                return (f"the dataset ({type(dataset).__name__}) has a {attr}: augmented samples differ between "
-                        f"passes, so cached features would freeze one draw of the augmentation")
+            unknown = undetermined(getattr(dataset, attr, None))  # torchvision's Resize, ToTensor, ... are known
+            if unknown:
+                return (f"the dataset ({type(dataset).__name__}) has a {attr} ({', '.join(unknown)}) not known to be "
+                        f"deterministic: augmented samples differ between passes, so cached features would "
+                        f"freeze one draw of the augmentation")
         dataset = getattr(dataset, "dataset", None)
     return None
 
