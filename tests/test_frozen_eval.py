@@ -198,6 +198,7 @@ def test_what_if_grid_over_frozen_eval_caches_the_runs_that_allow_it():
     s = HeadlessStudio(_net(), _loader(), _loader(32, seed=1), config=cfg, store=False)
     configs = s.what_if({"frozen_eval": [False, True]}, wait=True)
     assert [c.frozen_eval for c in configs] == [False, True]
+    assert [s.book.name_of(r) for r in s.runs] == ["#1 frozen in train mode", "#2 frozen in eval mode"]
     plain, inference = (r.history.meta["feature_cache"] for r in s.runs)
     assert plain["state"] == "refused" and "frozen_eval=True" in plain["reason"], plain
     assert inference["state"] == "built", inference
