@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from retrain_widgets.core import Event, Retrainer, RunConfig
 from retrain_widgets.core import feature_cache as fc
+from retrain_widgets.core.cloning import clone_module
 from retrain_widgets.core.export import export_script
 from retrain_widgets.core.recipe.freezing import FrozenEval, eval_frozen
 
@@ -121,6 +122,8 @@ def test_a_deep_copy_keeps_its_own_inference_mode():
     for p in net.body.parameters():
         p.requires_grad_(False)
     eval_frozen(net)
+    clone = clone_module(net)  # the engine's copies (what-ifs, restore)
+    assert vars(clone)["train"].model is clone
     twin = copy.deepcopy(net)
     assert isinstance(vars(twin)["train"], FrozenEval) and vars(twin)["train"].model is twin
     twin.train()

@@ -78,6 +78,7 @@ class RunConfig:
         feature extraction; a layer without parameters goes with the next layer beside it that
         has some (a Dropout just before the head trains with the head). It lets the feature
         cache serve backbones with stochastic depth or dropout (ConvNeXt, Swin, EfficientNet).
+        The run's model keeps it (its ``train`` is a ``FrozenEval``, see ``recipe.freezing``).
     optimizer
         ``"adamw"``, ``"adam"`` or ``"sgd"``.
     lr, weight_decay, momentum
