@@ -102,6 +102,22 @@ def test_exported_script_runs_and_matches_the_engine(family):
     assert_same(engine, script)
 
 
+@pytest.mark.parametrize("name", ["efficientnet_b0", "swin_t"])
+def test_exported_script_with_frozen_eval_matches_the_engine(name):
+    """Stochastic depth in inference mode in the frozen lower half, in train mode above it."""
+    groups = layer_groups(build(name))
+    frozen = [m for g in groups[: len(groups) // 2] for m in g.modules]
+    cfg = RunConfig(loss="ce", head_out=3, frozen=frozen, lr=1e-3, epochs=1, seed=0, frozen_eval=True,
+                    cache_features=False)
+    runs = {on: Retrainer(build(name), cfg.replace(frozen_eval=on), *loaders()).fit() for on in (False, True)}
+    engine = {k: float(runs[True].series(k)[1][-1]) for k in ("val_loss", "val_metric")}
+    assert engine["val_loss"] != float(runs[False].series("val_loss")[1][-1])  # it matters on this model
+    src = export_script(cfg, model_code=model_code(name), data_code=DATA_CODE)
+    assert "eval_frozen(model)" in src
+    script, _ = script_in_process(src)
+    assert_same(engine, script)
+
+
 # ------------------------------------------------------------------ LoRA
 def _lora_run(name, modules):
     run = Retrainer(build(name), RunConfig(lora_r=4, lora_modules=modules, head_out=3, lr=1e-2, epochs=1,
