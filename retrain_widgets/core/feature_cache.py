@@ -300,7 +300,7 @@ def _nondeterminism(model: nn.Module, steps: tuple[str, ...]) -> str | None:
     for name, m in _frozen_modules(model, steps):
         if isinstance(m, _DROPOUTS) and m.training and m.p > 0:
             return (f"the frozen part has active dropout ({name!r}, p={m.p}): its outputs differ on every pass. "
-                    f"{dropout_hint(model)}set its p to 0, or force with cache_features=True")
+                    f"{dropout_hint(model)}Set its p to 0 or force with cache_features=True")
         if m.training and getattr(m, "running_mean", None) is not None:
             return (f"the frozen part's normalisation layer {name!r} is in training mode (train_bn=True): "
                     f"its statistics move with every batch")

@@ -49,5 +49,5 @@ def random_layer_hint(model: nn.Module) -> str:
 
 
 def dropout_hint(model: nn.Module) -> str:
-    """For "the frozen part has active dropout": the setting that allows the cache, then "or "."""
-    return "" if _frozen_eval_on(model) else f"{FROZEN_EVAL_HINT}; or "
+    """For "the frozen part has active dropout": the setting that allows the cache (a sentence)."""
+    return "" if _frozen_eval_on(model) else f"{FROZEN_EVAL_HINT}. "
