@@ -177,6 +177,7 @@ def _cached_and_plain(name: str, cfg: RunConfig):
 
 @pytest.mark.parametrize(("name", "frozen_eval", "part"), [
     ("mobilenet_v3_small", False, ["classifier.1", "classifier.2", "classifier.3"]),  # Hardswish, Dropout, head
+    ("mobilenet_v3_small", True, ["classifier.1", "classifier.2", "classifier.3"]),
     ("efficientnet_b0", True, ["classifier.0", "classifier.1"]),  # Dropout, head
     ("convnext_tiny", True, ["classifier.1", "classifier.2"]),  # Flatten, head
     ("swin_t", True, ["head"]),
