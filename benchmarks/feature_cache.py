@@ -9,6 +9,14 @@ and with ``"auto"``, interleaved in one process in ABBA order (``benchmarks/pair
 cached grid starts from an empty cache, so its time includes building it once. The cached grids' training losses are checked against the
 plain ones (within 1e-5 relative).
 
+``--model efficientnet``: torchvision's EfficientNet-B0 (4.0 M parameters with a 3-way head,
+random weights), head only with ``frozen_eval=True`` (its blocks' stochastic depth in inference mode,
+the classifier's Dropout training with the head on the cached features), the same data but 128x128
+(at 64x64 a pass through its backbone takes about 2 s here, and what every run costs besides it, the
+model's copy and the first-batch check, about 0.5 s, bounds the 4-run speedup near 6); it needs
+torchvision (``.venv-vision``, which ``./dev test`` and ``./dev bench`` make) and prints
+``feature cache speedup (efficientnet, 4 runs): X`` (target >= 8).
+
 Ends with::
 
     feature cache speedup (4 runs): X
@@ -46,22 +54,37 @@ LOSSES = ("ce", "focal_multiclass", "label_smoothing")
 LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 
 
-def build(quick: bool) -> tuple[torch.nn.Module, DataLoader, RunConfig]:
-    from transformers import ResNetConfig, ResNetForImageClassification
+def _efficientnet() -> torch.nn.Module:
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise SystemExit(f"--model efficientnet needs torchvision ({exc}): run it with .venv-vision/bin/python "
+                         f"(./dev test or ./dev bench makes that venv)") from None
+    return torchvision.models.efficientnet_b0()  # random weights: no download
 
+
+def build(quick: bool, name: str = "resnet50") -> tuple[torch.nn.Module, DataLoader, RunConfig]:
     torch.manual_seed(0)
     if quick:
-        config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=10)
         n, side, batch, epochs = 32, 16, 8, 2
     else:
-        config = ResNetConfig()  # ResNet-50: 23.5 M parameters
         n, side, batch, epochs = 512, 64, 32, 3
-    model = ResNetForImageClassification(config).eval()
+    if name == "efficientnet":
+        model = _efficientnet().eval()
+        side = side if quick else 128  # nearer its native 224; see the docstring
+    else:
+        from transformers import ResNetConfig, ResNetForImageClassification
+
+        # quick: a tiny ResNet; else ResNet-50: 23.5 M parameters
+        config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=10) if quick \
+            else ResNetConfig()
+        model = ResNetForImageClassification(config).eval()
     x = torch.rand(n, 3, side, side)
     y = torch.randint(0, 3, (n,))
     train = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, generator=torch.Generator())
     head = find_head(model)
-    cfg = RunConfig(head=head, head_out=3, frozen=frozen_complement(model, [head]), epochs=epochs, device="cpu")
+    cfg = RunConfig(head=head, head_out=3, frozen=frozen_complement(model, [head]), epochs=epochs, device="cpu",
+                    frozen_eval=name == "efficientnet")
     return model, train, cfg
 
 
@@ -97,8 +120,11 @@ def main() -> None:
                         help="a tiny ResNet, tiny data, grids of 2 and 3 runs (a smoke run)")
     parser.add_argument("--runs", type=int, nargs="+", choices=(4, 12), default=(4, 12),
                         help="the grid sizes to measure (default both; one at a time splits a long measurement)")
+    parser.add_argument("--model", choices=("resnet50", "efficientnet"), default="resnet50",
+                        help="efficientnet: torchvision's EfficientNet-B0 with frozen_eval=True (needs torchvision)")
     args = parser.parse_args()
-    model, train, cfg = build(args.quick)
+    model, train, cfg = build(args.quick, args.model)
+    label = "efficientnet, " if args.model == "efficientnet" else ""
     params = sum(p.numel() for p in model.parameters())
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s); "
           f"{type(model).__name__} {params / 1e6:.2f} M parameters, {len(train.dataset)} images, "
@@ -118,8 +144,8 @@ def main() -> None:
         median, best = ratios([(1 / cached[0], 1 / plain[0]) for cached, plain in pairs])
         print(f"{n_runs} runs: without the cache {min(p[0] for _, p in pairs):.2f} s, with it "
               f"{min(c[0] for c, _ in pairs):.2f} s (best of {len(pairs)})", flush=True)
-        print(f"feature cache speedup ({n_runs} runs): {median:.1f}")
-        print(f"feature cache best-runs speedup ({n_runs} runs): {best:.1f}")
+        print(f"feature cache speedup ({label}{n_runs} runs): {median:.1f}")
+        print(f"feature cache best-runs speedup ({label}{n_runs} runs): {best:.1f}")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"peak memory: {rss:.0f} MB (process), cache {cache_mb:.1f} MB")
 

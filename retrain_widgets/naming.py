@@ -60,6 +60,7 @@ FIELD_TEXT: dict[str, Callable[[Any], str]] = {
     "strategy": value_text,
     "frozen": _frozen,
     "gradual": lambda v: "gradual" if v else "not gradual",
+    "frozen_eval": lambda v: "frozen in eval mode" if v else "frozen in train mode",
     "distill": lambda v: f"distill {value_text(v)}" if v else "no distill",
 }
 

@@ -217,16 +217,45 @@ def _refused(h, *words):
     return info
 
 
+def _cnn_with_frozen_dropout():
+    """The bundled CNN with a Dropout between two of its convs (inside the frozen part)."""
+    model = _cnn()
+    layers = list(model.features)
+    model.features = nn.Sequential(*layers[:3], nn.Dropout(0.2), *layers[3:])
+    return model
+
+
 def test_active_dropout_in_the_frozen_part_is_refused_and_forced_with_a_warning():
     cfg = RunConfig(loss="bce", head="classifier.3", head_out=1, frozen=["features", "classifier.0"], epochs=1,
                     device="cpu")
-    _, h = _fit(_cnn(), cfg, *_digits())
-    info = _refused(h, "dropout", "classifier.2")
+    _, h = _fit(_cnn_with_frozen_dropout(), cfg, *_digits())
+    info = _refused(h, "dropout", "features.3", "frozen_eval=True")
     assert info["loaders"]["val"]["state"] == "built"  # evaluation has no dropout: it is cached
     with pytest.warns(UserWarning, match="dropout"):
-        _, h = _fit(_cnn(), cfg.replace(cache_features=True), *_digits())
+        _, h = _fit(_cnn_with_frozen_dropout(), cfg.replace(cache_features=True), *_digits())
     assert h.meta["feature_cache"]["state"] == "built"
     assert "dropout" in h.meta["feature_cache"]["warnings"][0]
+    # in inference mode the frozen part's dropout is off: cached, with the same numbers as full passes
+    _, cached = _compare(cfg.replace(frozen_eval=True), _cnn_with_frozen_dropout, _digits)
+    assert cached.meta["feature_cache"]["state"] == "built"
+
+
+def test_parameterless_layers_before_the_head_train_with_it_and_are_cached():
+    """The bundled CNN's classifier is Linear, ReLU(inplace), Dropout, Linear: head only on
+    classifier.3 leaves the ReLU and the Dropout between the frozen part and the head (as
+    torchvision's MobileNetV3 and EfficientNet do); they run on the cached features in train
+    mode, so the run caches without frozen_eval and its numbers are the full passes' ones."""
+    cfg = RunConfig(loss="bce", head="classifier.3", head_out=1, frozen=["features", "classifier.0"], epochs=2,
+                    device="cpu")
+    plain, cached = _compare(cfg, _cnn, _digits)
+    info = cached.meta["feature_cache"]
+    assert info["state"] == "built", info
+    assert info["trainable_part"] == ["classifier.1", "classifier.2", "classifier.3"]
+    # the dropout did act in training: a run without it gives other losses
+    model = _cnn()
+    model.classifier[2].p = 0.0
+    _, off = _fit(model, cfg.replace(cache_features=False), *_digits())
+    assert not np.array_equal(off.series("train_loss")[1], plain.series("train_loss")[1])
 
 
 def test_tiny_bert_with_dropout_is_refused():

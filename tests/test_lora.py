@@ -85,6 +85,25 @@ def test_targets_by_name_glob_and_block_and_errors():
         lora_target_names(zoo.build("resnet"), [])
 
 
+def test_multihead_attention_out_proj_is_refused_its_forward_never_calls_it():
+    """nn.MultiheadAttention (torchvision's ViT) reads out_proj.weight itself: an adapter there
+    would never run. Named, it is refused; in a block or a glob it is left out."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+
+    model = nn.Sequential(Block(), nn.Linear(8, 3))
+    with pytest.raises(ValueError, match=r"'0.attn.out_proj' is inside an nn.MultiheadAttention.*never run.*0.mlp.0"):
+        lora_target_names(model, ["0.attn.out_proj"])
+    with pytest.raises(ValueError, match="inside an nn.MultiheadAttention"):
+        lora_target_names(model, ["*out_proj"])
+    assert lora_target_names(model, ["0"]) == ["0.mlp.0", "0.mlp.2"]
+    with pytest.raises(ValueError, match="has none"):
+        lora_target_names(model, [])
+
+
 @pytest.mark.parametrize("name", ["features.3", "classifier.0"])
 def test_adapter_size_is_what_peft_adds(cnn, name):
     r = 3

@@ -118,7 +118,8 @@ def build_model(model: nn.Module, config: RunConfig, device: torch.device | str 
     ``config.seed`` before the new head is drawn, the head replaced when ``config.head_out``
     asks (the original head kept, frozen, in :attr:`BuiltModel.original_head`), the LoRA
     adapters of ``config.lora_r`` added (:func:`~retrain_widgets.core.lora.apply_lora`;
-    ``adapters=False``: not) and ``config.frozen`` frozen (``apply_freezing=False``: not).
+    ``adapters=False``: not), ``config.frozen`` frozen (``apply_freezing=False``: not) and, with
+    ``config.frozen_eval``, the frozen layers kept in inference mode.
     ``model`` is not modified; torch's global RNG is (wrap the call in
     ``torch.random.fork_rng()`` to keep it)."""
     torch.manual_seed(config.seed)
@@ -131,6 +132,8 @@ def build_model(model: nn.Module, config: RunConfig, device: torch.device | str 
     groups = layer_groups(net)
     if apply_freezing and config.frozen:
         freeze(net, config.frozen, train_bn=config.train_bn)
+    if config.frozen_eval:
+        recipe_freezing.eval_frozen(net)
     return BuiltModel(net, head_name, original_head, groups)
 
 

@@ -51,6 +51,13 @@ class RunConfig:
     train_bn
         ``False``: BatchNorm inside frozen modules stays in inference mode with fixed
         statistics. ``True``: it keeps training (fastai's meaning).
+    frozen_eval
+        ``True``: layers whose parameters are all frozen run in inference mode (dropout,
+        stochastic depth, BatchNorm) whatever ``model.train()`` says, the usual setting for
+        feature extraction; a layer without parameters goes with the next layer beside it that
+        has some (a Dropout just before the head trains with the head). It lets the feature
+        cache serve backbones with stochastic depth or dropout (ConvNeXt, Swin, EfficientNet).
+        The run's model keeps it (its ``train`` is a ``FrozenEval``, see ``recipe.freezing``).
     optimizer
         ``"adamw"``, ``"adam"`` or ``"sgd"``.
     lr, weight_decay, momentum
@@ -119,6 +126,7 @@ class RunConfig:
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     frozen: list[str] = field(default_factory=list)
     train_bn: bool = False
+    frozen_eval: bool = False
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -171,6 +179,8 @@ class RunConfig:
         self.frozen = list(self.frozen)
         if not isinstance(self.train_bn, bool):
             raise ValueError(f"RunConfig.train_bn must be True or False, got {self.train_bn!r}")
+        if not isinstance(self.frozen_eval, bool):
+            raise ValueError(f"RunConfig.frozen_eval must be True or False, got {self.frozen_eval!r}")
         _choice("optimizer", self.optimizer, tuple(params.OPTIMIZER_REGISTRY))
         self.lr = _number("lr", self.lr, low=0.0, low_open=True, high=10.0)
         self.weight_decay = _number("weight_decay", self.weight_decay, low=0.0, high=10.0)

@@ -513,6 +513,8 @@ def _freezing_sections(plan: _Plan) -> list[str]:
     frz = ["groups = layer_groups(model)"] if plan.groups else []
     if cfg.frozen:
         frz.append(f"{plan.freeze_fn}(model, FROZEN)")
+    if cfg.frozen_eval:
+        frz.append("eval_frozen(model)  # RunConfig.frozen_eval: layers whose parameters are all frozen run in eval mode")
     if frz:
         title = ("freezing and layer groups" if cfg.frozen else "layer groups") if plan.groups else "freezing"
         out.append(_section(title, *frz))

@@ -52,6 +52,8 @@ from torch.utils.data import (
 )
 
 from .batches import Forward, default_forward, first_batch, logits_of, split_batch, to_device
+from .deterministic_transforms import undetermined
+from .feature_suffix import dropout_hint, lead_in, random_layer_hint
 from .fingerprints import fingerprint, hash_state
 from .rng import kept_rng
 from .tree import frozen_complement
@@ -299,7 +301,7 @@ def _nondeterminism(model: nn.Module, steps: tuple[str, ...]) -> str | None:
     for name, m in _frozen_modules(model, steps):
         if isinstance(m, _DROPOUTS) and m.training and m.p > 0:
             return (f"the frozen part has active dropout ({name!r}, p={m.p}): its outputs differ on every pass. "
-                    f"Set its p to 0 or put it in eval mode to cache, or force with cache_features=True")
+                    f"{dropout_hint(model)}Set its p to 0 or force with cache_features=True")
         if m.training and getattr(m, "running_mean", None) is not None:
             return (f"the frozen part's normalisation layer {name!r} is in training mode (train_bn=True): "
                     f"its statistics move with every batch")
@@ -311,9 +313,11 @@ def _augmentation(dataset: Any) -> str | None:
     while dataset is not None and id(dataset) not in seen:
         seen.add(id(dataset))
         for attr in ("transform", "transforms", "target_transform"):
-            if getattr(dataset, attr, None) is not None:
-                return (f"the dataset ({type(dataset).__name__}) has a {attr}: augmented samples differ between "
-                        f"passes, so cached features would freeze one draw of the augmentation")
+            unknown = undetermined(getattr(dataset, attr, None))  # torchvision's Resize, ToTensor, ... are known
+            if unknown:
+                return (f"the dataset ({type(dataset).__name__}) has a {attr} ({', '.join(unknown)}) not known to be "
+                        f"deterministic: augmented samples differ between passes, so cached features would "
+                        f"freeze one draw of the augmentation")
         dataset = getattr(dataset, "dataset", None)
     return None
 
@@ -585,7 +589,7 @@ class FeatureCache:
         if not trainable:
             raise _Refused("nothing in the model is trainable")
         owner = _owner(model, trainable)
-        steps = _first_steps(model, owner, trainable)
+        steps = lead_in(model, _first_steps(model, owner, trainable))
         self.frozen_key = _frozen_key(model, owner, steps, self.pretrained)
         with _REGISTRY.lock:
             known = _PLANS.get(self.frozen_key)
@@ -608,7 +612,8 @@ class FeatureCache:
         outputs: dict[str, Any] = {}
         seen: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         handles = [_resolve(model, steps[0]).register_forward_pre_hook(
-            lambda m, a, k: seen.append((a, k)), with_kwargs=True)]
+            lambda m, a, k: seen.append((tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in a), k)),
+            with_kwargs=True)]  # a copy: the suffix may start with an in-place layer (ReLU(inplace=True))
         for name in {owner, *_ancestors(owner)}:
             handles.append(_resolve(model, name).register_forward_hook(
                 lambda m, a, out, name=name: outputs.setdefault(name, out)))
@@ -726,7 +731,8 @@ class FeatureCache:
 
     def _same_twice(self, inputs: torch.Tensor, batch: Any) -> None:
         if not torch.equal(inputs, self._capture(batch)):
-            self._judgement("the frozen part gives different outputs for the same batch on two passes")
+            self._judgement(f"the frozen part gives different outputs for the same batch on two passes"
+                            f"{random_layer_hint(self.model)}")
 
 
 _PLANS: OrderedDict[tuple[Any, ...], tuple[str, ...]] = OrderedDict()

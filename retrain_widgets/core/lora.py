@@ -67,8 +67,11 @@ def lora_target_names(model, patterns, head=None):
     def in_head(n):
         return head is not None and (n == head or n.startswith(head + "."))
 
+    # nn.MultiheadAttention (torchvision's ViT) reads its out_proj's weight itself: an adapter there would never run
+    in_mha = {f"{n}.{c}" if n else c for n, m in modules.items() if isinstance(m, nn.MultiheadAttention)
+              for c, _ in m.named_children()}
     candidates = [n for n, m in modules.items() if n and adaptable(m) and not in_head(n)
-                  and "lora_" not in n and not n.endswith("base_layer")]
+                  and "lora_" not in n and not n.endswith("base_layer") and n not in in_mha]
     if not patterns:
         def attention(n):
             *path, last = n.split(".")
@@ -87,6 +90,12 @@ def lora_target_names(model, patterns, head=None):
             found = [n for n in candidates if pattern == "" or n.startswith(pattern + ".")]
         else:
             found = [n for n in candidates if fnmatch.fnmatchcase(n, pattern)]
+        if not found and any(n == pattern or fnmatch.fnmatchcase(n, pattern) for n in in_mha):
+            raise ValueError(
+                f"RunConfig.lora_modules: {pattern!r} is inside an nn.MultiheadAttention, whose forward reads its "
+                f"out_proj weight directly (F.multi_head_attention_forward): an adapter there would never run. "
+                f"Adapt the MLP layers instead, e.g. {[n for n in candidates if '.mlp.' in n][:2] or candidates[:2]}"
+            )
         if not found:
             raise ValueError(
                 f"RunConfig.lora_modules: {pattern!r} matches no nn.Linear / Conv / Embedding layer of the model "

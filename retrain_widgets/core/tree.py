@@ -325,6 +325,7 @@ def freeze(model: nn.Module, names: str | Iterable[str], train_bn: bool = False)
             _unlock_norm(norm, model.training)
     else:
         recipe_freezing.freeze(model, wanted)
+    recipe_freezing.follow_frozen(model)  # RunConfig.frozen_eval: the modes follow at once
     return wanted
 
 
@@ -337,6 +338,7 @@ def unfreeze(model: nn.Module, names: str | Iterable[str] | None = None) -> list
     """
     wanted = [""] if names is None else check_names(model, names)
     recipe_freezing.unfreeze(model, wanted)
+    recipe_freezing.follow_frozen(model)
     return wanted
 
 
@@ -447,8 +449,9 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
     (:func:`matcher_groups`). Otherwise the rule: the root and every container
     (``Sequential`` / ``ModuleList`` / ``ModuleDict``) are opened; another module is opened
     only when it holds a stack of repeated blocks (e.g. a BERT encoder's layers). Parameters
-    that an opened module holds itself (a ViT's ``cls_token`` / ``pos_embed``) join the first
-    group inside it, the input side, as timm puts them in its stem group. Normalisation layers
+    that an opened module holds itself (a ViT's ``cls_token`` / ``pos_embed``, torchvision's
+    ``encoder.pos_embedding``) join the input side: the first group inside the root, the group
+    before a module inside, as timm puts them in its stem group. Normalisation layers
     and parameter-free modules join the group before them; a layer whose parameters are all tied
     to earlier ones (GPT-2's ``lm_head``) is in no group, its weight being in the first. Examples: the bundled CNN gives one
     group per conv(+BN) and per Linear; a ResNet gives the stem, each residual block and ``fc``;

@@ -43,7 +43,7 @@ _FOCUS = {"loss": 1, "runs": 4}
 
 # the views' widgets, also reachable as studio.<name> (studio.lr, studio.start_button, ...)
 _VIEW_WIDGETS = {
-    "layers_tab": ("tree", "train_bn"),
+    "layers_tab": ("tree", "train_bn", "frozen_eval"),
     "loss_tab": ("loss_picker", "loss_params", "loss_check", "replace_head_button", "restore_head_button",
                  "head_label", "head_init"),
     "optimisation_tab": ("optimizer_picker", "lr", "weight_decay", "lr_decay", "strategy", "unfreeze_every",

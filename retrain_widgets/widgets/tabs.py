@@ -40,7 +40,7 @@ def _row(*children: W.Widget) -> W.HBox:
 
 
 class LayersTab(W.VBox):
-    """The layer tree (tick to freeze, toggle LoRA adapters) and fastai's ``train_bn``."""
+    """The layer tree (tick to freeze, toggle LoRA adapters), fastai's ``train_bn`` and ``frozen_eval``."""
 
     def __init__(self, studio: HeadlessStudio, binding: ConfigBinding) -> None:
         super().__init__()
@@ -50,7 +50,12 @@ class LayersTab(W.VBox):
         self.train_bn = css(binding.field(W.Checkbox(
             value=studio.config.train_bn, description="train BatchNorm in frozen layers", indent=False,
             tooltip="fastai's train_bn: frozen layers' BatchNorm keeps training"), "train_bn"), "rw-train-bn")
-        self.children = [self.tree, self.train_bn]
+        self.frozen_eval = css(binding.field(W.Checkbox(
+            value=studio.config.frozen_eval, description="frozen layers in inference mode", indent=False,
+            tooltip="frozen_eval: layers whose parameters are all frozen run in eval mode (no dropout, no "
+                    "stochastic depth), as in feature extraction; lets the feature cache serve such backbones"),
+            "frozen_eval"), "rw-frozen-eval")
+        self.children = [self.tree, self.train_bn, self.frozen_eval]
         studio.on(Topic.WORK, lambda p: self.show_work())
 
     def _lora_chosen(self, names: list[str]) -> None:
@@ -66,6 +71,7 @@ class LayersTab(W.VBox):
 
     def show_config(self, cfg: RunConfig) -> None:
         self.train_bn.value = cfg.train_bn
+        self.frozen_eval.value = cfg.frozen_eval
 
 
 #: How a new head starts (``RunConfig.head_init``), as the Loss tab offers it.

@@ -1,4 +1,4 @@
-"""Freezing, the BatchNorm lock and gradual unfreezing, in plain PyTorch.
+"""Freezing, the BatchNorm lock, frozen layers in inference mode and gradual unfreezing, in plain PyTorch.
 
 The engine calls these functions and the exported script contains their source; nothing here
 imports the package, so each function reads (and runs) on its own.
@@ -32,6 +32,54 @@ def lock_eval(norm):
     """Keep a norm layer in eval mode, even after ``model.train()``."""
     norm.train = LockedEval(norm)
     nn.Module.train(norm, False)
+
+
+class FrozenEval:
+    """Installed as a model's ``train`` method by :func:`eval_frozen` (``RunConfig.frozen_eval``):
+    after ``model.train()`` the layers whose parameters are all frozen run in inference mode
+    (dropout, stochastic depth, BatchNorm), as feature extraction runs a frozen backbone. An
+    object rather than a closure, so that a deep copy of the model holds its own."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, mode=True):
+        nn.Module.train(self.model, mode)
+        if mode:
+            frozen_to_eval(self.model)
+        return self.model
+
+
+def frozen_to_eval(module):
+    """Put in eval mode the children of ``module`` (recursively) whose parameters are all frozen.
+    A layer without parameters goes with the next layer of its parent that has some: a Dropout
+    just before the head trains with the head, one before a frozen block is in inference mode."""
+    follows = None  # whether the next child with parameters (scanning backwards) is frozen
+    for child in reversed(list(module.children())):
+        params = list(child.parameters())
+        if params:
+            follows = not any(p.requires_grad for p in params)
+            if follows:
+                child.train(False)
+            else:
+                frozen_to_eval(child)
+        elif follows:
+            child.train(False)
+
+
+def eval_frozen(model):
+    """From now on ``model.train()`` keeps the layers whose parameters are all frozen in inference
+    mode (see :class:`FrozenEval`); freezing and unfreezing move layers in and out of it at once."""
+    model.train = FrozenEval(model)
+    model.train(model.training)
+    return model
+
+
+def follow_frozen(model):
+    """After a freezing change: with :func:`eval_frozen`, the layers' modes follow it now (the
+    engine calls it at once; the exported script's next ``model.train()`` does the same)."""
+    if isinstance(vars(model).get("train"), FrozenEval) and model.training:
+        model.train(True)
 
 
 def covered(model, name):
@@ -130,14 +178,18 @@ def layer_leaves(model):
 def layer_groups(model):
     """The model's blocks, input side first, head last: lists of module names, every parameter
     in exactly one group. Norm layers and parameter-free modules join the group before them;
-    parameters an opened module holds itself (``cls_token``, ``pos_embed``) join the next group,
-    the input side; a layer whose parameters are all tied to earlier ones (GPT-2's ``lm_head``)
+    parameters the root holds itself (``cls_token``, ``pos_embed``) join the next group, and those
+    an opened module inside holds (torchvision's ``encoder.pos_embedding``) the group before it:
+    the input side, as timm's stem group; a layer whose parameters are all tied to earlier ones (GPT-2's ``lm_head``)
     is in no group, its weight being in an earlier one. For a CNN: one group per conv
     (+ BatchNorm) and per Linear."""
     groups, pending, seen = [], [], set()
     for name, module in layer_leaves(model):
-        if module is None:  # a held parameter: waits for the next layer
-            pending.append(name)
+        if module is None:  # a held parameter: joins the group before its holder, else waits for the next layer
+            if "." in name and groups:
+                groups[-1].append(name)
+            else:
+                pending.append(name)
             continue
         ids = {id(p) for p in module.parameters()}
         if ids and ids <= seen:

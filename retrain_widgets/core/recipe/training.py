@@ -141,6 +141,8 @@ class HeadSwap:
         if self.kept is not None:
             self._put(self.kept)
             self.kept = None
+            if "train" in vars(self.model) and self.model.training:  # modes set by what is frozen
+                self.model.train()  # (RunConfig.frozen_eval): decided again with the new head back
         return False
 
 
