@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .history import History
+from .names import Meta, Series
 from .run import Run
 from .store import RunRecord, RunStore, run_metrics
 from .store.faults import DamagedRun
@@ -24,7 +25,8 @@ __all__ = ["RunSummary", "summarize", "differing_fields", "table", "METRIC_COLUM
 #: The table's column of each stored run's weights size on disk, in MB.
 DISK_COLUMN = "disk MB"
 
-METRIC_COLUMNS = ("val_metric", "old_metric", "val_loss", "old_loss", "mean_alignment", "train_loss", "steps")
+METRIC_COLUMNS = (Series.VAL_METRIC, Series.OLD_METRIC, Series.VAL_LOSS, Series.OLD_LOSS, "mean_alignment",
+                  Series.TRAIN_LOSS, "steps")
 
 
 @dataclass(frozen=True)
@@ -114,15 +116,15 @@ def table(summaries: Sequence[RunSummary], sort_by: str | None = None,
         if disk:
             row[DISK_COLUMN] = s.disk_mb
         rows.append(row)
-    if sort_by is None and "val_metric" in metric_cols:
-        sort_by = "val_metric"
+    if sort_by is None and Series.VAL_METRIC in metric_cols:
+        sort_by = Series.VAL_METRIC
     if sort_by is not None:
         if sort_by not in columns:
             raise ValueError(f"cannot sort by {sort_by!r}: the columns are {columns}")
         if descending is None:
-            higher = next((s.metrics.get("higher_is_better") for s in summaries
-                           if s.metrics.get("higher_is_better") is not None), True)
-            descending = bool(higher) if sort_by in ("val_metric", "old_metric") else False
+            higher = next((s.metrics.get(Meta.HIGHER_IS_BETTER) for s in summaries
+                           if s.metrics.get(Meta.HIGHER_IS_BETTER) is not None), True)
+            descending = bool(higher) if sort_by in (Series.VAL_METRIC, Series.OLD_METRIC) else False
         present = [r for r in rows if r.get(sort_by) is not None]
         absent = [r for r in rows if r.get(sort_by) is None]
         rows = sorted(present, key=lambda r: _sort_key(r[sort_by], bool(descending))) + absent

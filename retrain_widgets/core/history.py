@@ -31,10 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from .names import Series
+
 __all__ = ["History", "HistorySnapshot", "SCALAR_SERIES", "LAYER_SERIES"]
 
-SCALAR_SERIES = ("train_loss", "lr", "val_loss", "val_metric", "old_loss", "old_metric", "old_batch_loss")
-LAYER_SERIES = ("grad_norm", "drift", "group_lr", "grad_alignment")
+SCALAR_SERIES = Series.SCALAR
+LAYER_SERIES = Series.LAYER
 
 
 def _pow2_at_most(n: int) -> int:
@@ -290,7 +292,7 @@ class HistorySnapshot:
 
     @property
     def last_step(self) -> int:
-        steps = self.scalars.get("train_loss", (_EMPTY, _EMPTY))[0]
+        steps = self.scalars.get(Series.TRAIN_LOSS, (_EMPTY, _EMPTY))[0]
         return int(steps[-1]) if len(steps) else -1
 
 

@@ -34,6 +34,9 @@ class Series:
     FREEZING: Final = "freezing"
 
     EPOCH: Final = (VAL_LOSS, VAL_METRIC, OLD_LOSS, OLD_METRIC)
+    #: the scalar and the per-layer series a run's history knows (others may be added by name)
+    SCALAR: Final = (TRAIN_LOSS, LR, VAL_LOSS, VAL_METRIC, OLD_LOSS, OLD_METRIC, OLD_BATCH_LOSS)
+    LAYER: Final = (GRAD_NORM, DRIFT, GROUP_LR, GRAD_ALIGNMENT)
 
 
 class Meta:

@@ -15,6 +15,7 @@ from . import losses as losses_mod
 from . import metrics as metrics_mod
 from .batches import logits_of, to_device
 from .errors import code_label, note_user_error
+from .names import Meta
 from .recipe import evaluation as recipe_eval
 from .recipe import training as recipe
 
@@ -132,10 +133,10 @@ class Validation:
             if self.old is None:
                 task = metrics_mod.infer_task(logits, targets)
                 self.old = (losses_mod.make(OLD_TASK_LOSS[task]), metrics_mod.for_task(task))
-                meta["old_metric"] = self.old[1].name
+                meta[Meta.OLD_METRIC] = self.old[1].name
             return self.old
         if self.metric is None:
             self.metric = metrics_mod.select(self.run.config.metric, self.run.task, logits, targets)
-            meta["metric"] = self.metric.name
-            meta["higher_is_better"] = self.metric.higher_is_better
+            meta[Meta.METRIC] = self.metric.name
+            meta[Meta.HIGHER_IS_BETTER] = self.metric.higher_is_better
         return self.run.loss_fn, self.metric

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..core.names import Meta, Series
 from .live import LiveFigure
 
 if TYPE_CHECKING:
@@ -43,9 +44,9 @@ class _Run:
         self.step = 0
         self.alignment_every = alignment_every
         if alignment_every:
-            history.meta["alignment"] = {"every": alignment_every, "budget": 0.015}
-        history.meta.update({"metric": "accuracy", "higher_is_better": True, "old_metric": "accuracy",
-                             "layers": list(self.names), "groups": ["body", "blocks", "head"], "loss": "ce"})
+            history.meta[Meta.ALIGNMENT] = {"every": alignment_every, "budget": 0.015}
+        history.meta.update({Meta.METRIC: "accuracy", Meta.HIGHER_IS_BETTER: True, Meta.OLD_METRIC: "accuracy",
+                             Meta.LAYERS: list(self.names), Meta.GROUPS: ["body", "blocks", "head"], Meta.LOSS: "ce"})
 
     def advance(self, n: int) -> None:
         rng, h = self.rng, self.h
@@ -60,19 +61,19 @@ class _Run:
             if steps[-1] >= half:
                 h.mark(half, "stage", "stage 1: unfroze blocks")
         lr = 1e-3 * 0.5 * (1 + math.cos(math.pi * min(1.0, float(t[-1]))))
-        h.append("train_loss", steps, loss)
-        h.append("lr", steps[-1:], [lr])
-        h.append_layers("group_lr", steps[-1:], ["body", "blocks", "head"], np.array([[lr / 6.76, lr / 2.6, lr]]))
-        h.append_layers("grad_norm", steps, self.names, grads)
+        h.append(Series.TRAIN_LOSS, steps, loss)
+        h.append(Series.LR, steps[-1:], [lr])
+        h.append_layers(Series.GROUP_LR, steps[-1:], ["body", "blocks", "head"], np.array([[lr / 6.76, lr / 2.6, lr]]))
+        h.append_layers(Series.GRAD_NORM, steps, self.names, grads)
         drift = 0.05 * math.sqrt(float(t[-1])) * self.scale ** -0.3 * rng.lognormal(0, 0.1, self.layers)
         if self.step < half:
             drift[: self.n_frozen] = 0.0
-        h.append_layers("drift", steps[-1:], self.names, drift[None, :])
+        h.append_layers(Series.DRIFT, steps[-1:], self.names, drift[None, :])
         for s in steps[steps % self.val_every == 0]:
             tt = s / self.planned
-            h.append("val_loss", [s], [2.3 * math.exp(-6 * tt) + 0.12])
-            h.append("val_metric", [s], [0.97 - 0.85 * math.exp(-5 * tt)])
-            h.append("old_metric", [s], [0.95 - 0.25 * (1 - math.exp(-4 * tt))])
+            h.append(Series.VAL_LOSS, [s], [2.3 * math.exp(-6 * tt) + 0.12])
+            h.append(Series.VAL_METRIC, [s], [0.97 - 0.85 * math.exp(-5 * tt)])
+            h.append(Series.OLD_METRIC, [s], [0.95 - 0.25 * (1 - math.exp(-4 * tt))])
         if self.alignment_every:
             self._alignment(steps[steps % self.alignment_every == 0], grads)
         if self.step // 20000 != (self.step + n) // 20000:
@@ -87,8 +88,8 @@ class _Run:
         depth = np.linspace(0, 1, self.layers)[None, :]
         cos = 0.3 - 0.7 * depth * (1 - np.exp(-4 * t)) + self.rng.normal(0, 0.12, (len(steps), self.layers))
         cos[np.isnan(grads[(steps - self.step - 1).astype(int)])] = np.nan
-        self.h.append_layers("grad_alignment", steps, self.names, np.clip(cos, -1, 1))
-        self.h.append("old_batch_loss", steps, 0.2 + 0.6 * (1 - np.exp(-3 * t[:, 0])) * self.rng.lognormal(0, 0.1, len(steps)))
+        self.h.append_layers(Series.GRAD_ALIGNMENT, steps, self.names, np.clip(cos, -1, 1))
+        self.h.append(Series.OLD_BATCH_LOSS, steps, 0.2 + 0.6 * (1 - np.exp(-3 * t[:, 0])) * self.rng.lognormal(0, 0.1, len(steps)))
 
 
 def synthetic_history(layers: int = 100, steps: int = 100_000, chunk: int = 500,

@@ -13,6 +13,7 @@ import ipywidgets as W
 
 from ..comparison import table_html
 from ..core.comparison import METRIC_COLUMNS, RunSummary, table
+from ..core.names import Series
 from ..headless import HeadlessStudio
 from ..plots.comparison import comparison_png
 from ..topics import Topic
@@ -35,7 +36,7 @@ class RunsPanel(W.VBox):
         self.add_class("rw-runs")
         self.refresh_button = W.Button(description="Refresh", layout=W.Layout(width="auto"))
         self.refresh_button.add_class("rw-runs-refresh")
-        self.sort_by = W.Dropdown(options=["val_metric"], description="sort by", layout=W.Layout(width="240px"))
+        self.sort_by = W.Dropdown(options=[Series.VAL_METRIC], description="sort by", layout=W.Layout(width="240px"))
         self.descending = W.ToggleButton(value=True, description="best first", layout=W.Layout(width="auto"))
         self.scope = scope_switch(studio)
         self.scope.observe(lambda _: self.refresh(), names="value")
@@ -123,14 +124,14 @@ class RunsPanel(W.VBox):
         columns, _ = table(self._summaries)
         sortable = [c for c in columns if c != "state"]
         current = self.sort_by.value if self.sort_by.value in sortable else (
-            "val_metric" if "val_metric" in sortable else sortable[0])
+            Series.VAL_METRIC if Series.VAL_METRIC in sortable else sortable[0])
         self._refreshing = True
         try:
             write(self.sort_by, options=tuple(sortable))
             write(self.sort_by, value=current)
         finally:
             self._refreshing = False
-        descending = self.descending.value if current in ("val_metric", "old_metric") else not self.descending.value
+        descending = self.descending.value if current in (Series.VAL_METRIC, Series.OLD_METRIC) else not self.descending.value
         if current not in METRIC_COLUMNS:
             descending = False
         columns, rows = table(self._summaries, current, descending)
