@@ -62,6 +62,7 @@ from .core.tree import (
     get_module,
     parameterised_layers,
 )
+from .loss_fixes import LossFix, next_fix
 from .plots import LiveFigure, lr_finder_png, lr_preview_png
 from .runbook import RunBook, WhatIfQueue
 
@@ -81,6 +82,7 @@ class LossVerdict:
     text: str
     fix: int | None = None
     mismatch: LossMismatchError | None = None
+    action: LossFix | None = None  # the fix to offer: it ends in a loss that fits (loss_fixes.next_fix)
 
 
 def loss_verdict(forward: Forward, model: nn.Module, batch: Callable[[], Any], cfg: RunConfig) -> LossVerdict:
@@ -95,7 +97,8 @@ def loss_verdict(forward: Forward, model: nn.Module, batch: Callable[[], Any], c
             logits = logits_of(outputs)
             losses.check_compatibility(logits, targets, cfg.loss, **kwargs)
     except LossMismatchError as exc:
-        return LossVerdict(False, str(exc), exc.head_out, exc)
+        action = next_fix(logits, targets, cfg.loss, kwargs, exc)
+        return LossVerdict(False, str(exc), action.head_out if action else None, exc, action)
     except Exception as exc:  # noqa: BLE001 - user model/forward code: shown, not raised
         return LossVerdict(False, f"could not run one batch: {type(exc).__name__}: {exc}")
     finally:
@@ -354,8 +357,8 @@ class HeadlessStudio:
         verdict = loss_verdict(self.forward, self.work, self.probe_batch, self._config)
         self.mismatch = verdict.mismatch
         self.emit("loss_check", verdict)
-        if verdict.ok and isinstance(self.shown_error, LossMismatchError):
-            self.emit("error", None)  # the refused Start's mismatch no longer holds
+        if isinstance(self.shown_error, LossMismatchError):
+            self.emit("error", None)  # the refused Start's mismatch: the check's own verdict replaces it
         return self.mismatch
 
     def replace_head(self) -> None:

@@ -18,6 +18,7 @@ from ..core.config import OPTIMIZERS, RunConfig
 from ..core.lora import lora_fields
 from ..core.recipe.training import HEAD_INITS
 from ..headless import STRATEGIES, HeadlessStudio, LossVerdict, Preview
+from ..loss_fixes import LossFix
 from .binding import ConfigBinding, css, message_html
 from .params import ParamEditor
 from .tree import LayerTreeView
@@ -84,7 +85,8 @@ class LossTab(W.VBox):
         self.loss_check = css(W.HTML(), "rw-loss-check")
         self.loss_choice = css(W.HTML(), "rw-loss-choice")  # what the studio chose at open, and why
         self.replace_head_button = button("Replace head", "rw-replace-head", "warning")
-        self.replace_head_button.on_click(lambda _: studio.replace_head())
+        self.fix: LossFix | None = None  # what the button does: the current check's fix (it ends in a fit)
+        self.replace_head_button.on_click(lambda _: binding.set(**self.fix.changes) if self.fix else None)
         self.restore_head_button = button("Restore original head", "rw-restore-head")
         self.restore_head_button.on_click(lambda _: binding.set(head_out=None))
         self.head_label = css(W.HTML(), "rw-head")
@@ -111,7 +113,7 @@ class LossTab(W.VBox):
         self.loss_params.children = [ParamEditor(spec.params if spec else {}, cfg.loss_kwargs,
                                                  lambda v: self.binding.set(loss_kwargs=v), css="rw-loss-param")]
         mismatch = self.studio.mismatch
-        show(self.replace_head_button, mismatch is not None and mismatch.head_out is not None)
+        show(self.replace_head_button, mismatch is not None and self.fix is not None)
         show(self.restore_head_button, cfg.head_out is not None)
         self.head_init.value = cfg.head_init
         show(self.head_init, cfg.head_out is not None)  # only a new head has a start to choose
@@ -125,10 +127,9 @@ class LossTab(W.VBox):
         colour = "#1a7f37" if verdict.ok else "#cf222e"
         write(self.loss_check,
               value=f"<span style='color:{colour}'>{mark} {html.escape(verdict.text, quote=False)}</span>")
-        fix = verdict.fix
-        text = f"Replace head with {fix} output{'s' if fix != 1 else ''}" if fix else "Replace head"
-        write(self.replace_head_button, description=text)
-        show(self.replace_head_button, bool(fix))
+        self.fix = verdict.action
+        write(self.replace_head_button, description=self.fix.label if self.fix else "Replace head")
+        show(self.replace_head_button, self.fix is not None)
 
     def show_head(self) -> None:
         head = self.studio.head_name()
