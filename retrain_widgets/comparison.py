@@ -19,9 +19,11 @@ from .core.store import RunStore
 __all__ = ["Comparison", "compare", "table_html"]
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, column: str = "") -> str:
     if value is None:
         return "–"
+    if column == "frozen" and value == []:
+        return "none"  # nothing frozen, said in words rather than as an empty list
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict):
@@ -37,7 +39,7 @@ def table_html(columns: Sequence[str], rows: Sequence[dict[str, Any]], highlight
     body = []
     for r in rows:
         style = " style='background:#f3f8ff'" if highlight is not None and r.get("id") == highlight else ""
-        cells = "".join(f"<td style='padding:2px 8px'>{_cell(r.get(c))}</td>" for c in columns)
+        cells = "".join(f"<td style='padding:2px 8px'>{_cell(r.get(c), c)}</td>" for c in columns)
         body.append(f"<tr{style}>{cells}</tr>")
     return (f"<table style='border-collapse:collapse;font-size:12px'><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>")

@@ -12,6 +12,7 @@ import html
 from typing import Any
 
 import ipywidgets as W
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..core import losses, schedules
 from ..core.config import OPTIMIZERS, RunConfig
@@ -28,6 +29,10 @@ __all__ = ["LayersTab", "LossTab", "OptimisationTab", "ScheduleTab", "button"]
 
 _STRATEGY_TIPS = ["the layers ticked in the tree stay frozen", "freeze everything but the head",
                   "train every layer", "unfreeze one layer group per stage, top-down"]
+
+
+def _has_batchnorm(model: Any) -> bool:
+    return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
 def button(description: str, css_class: str, style: str = "", tooltip: str = "", width: str = "auto") -> W.Button:
@@ -51,6 +56,7 @@ class LayersTab(W.VBox):
             value=studio.config.train_bn, description="train BatchNorm in frozen layers", indent=False,
             tooltip="fastai's train_bn: frozen layers' BatchNorm keeps training"), "train_bn"), "rw-train-bn")
         self.children = [self.tree, self.train_bn]
+        show(self.train_bn, _has_batchnorm(studio.work))  # offered only where there is BatchNorm to train
         studio.on("work", self.show_work)
 
     def _lora_chosen(self, names: list[str]) -> None:
@@ -63,6 +69,7 @@ class LayersTab(W.VBox):
         """The working copy's tree, with the config's LoRA choice marked on it."""
         self.tree.set_model(self.studio.work)
         self.tree.set_lora(self.studio.config.lora_modules, self.studio.config.lora_r)
+        show(self.train_bn, _has_batchnorm(self.studio.work))
 
     def show_config(self, cfg: RunConfig) -> None:
         self.train_bn.value = cfg.train_bn
@@ -165,7 +172,8 @@ class OptimisationTab(W.VBox):
                                             tooltips=_STRATEGY_TIPS), "rw-strategy")
         self.strategy.observe(lambda c: binding.call(studio.choose_strategy, c["new"]), names="value")
         self.unfreeze_every = field(W.BoundedIntText(value=cfg.unfreeze_every, min=1, max=1000,
-                                                     description="stage (epochs)", layout=W.Layout(width="200px")),
+                                                     description="stage (epochs)", layout=W.Layout(width="200px"),
+                                                     style={"description_width": "initial"}),
                                     "unfreeze_every", int)
         self._build_regularisers(cfg)
         self._build_lr_finder()

@@ -1,0 +1,54 @@
+"""Small text of the dashboard that a teacher reads aloud (issue 27, item 6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import BNNet
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from retrain_widgets import RetrainStudio, RunConfig, examples
+from retrain_widgets.comparison import table_html
+from retrain_widgets.widgets.tree import _percent
+
+pytestmark = pytest.mark.usefixtures("runs_in_tmp")
+
+
+def test_a_share_is_never_rounded_to_all_or_nothing():
+    assert _percent(28_000 - 65, 28_000) == "99.8 %"  # 65 trainable: not "100 %" frozen
+    assert _percent(3, 28_000) == "0.01 %" and _percent(0, 28_000) == "0 %" and _percent(28_000, 28_000) == "100 %"
+    assert _percent(1, 2) == "50 %"
+
+
+def test_head_only_on_the_digits_cnn_does_not_say_everything_is_frozen():
+    t = examples.task("is_seven")
+    s = RetrainStudio(examples.pretrained_digits_cnn(), t.train, t.val, t.old_val, config=t.config, store=False)
+    s.strategy.value = "head only"
+    text = s.layers_tab.tree.totals.value
+    assert "trainable" in text and "(100 %)" not in text and "(99." in text, text
+
+
+def test_train_bn_is_offered_only_on_a_model_with_batchnorm():
+    t = examples.task("is_seven")
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    s = RetrainStudio(plain, t.train, t.val, config=RunConfig(loss="bce", head_out=1), store=False)
+    assert s.layers_tab.train_bn.layout.display == "none"
+    x = torch.randn(32, 6)  # BNNet takes 6 features: a loader of its own
+    bn = RetrainStudio(BNNet(), DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=8), store=False)
+    assert bn.layers_tab.train_bn.layout.display != "none"
+
+
+def test_nothing_frozen_reads_none_in_the_runs_table_and_the_stage_field_is_not_cut():
+    html = table_html(["run", "frozen"], [{"run": "a", "frozen": []}, {"run": "b", "frozen": ["features"]}])
+    assert "[]" not in html and ">none<" in html and ">features<" in html
+    t = examples.task("is_seven")
+    s = RetrainStudio(examples.pretrained_digits_cnn(), t.train, t.val, config=t.config, store=False)
+    assert s.optimisation_tab.unfreeze_every.style.description_width == "initial"  # "stage (epochs)" whole
+
+
+def test_a_quick_grid_is_estimated_in_tenths_of_a_second():
+    from retrain_widgets.widgets.whatif import _duration
+
+    assert _duration(0.34) == "0.3 s" and _duration(0.01) == "0.1 s" and _duration(12) == "12 s"
+    assert "under" not in _duration(0.5)
