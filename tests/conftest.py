@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -7,6 +8,9 @@ import torch
 from torch import nn
 
 torch.set_num_threads(1)
+# the quickstart's first run is for watching (about 25 s); kernels the tests start (Jupyter servers of the
+# browser tests inherit it) run it for 2 epochs. ./dev test sets it for the notebooks (nbval) too.
+os.environ.setdefault("RETRAIN_WIDGETS_SHORT_RUNS", "1")
 
 
 class BNNet(nn.Module):
