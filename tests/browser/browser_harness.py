@@ -150,6 +150,10 @@ class JupyterServer:
         ensure_lab_overrides()
         state = self.state_dir = Path(tempfile.mkdtemp(prefix=f"rw-jupyter-{self.app}-state-"))
         write_kernelspecs(state / "data")
+        # widget state saved with the notebook, as ./dev lab sets it (there in the venv's overrides.json)
+        widgets = state / "config" / "lab" / "user-settings" / "@jupyter-widgets" / "jupyterlab-manager"
+        widgets.mkdir(parents=True, exist_ok=True)
+        (widgets / "plugin.jupyterlab-settings").write_text('{"saveState": true}\n')
         env = dict(os.environ)
         env.update(
             JUPYTER_CONFIG_DIR=str(state / "config"),  # no user config, settings or workspaces
