@@ -52,3 +52,9 @@ def test_a_quick_grid_is_estimated_in_tenths_of_a_second():
 
     assert _duration(0.34) == "0.3 s" and _duration(0.01) == "0.1 s" and _duration(12) == "12 s"
     assert "under" not in _duration(0.5)
+
+
+def test_the_runs_table_wraps_its_titles_and_scrolls_in_its_own_box():
+    html = table_html(["run", "mean_alignment", "disk MB"], [{"run": "#7 bce · head only · lr 0.00159 · cosine"}])
+    assert html.startswith("<div style='max-width:100%;overflow-x:auto'><table")  # never the page sideways
+    assert "mean_<wbr>alignment" in html and "min-width:12em" in html
