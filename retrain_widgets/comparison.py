@@ -39,18 +39,18 @@ def _head(column: str) -> str:
 
 
 def table_html(columns: Sequence[str], rows: Sequence[dict[str, Any]], highlight: str | None = None) -> str:
-    """An HTML table (for notebooks and the Runs tab). Compact, with the run names at least 12em wide
+    """An HTML table (for notebooks and the Runs tab). Compact, with the run names at least 11em wide
     (no name wraps over four lines), and in a box that scrolls sideways on its own when the table is
     still wider than the page: the page never does, and no column is cut."""
-    head = "".join(f"<th style='text-align:left;vertical-align:bottom;padding:2px 5px'>{_head(c)}</th>"
+    head = "".join(f"<th style='text-align:left;vertical-align:bottom;padding:2px 4px'>{_head(c)}</th>"
                    for c in columns)
     body = []
     for r in rows:
         style = " style='background:#f3f8ff'" if highlight is not None and r.get("id") == highlight else ""
-        cells = "".join(f"<td style='padding:2px 5px{';min-width:12em' if c == 'run' else ''}'>{_cell(r.get(c), c)}"
+        cells = "".join(f"<td style='padding:2px 4px{';min-width:11em' if c == 'run' else ''}'>{_cell(r.get(c), c)}"
                         f"</td>" for c in columns)
         body.append(f"<tr{style}>{cells}</tr>")
-    return (f"<div style='max-width:100%;overflow-x:auto'><table style='border-collapse:collapse;font-size:12px'>"
+    return (f"<div style='max-width:100%;overflow-x:auto'><table style='border-collapse:collapse;font-size:11.5px'>"
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
 
 

@@ -57,4 +57,27 @@ def test_a_quick_grid_is_estimated_in_tenths_of_a_second():
 def test_the_runs_table_wraps_its_titles_and_scrolls_in_its_own_box():
     html = table_html(["run", "mean_alignment", "disk MB"], [{"run": "#7 bce · head only · lr 0.00159 · cosine"}])
     assert html.startswith("<div style='max-width:100%;overflow-x:auto'><table")  # never the page sideways
-    assert "mean_<wbr>alignment" in html and "min-width:12em" in html
+    assert "mean_<wbr>alignment" in html and "min-width:11em" in html
+
+
+def test_the_overlay_labels_loss_decades_only_and_draws_gradients_as_points():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from retrain_widgets import History
+    from retrain_widgets.plots.comparison import comparison_figure
+
+    runs = []
+    for i, scale in enumerate((1.0, 0.02)):  # two runs a factor 50 apart: a log loss axis
+        h = History()
+        steps = np.arange(1, 93, dtype=float)
+        h.append("train_loss", steps, scale * (0.2 + np.exp(-steps / 20)))
+        h.append_layers("grad_norm", steps, ["classifier.0", "classifier.3"], np.full((92, 2), 0.1 * (i + 1)))
+        runs.append(SimpleNamespace(name=f"run {i}", metrics={}, history=h))
+    fig = comparison_figure(runs)
+    ax_loss, ax_grad = fig.axes[0], fig.axes[4]
+    assert ax_loss.get_yscale() == "log"
+    minor = [t.get_text() for t in ax_loss.yaxis.get_minorticklabels() if t.get_visible() and t.get_text()]
+    assert minor == []  # no "5 × 10⁻¹" crowding the decades
+    assert ax_grad.get_lines() and all(line.get_linestyle() == "None" for line in ax_grad.get_lines())
