@@ -81,3 +81,19 @@ def test_the_overlay_labels_loss_decades_only_and_draws_gradients_as_points():
     minor = [t.get_text() for t in ax_loss.yaxis.get_minorticklabels() if t.get_visible() and t.get_text()]
     assert minor == []  # no "5 × 10⁻¹" crowding the decades
     assert ax_grad.get_lines() and all(line.get_linestyle() == "None" for line in ax_grad.get_lines())
+
+
+def test_the_caches_refusal_sits_below_its_toggle_and_reads_as_information():
+    from ipywidgets import VBox
+
+    from retrain_widgets.widgets.tabs import _cache_text
+
+    assert _cache_text("cache: refused: the run has a custom forward") == (
+        "not cached (full passes every epoch): the run has a custom forward")
+    assert _cache_text("cache: built, 0.1 MB") == "cache: built, 0.1 MB"
+    t = examples.task("is_seven")
+    s = RetrainStudio(examples.pretrained_digits_cnn(), t.train, t.val, config=t.config, store=False)
+    tab = s.optimisation_tab
+    box = next(c for c in tab.children if tab.cache in getattr(c, "children", ()))
+    assert isinstance(box, VBox) and list(box.children) == [tab.cache, tab.cache_state]  # not squeezed in a row
+    assert tab.cache_state.style.text_color == "#57606a"

@@ -31,6 +31,12 @@ _STRATEGY_TIPS = ["the layers ticked in the tree stay frozen", "freeze everythin
                   "train every layer", "unfreeze one layer group per stage, top-down"]
 
 
+def _cache_text(text: str) -> str:
+    """The cache's state as the Optimisation tab says it: a refusal as what happens instead."""
+    prefix = "cache: refused: "
+    return f"not cached (full passes every epoch): {text[len(prefix):]}" if text.startswith(prefix) else text
+
+
 def _has_batchnorm(model: Any) -> bool:
     return any(isinstance(m, _BatchNorm) for m in model.modules())
 
@@ -182,12 +188,15 @@ class OptimisationTab(W.VBox):
             description="cache frozen features", style={"description_width": "initial"},
             tooltips=["when it is safe (the reason shows when not)", "also past dropout or augmentation (warns)",
                       "full passes every epoch"]), "cache_features"), "rw-cache")
-        self.cache_state = css(W.HTML(studio.cache_state()), "rw-cache-state")
+        # below the toggle, small and grey: a long reason never squeezes auto / on / off into a column,
+        # and a refusal reads as information (the run trains without the cache), not as an error
+        self.cache_state = css(W.HTML(_cache_text(studio.cache_state()),
+                                      style={"text_color": "#57606a", "font_size": "12px"}), "rw-cache-state")
         self.children = [
             W.HBox([self.optimizer_picker, self.weight_decay]), self.lr, self.lr_decay,
             _row(self.strategy, self.unfreeze_every),
             _row(self.distill, self.distill_alpha, self.distill_t),
-            self.l2sp, _row(self.cache, self.cache_state),
+            self.l2sp, W.VBox([self.cache, self.cache_state]),
             W.HBox([self.lr_find_button, self.use_lr_button]), self.lr_find_plot,
         ]
         studio.on("lr_find", self.show_lr_find)
@@ -240,7 +249,7 @@ class OptimisationTab(W.VBox):
 
     def show_cache_state(self, text: str) -> None:
         """The current run's feature cache (any thread)."""
-        write(self.cache_state, value=html.escape(text))
+        write(self.cache_state, value=html.escape(_cache_text(text)))
 
     def show_lr_find(self, result: Any, png: bytes) -> None:
         write(self.lr_find_plot, value=png)
