@@ -97,3 +97,14 @@ def test_the_caches_refusal_sits_below_its_toggle_and_reads_as_information():
     box = next(c for c in tab.children if tab.cache in getattr(c, "children", ()))
     assert isinstance(box, VBox) and list(box.children) == [tab.cache, tab.cache_state]  # not squeezed in a row
     assert tab.cache_state.style.text_color == "#57606a"
+
+
+def test_a_layer_that_cannot_be_frozen_says_why_on_its_row():
+    t = examples.task("is_seven")
+    s = RetrainStudio(examples.pretrained_digits_cnn(), t.train, t.val, config=t.config, store=False)
+    tree = s.layers_tab.tree
+    tree._expanded.add("classifier")  # noqa: SLF001 - its rows made visible, as a click would
+    tree._render()  # noqa: SLF001
+    row = tree._rows["classifier"]  # noqa: SLF001 - the trainable part of a features-frozen model
+    assert row.check.disabled and "not freezable: nothing would train" in row.label.value
+    assert "not freezable" not in tree._rows["features"].label.value  # noqa: SLF001

@@ -214,6 +214,8 @@ class LayerTreeView(W.VBox):
                          "partly frozen" if info.frozen_params else "")
                 colour = "#888" if frozen_here else "#222"
                 tag = f" <span style='color:#b36b00'>({state})</span>" if state else ""
+                if freezes_all:  # said on the row, not only in the greyed box's tooltip
+                    tag += " <i class='rw-tree-kept' style='color:#777'>· not freezable: nothing would train</i>"
                 row.lora.value = name in self.lora_names
                 row.label.value = (
                     f"<span style='color:{colour}'><b>{html.escape(info.label)}</b> <span style='color:#777'>"
