@@ -108,3 +108,21 @@ def test_a_layer_that_cannot_be_frozen_says_why_on_its_row():
     row = tree._rows["classifier"]  # noqa: SLF001 - the trainable part of a features-frozen model
     assert row.check.disabled and "not freezable: nothing would train" in row.label.value
     assert "not freezable" not in tree._rows["features"].label.value  # noqa: SLF001
+
+
+def test_the_final_figure_counts_steps_done_and_keeps_the_log_loss_axis():
+    from retrain_widgets import Retrainer
+    from retrain_widgets.plots.live import LiveFigure
+
+    t = examples.task("is_seven")
+    run = Retrainer(examples.pretrained_digits_cnn(), t.config.replace(epochs=1), t.train, t.val, t.old_val)
+    run.fit()
+    fig = LiveFigure()
+    fig.render(run.history.snapshot())
+    live_scale = fig.ax_loss.get_yscale()
+    fig.render_final(run.history.snapshot())
+    assert f"step {run.step} / {run.step}" in fig.status  # as the progress bar says at the end
+    assert live_scale == "log" and fig.ax_loss.get_yscale() == "log"
+    fresh = LiveFigure()  # a final frame without a live one before it: the same scale
+    fresh.render_final(run.history.snapshot())
+    assert fresh.ax_loss.get_yscale() == "log"
