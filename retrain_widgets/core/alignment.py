@@ -93,7 +93,7 @@ def old_task_mode(task: OldTask) -> Iterator[nn.Module]:
             yield net
     finally:
         for module, mode in modes:
-            module.__dict__["training"] = mode  # what ``module.training = mode`` does, without nn.Module's checks
+            module.training = mode
 
 
 @contextlib.contextmanager
