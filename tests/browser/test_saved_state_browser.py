@@ -1,7 +1,7 @@
 """A notebook with a dashboard, saved and reopened with a fresh kernel (issue 27, item 7), in JupyterLab 4
 and Notebook 7: the widget state is saved with it (as ``./dev lab`` sets it up), so the reopened notebook
-shows the dashboard's last state (its tabs, its status line) instead of "Error displaying widget: model
-not found", and the console has no error. Screenshots in test-artifacts/browser/."""
+shows the dashboard's last state (its tabs, its status line, the run's final figure alone) instead of
+"Error displaying widget: model not found", and the console has no error. Screenshots in test-artifacts/browser/."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import time
 
 import nbformat
 import pytest
+
+from .figures import figures_on_screen, wait_static_final
 
 pytestmark = pytest.mark.browser
 
@@ -40,6 +42,7 @@ def test_a_saved_dashboard_reopens_without_a_broken_widget(notebook_file, open_n
     nb.page.locator(".rw-studio").first.scroll_into_view_if_needed()
     nb.click_widget("rw-start")
     nb.wait_widget_text("rw-status", r"^finished after 92 steps", timeout=120)
+    wait_static_final(nb)  # the final figure replaced the live plot: what the saved notebook must show
     nb.page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})  # focus the notebook, not a widget
     deadline = time.monotonic() + 30
     while not _widget_state(jupyter_root / name) and time.monotonic() < deadline:
@@ -53,5 +56,6 @@ def test_a_saved_dashboard_reopens_without_a_broken_widget(notebook_file, open_n
     again.page.wait_for_timeout(2000)
     text = again.page.locator(".jp-Notebook").first.inner_text()
     assert "model not found" not in text and "finished after 92 steps" in text
+    assert figures_on_screen(again) == (0, 1)  # the run's final figure alone, the live plot hidden as it was
     again.screenshot("reopened")
     again.assert_no_console_errors()
