@@ -25,6 +25,7 @@ from .core.config import RunConfig
 from .core.engine import Retrainer
 from .core.losses import LossMismatchError
 from .core.tree import find_head_or_none, get_module
+from .loss_fixes import next_fix
 from .plots import lr_finder_png, lr_preview_png
 from .topics import ErrorShown, LossVerdict, LrFound, Payload, Preview, WorkChanged
 
@@ -43,7 +44,8 @@ def loss_verdict(forward: Forward, model: nn.Module, batch: Callable[[], Any], c
             logits = logits_of(outputs)
             losses.check_compatibility(logits, targets, cfg.loss, **kwargs)
     except LossMismatchError as exc:
-        return LossVerdict(False, str(exc), exc.head_out, exc)
+        action = next_fix(logits, targets, cfg.loss, kwargs, exc)
+        return LossVerdict(False, str(exc), action.head_out if action else None, exc, action)
     except Exception as exc:  # noqa: BLE001 - user model/forward code: shown, not raised
         return LossVerdict(False, f"could not run one batch: {type(exc).__name__}: {exc}")
     finally:
@@ -117,8 +119,8 @@ class StudioChecks:
         verdict = loss_verdict(self.forward, self.work, self.probe_batch, self._config)
         self.mismatch = verdict.mismatch
         self.emit(verdict)
-        if verdict.ok and isinstance(self.shown_error, LossMismatchError):
-            self.emit(ErrorShown(None))  # the refused Start's mismatch no longer holds
+        if isinstance(self.shown_error, LossMismatchError):
+            self.emit(ErrorShown(None))  # the refused Start's mismatch: the check's own verdict replaces it
         return self.mismatch
 
     def replace_head(self) -> None:

@@ -19,9 +19,11 @@ from .core.store import RunStore
 __all__ = ["Comparison", "compare", "table_html"]
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, column: str = "") -> str:
     if value is None:
         return "–"
+    if column == "frozen" and value == []:
+        return "none"  # nothing frozen, said in words rather than as an empty list
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict):
@@ -31,16 +33,25 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _head(column: str) -> str:
+    """A column title that may break after ``_`` ("mean_<wbr>alignment"): long titles wrap, not the table."""
+    return html.escape(column).replace("_", "_<wbr>")
+
+
 def table_html(columns: Sequence[str], rows: Sequence[dict[str, Any]], highlight: str | None = None) -> str:
-    """An HTML table (for notebooks and the Runs tab)."""
-    head = "".join(f"<th style='text-align:left;padding:2px 8px'>{html.escape(c)}</th>" for c in columns)
+    """An HTML table (for notebooks and the Runs tab). Compact, with the run names at least 11em wide
+    (no name wraps over four lines), and in a box that scrolls sideways on its own when the table is
+    still wider than the page: the page never does, and no column is cut."""
+    head = "".join(f"<th style='text-align:left;vertical-align:bottom;padding:2px 4px'>{_head(c)}</th>"
+                   for c in columns)
     body = []
     for r in rows:
         style = " style='background:#f3f8ff'" if highlight is not None and r.get("id") == highlight else ""
-        cells = "".join(f"<td style='padding:2px 8px'>{_cell(r.get(c))}</td>" for c in columns)
+        cells = "".join(f"<td style='padding:2px 4px{';min-width:11em' if c == 'run' else ''}'>{_cell(r.get(c), c)}"
+                        f"</td>" for c in columns)
         body.append(f"<tr{style}>{cells}</tr>")
-    return (f"<table style='border-collapse:collapse;font-size:12px'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>")
+    return (f"<div style='max-width:100%;overflow-x:auto'><table style='border-collapse:collapse;font-size:11.5px'>"
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
 class Comparison:

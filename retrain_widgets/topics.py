@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .core.config import RunConfig
     from .core.engine import Retrainer
     from .core.losses import LossMismatchError
+    from .loss_fixes import LossFix
 
 __all__ = ["CacheState", "ConfigChanged", "ErrorShown", "Focus", "LossVerdict", "LrFound", "Payload", "PlotDrawn",
            "Preview", "QueueDone", "QueueProgress", "ResetDone", "RunFailed", "RunMade", "StateShown", "StatusLine",
@@ -103,6 +104,7 @@ class LossVerdict(Payload):
     text: str
     fix: int | None = None
     mismatch: LossMismatchError | None = None
+    action: LossFix | None = None  # the fix to offer: it ends in a loss that fits (loss_fixes.next_fix)
 
     def args(self) -> tuple[Any, ...]:
         return (self,)

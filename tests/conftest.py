@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 
 import pytest
@@ -8,6 +9,9 @@ import torch
 from torch import nn
 
 torch.set_num_threads(1)
+# the quickstart's first run is for watching (about 25 s); kernels the tests start (Jupyter servers of the
+# browser tests inherit it) run it for 2 epochs. ./dev test sets it for the notebooks (nbval) too.
+os.environ.setdefault("RETRAIN_WIDGETS_SHORT_RUNS", "1")
 
 # tests/vision/ needs torchvision and timm beside the torch they were built for: ./dev test runs it in
 # .venv-vision (where its conftest imports both, so it fails there rather than skip when one is missing)

@@ -23,6 +23,7 @@ from retrain_widgets.core.alignment import (
     pulling_against,
 )
 from retrain_widgets.core.comparison import summarize, table
+from retrain_widgets.core.events import Event, EventInfo, State
 from retrain_widgets.core.store import RunStore
 from retrain_widgets.core.tree import parameterised_layers
 
@@ -181,7 +182,9 @@ def test_budget_and_cadence_limit_the_samples():
     steps = r.history.layer_series("grad_alignment")[0]
     assert list(steps) == list(range(0, r.step, 4))
     tight = run(RunConfig(loss="bce", head_out=1, epochs=2, alignment_every=1, alignment_budget=1e-6, device="cpu"))
-    assert tight.alignment.samples == 1  # the first sample's cost buys no second one within the run
+    # the first sample is outside the budget (as the prime pass is): it buys one more, then its cost
+    # buys no further one within the run
+    assert tight.alignment.samples == 2
 
 
 def test_a_broken_old_loader_stops_the_probe_not_the_run():
@@ -235,3 +238,128 @@ def test_engine_probe_on_the_bundled_cnn_with_its_task():
     assert np.isfinite(cos[:, names.index("features.0")]).all()
     summary = alignment_summary(r.history)
     assert -1 <= summary["mean_alignment"] <= 1 and summary["old_batch_loss"] > 0
+
+
+class _Clock:
+    """A fake ``time.perf_counter`` for the probe: training steps and samples advance it."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _clocked_probe(monkeypatch, budget: float, every: int, sample_cost: float):
+    """A probe whose samples cost ``sample_cost`` seconds of the fake clock (and record their steps)."""
+    from retrain_widgets.core import alignment as mod
+
+    clock = _Clock()
+    monkeypatch.setattr(mod.time, "perf_counter", clock)
+    monkeypatch.setattr(mod.time, "thread_time", clock)  # the samples' cost: the thread's CPU time
+    torch.manual_seed(0)
+    model = BNNet()
+    _, old_train, _ = loaders()
+    probe = AlignmentProbe(parameterised_layers(model), OldTask(model, lambda m, b: (m(b[0]), b[1]),
+                                                                lambda o, t: F.cross_entropy),
+                           old_train, History(), every=every, budget=budget)
+    taken: list[int] = []
+
+    def fake_sample(step: int) -> None:
+        taken.append(step)
+        clock.now += sample_cost
+
+    probe._sample = fake_sample  # noqa: SLF001 - the cost is the clock's
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    return probe, clock, taken
+
+
+def _step(probe, clock, step: int, seconds: float) -> None:
+    clock.now += seconds
+    probe.on_backward(EventInfo(Event.BACKWARD_END, step, 0))
+
+
+def test_the_budget_is_measured_over_the_run_so_a_short_run_gets_samples(monkeypatch):
+    # the quickstart's what-if run: 92 steps of ~3 ms on cached features, samples of ~0.3 ms, 0.5 %
+    probe, clock, taken = _clocked_probe(monkeypatch, budget=0.005, every=20, sample_cost=0.0003)
+    probe.on_state(EventInfo(Event.STATE_CHANGE, 0, 0, {"state": State.RUNNING}))
+    for step in range(92):
+        _step(probe, clock, step, 0.003)
+    assert len(taken) >= 3 and taken[0] == 0 and probe.first_seconds == pytest.approx(0.0003)
+    assert probe.seconds - probe.last_seconds - probe.first_seconds <= 0.005 * probe.training_seconds()  # one sample ahead at most
+    # a per-sample budget (the time since the last sample) would have allowed one: 0.3 ms needs 60 ms
+    assert all(b - a >= 20 for a, b in zip(taken, taken[1:]))
+
+
+def test_the_budget_holds_over_a_long_run_and_pauses_earn_nothing(monkeypatch):
+    probe, clock, taken = _clocked_probe(monkeypatch, budget=0.005, every=1, sample_cost=0.002)
+    probe.on_state(EventInfo(Event.STATE_CHANGE, 0, 0, {"state": State.RUNNING}))
+    for step in range(2000):
+        _step(probe, clock, step, 0.01)
+        assert probe.seconds - probe.last_seconds - probe.first_seconds <= 0.005 * probe.training_seconds()  # one sample ahead at most
+    n = len(taken)
+    assert 0.005 * 20.0 / 0.002 * 0.8 <= n <= 0.005 * 20.0 / 0.002 + 2  # ~50 in 20 s at 0.5 % (+ the first, + one ahead)
+    probe.on_state(EventInfo(Event.STATE_CHANGE, 2000, 0, {"state": State.PAUSED}))
+    clock.now += 600.0  # ten minutes paused
+    probe.on_state(EventInfo(Event.STATE_CHANGE, 2000, 0, {"state": State.RUNNING}))
+    for step in range(2000, 2010):
+        _step(probe, clock, step, 0.01)
+    assert len(taken) <= n + 1  # the pause bought no burst of samples
+
+
+def test_the_first_sample_waits_for_a_direction_on_the_layers_the_old_task_reaches():
+    torch.manual_seed(0)
+    model = BNNet()
+    _, old_train, _ = loaders()
+    h = History()
+    task = OldTask(model, lambda m, b: (m(b[0]), b[1]), lambda o, t: F.cross_entropy, "head", nn.Linear(16, 3))
+    probe = AlignmentProbe(parameterised_layers(model), task, old_train, h, every=5, budget=1.0)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    model.head.weight.grad = torch.ones_like(model.head.weight)  # only the new head moves: no direction
+    probe.on_backward(EventInfo(Event.BACKWARD_END, 0, 0))
+    assert probe.samples == 0
+    model.body[0].weight.grad = torch.ones_like(model.body[0].weight)
+    probe.on_backward(EventInfo(Event.BACKWARD_END, 1, 0))
+    probe.publish()
+    steps, names, cos = h.layer_series("grad_alignment")
+    assert list(steps) == [1] and np.isfinite(cos[0, names.index("body.0")])
+
+
+def test_with_the_feature_cache_the_probe_never_runs_the_frozen_part():
+    # the quickstart's run: features frozen and cached; the probe's old batches come from the cache too
+    task = examples.task("is_seven", seed=0)
+    model = examples.pretrained_digits_cnn()
+    cfg = task.config.replace(alignment_every=5, alignment_budget=1.0)
+    Retrainer(model, cfg, task.train, task.val, task.old_val).fit()  # builds the caches
+    calls = []
+    model.features.register_forward_hook(lambda m, a, out: calls.append(len(out)))  # deep copies keep it
+    r = Retrainer(model, cfg, task.train, task.val, task.old_val)
+    r.fit()
+    assert r.history.meta["feature_cache"]["state"] == "reused"
+    assert r.alignment.samples >= 15 and r.alignment.error is None
+    assert calls == []  # the probe's old-task batches were cached features, as the old_val evaluation's are
+    steps, names, cos = r.history.layer_series("grad_alignment")
+    assert steps[0] == 1 and np.isfinite(cos[:, names.index("classifier.0")]).all()
+
+
+def test_the_quickstarts_short_runs_get_three_samples_with_data_in_the_dashboard(tmp_path, monkeypatch):
+    # the issue: a 92-step run on cached features took one sample, at step 0, all NaN (the zero head
+    # passed no direction down yet): a blank panel. Now: the first sample where the direction exists,
+    # cached old batches, the budget over the run; still within 0.5 % (and one sample) of its time.
+    from retrain_widgets import RetrainStudio
+
+    monkeypatch.chdir(tmp_path)
+    task = examples.task("is_seven")
+    assert RunConfig().alignment_budget == 0.005 and task.config.alignment_budget == 0.005
+    studio = RetrainStudio(examples.pretrained_digits_cnn(), task.train, task.val, task.old_val, config=task.config)
+    studio.what_if({"seed": [0, 1]}, wait=True)
+    for run in studio.runs:
+        steps, names, cos = run.history.layer_series("grad_alignment")
+        with_data = np.isfinite(cos).any(axis=1)
+        assert run.step == 92 and steps[0] == 1 and with_data.all() and len(steps) >= 3, steps
+        probe = run.alignment
+        # within the budget over the run: every sample was taken while the time spent so far was
+        assert probe.seconds - probe.last_seconds - probe.first_seconds <= 0.005 * probe.training_seconds()
+        assert len(run.history.series("old_batch_loss")[0]) == len(steps)

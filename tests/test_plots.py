@@ -365,3 +365,37 @@ def test_incremental_pooling_matches_a_fresh_one():
         want = Pooler().pool(steps, values, 0.0, 40.0, 200)
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_alignment_cells_without_a_value_are_not_drawn_as_frozen_and_old_batch_losses_are_points():
+    # the issue: a sample with no value was drawn grey over every layer, the grey that means "frozen",
+    # and the old task's per-sample loss was a line through three points
+    h = small_history(steps=400, frozen_until=400)  # conv1, bn1: frozen (no gradient)
+    h.meta["alignment"] = {"every": 100, "budget": 0.005}
+    steps = np.array([150.0, 250.0, 350.0])
+    cos = np.tile(np.array([np.nan, np.nan, 0.5, -0.5, 0.2, np.nan]), (3, 1))  # fc: a new head, no value
+    h.append_layers("grad_alignment", steps, NAMES, cos)
+    h.append("old_batch_loss", steps, [0.5, 0.6, 0.7])
+    f = LiveFigure()
+    frame = np.asarray(Image.open(io.BytesIO(f.render(h.snapshot()))).convert("RGB")).astype(int)
+    ax = f.layers.ax_align
+    H = frame.shape[0]
+    grey = np.array(f.layers.bad[:3], int)
+
+    def block(step_a: float, step_b: float, row: int) -> np.ndarray:
+        (x0, y0), (x1, y1) = ax.transData.transform([(step_a, row - 0.3), (step_b, row + 0.3)])
+        return frame[int(H - y1) + 1:int(H - y0), int(x0) + 1:int(x1)].reshape(-1, 3)
+
+    for row in (0, 1):  # frozen: solid grey, before the first sample too
+        for a, b in ((20, 120), (200, 300)):
+            assert (np.abs(block(a, b, row) - grey).max(axis=1) <= 2).all()
+    for a, b in ((20, 120), (200, 300)):  # the new head: dots on white, never the frozen grey
+        px = block(a, b, 5)
+        assert (np.abs(px - 255).max(axis=1) <= 2).mean() > 0.5 and (px.std(axis=0) > 5).any()
+        assert (np.abs(px - grey).max(axis=1) <= 2).mean() < 0.2
+    px = block(20, 120, 2)  # a trainable layer before its first sample: dots too
+    assert (np.abs(px - 255).max(axis=1) <= 2).mean() > 0.5
+    blue = block(200, 300, 2)  # +0.5: blue
+    assert blue[:, 2].mean() > blue[:, 0].mean() + 30
+    line = f.old_batch_line
+    assert line.get_linestyle() == "None" and line.get_marker() == "o" and len(line.get_xdata()) == 3

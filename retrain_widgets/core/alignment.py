@@ -2,8 +2,9 @@
 
 After a step's backward pass every trainable parameter holds ``∇new``, the gradient the optimizer
 is about to follow (the new loss, with distillation and L2-SP when they are on). Every ``every``
-steps at most, and only while its cost stays within ``budget`` of the wall time (the rule the drift
-probe follows), the probe takes one batch of the old task, runs it through the model as the
+steps at most, and only while its time stays within ``budget`` of the run's training time so far
+(measured over the run, pauses left out, the first sample not counted: a short run still gets
+samples, a long one no more than its share), the probe takes one batch of the old task, runs it through the model as the
 old-task evaluation does (inference mode, the original head in place, the old task's own loss:
 cross-entropy, BCE or MSE as the evaluation infers it) and takes that loss's gradient ``∇old``
 with ``torch.autograd.grad`` (so no ``.grad`` is touched). For every parameterised layer it keeps
@@ -12,10 +13,14 @@ with ``torch.autograd.grad`` (so no ``.grad`` is touched). For every parameteris
 
 +1 when a step of the new loss also lowers the old task's loss, −1 when it raises it as fast as it
 can. A frozen layer (no trainable parameter), a layer the old task does not reach (a new head) or a
-zero gradient gets NaN: no value. The batch's old-task loss is kept too: forgetting at step
+zero gradient gets NaN: no value. The first sample waits for a direction: while no layer the old
+task reaches has a non-zero ``∇new`` (a new head that starts at zero passes no gradient down on its
+first step) no sample is taken. The batch's old-task loss is kept too: forgetting at step
 resolution, between the per-epoch ``old_val`` evaluations.
 
-Cost and side effects: per sample one forward and one backward of the old batch, then fused
+Cost and side effects: per sample one forward and one backward of the old batch (through the
+trainable part only when the run's feature cache holds the frozen part's outputs for ``old_val``:
+:attr:`OldTask.batches`), then fused
 ``torch._foreach_*`` kernels (the dot products by polarisation, ``4<a, b> = ‖a + b‖² − ‖a − b‖²``)
 into a small device tensor; the host reads the samples once per publish, like the other probes, so
 a CUDA queue never waits between publishes. The run is left exactly as it was: gradients
@@ -53,6 +58,8 @@ class Events(Protocol):
 
 __all__ = ["OldTask", "AlignmentProbe", "old_task_mode", "kept_rng", "alignment_summary", "pulling_against"]
 
+_TRAIN, _SETATTR = nn.Module.train, nn.Module.__setattr__
+
 SERIES = "grad_alignment"
 LOSS_SERIES = "old_batch_loss"
 
@@ -63,7 +70,9 @@ class OldTask:
 
     ``loss_of(logits, targets)`` returns the old task's loss function (the run's old-task
     evaluation decides it from the first batch); ``original_head`` goes in place of the layer
-    ``head_name`` while the old task is measured (``None``: the head was kept).
+    ``head_name`` while the old task is measured (``None``: the head was kept). ``batches(loader)``
+    gives one pass over an old-task loader (the run's feature cache, whose batches ``forward``
+    understands; ``None``: the loader itself).
     """
 
     model: nn.Module
@@ -72,6 +81,7 @@ class OldTask:
     head_name: str | None = None
     original_head: nn.Module | None = None
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = field(default=contextlib.nullcontext)
+    batches: Callable[[Iterable[Any]], Iterable[Any]] | None = None
 
 
 @contextlib.contextmanager
@@ -82,13 +92,24 @@ def old_task_mode(task: OldTask) -> Iterator[nn.Module]:
     keeps in inference mode inside a training model stays so) and the current head is back."""
     net = task.model
     modes = [(m, m.training) for m in net.modules()]
-    net.eval()
+    # plain modules (nn.Module's own train() and __setattr__, as almost all are): the flag is written
+    # directly, which is what both do for it (a sample's mode switches were a third of its time);
+    # any module with its own (a scripted module, a user's train()) goes through them
+    plain = all(type(m).train is _TRAIN and type(m).__setattr__ is _SETATTR for m, _ in modes)
+    if plain:
+        for module, _ in modes:
+            module.__dict__["training"] = False
+    else:
+        net.eval()
     try:
         with HeadSwap(net, task.head_name or "", task.original_head if task.head_name else None):
             yield net
     finally:
         for module, mode in modes:
-            module.training = mode
+            if plain:
+                module.__dict__["training"] = mode
+            else:
+                module.training = mode
 
 
 @dataclass
@@ -113,8 +134,12 @@ class AlignmentProbe:
     history
         Where samples go at each publish.
     every, budget
-        At most one sample every ``every`` steps, and only while the probe's time stays under
-        ``budget`` of the wall time since its last sample (``1.0``: no time limit).
+        At most one sample every ``every`` steps, and only while the probe's time so far (its first
+        sample left out, like the prime pass: the price of a panel at all) stays within ``budget``
+        of the training time since the run started, pauses left out (``1.0``: no time limit): over
+        a run it spends at most ``budget`` of the time and two samples more (the first, and one
+        ahead of its share), which a 92-step run on cached features notices (~1 ms) and a long one
+        does not.
     """
 
     def __init__(self, layers: Sequence[tuple[str, Sequence[nn.Parameter]]], task: OldTask, loader: Iterable[Any],
@@ -127,12 +152,16 @@ class AlignmentProbe:
         self.every, self.budget = max(1, int(every)), float(budget)
         self.device = device or (self.params[0].device if self.params else torch.device("cpu"))
         self._batches: Iterator[Any] | None = None
+        self._ahead: Any = None  # the first sample's batch, read by prime (outside the budget)
         self._pending: list[_Sample] = []
         self._last_step = -math.inf
-        self._at = -math.inf
-        self._cost = 0.0
+        self._t0: float | None = None  # when training began, moved on by each pause
+        self._paused_at: float | None = None
+        self._directed = False  # a layer the old task reaches had a non-zero ∇new
         self.samples = 0
         self.seconds = 0.0  # time spent sampling, for benchmarks
+        self.last_seconds = 0.0  # the last sample's
+        self.first_seconds = 0.0  # the first sample's: outside the budget, as the prime pass is
         self.error: str | None = None
         self._primed = False
 
@@ -147,26 +176,60 @@ class AlignmentProbe:
         return self
 
     def due(self, step: int) -> bool:
-        """``every`` steps since the last sample, and the budget allows one now (always at 1.0)."""
+        """``every`` steps since the last sample, and the budget allows one now (always at 1.0):
+        the time spent sampling so far, the first sample left out, within ``budget`` of the training
+        time so far (so the probe is never more than one sample ahead of its share, and time without
+        samples, at the start or between sparse ones, is credit for the next)."""
         if self.error is not None or step - self._last_step < self.every:
             return False
-        return self.budget >= 1.0 or (time.perf_counter() - self._at) * self.budget >= self._cost
+        return self.budget >= 1.0 or self.seconds - self.first_seconds <= self.budget * self.training_seconds()
+
+    def training_seconds(self) -> float:
+        """Wall time since training began (the first backward pass when no state change came),
+        pauses left out, up to the end of the run."""
+        now = time.perf_counter()
+        if self._t0 is None:
+            self._t0 = now
+        return (self._paused_at if self._paused_at is not None else now) - self._t0
 
     def on_backward(self, info: EventInfo) -> None:
-        if self.due(info.step):
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        if self.due(info.step) and (self._directed or self._has_direction()):
             self.sample(info.step)
+
+    def _has_direction(self) -> bool:
+        """Whether a layer the old task reaches has a non-zero ``∇new`` now (asked until one has:
+        one host read of the gradient norms a step, on those steps only)."""
+        head = self.task.head_name if self.task.original_head is not None else None
+        grads = [p.grad for p, i in zip(self.params, self._owner)
+                 if p.requires_grad and p.grad is not None
+                 and not (head and (self.layer_names[i] == head or self.layer_names[i].startswith(head + ".")))]
+        self._directed = bool(grads) and bool((torch.stack(torch._foreach_norm(grads)) > 0).any())
+        return self._directed
 
     def on_publish(self, info: EventInfo | None = None) -> None:
         self.publish()
 
     def on_state(self, info: EventInfo) -> None:
-        if info.data.get("state") == State.RUNNING and not self._primed:
-            self.prime()
+        state, now = info.data.get("state"), time.perf_counter()
+        if state == State.RUNNING:
+            if self._t0 is None:
+                self._t0 = now
+            if self._paused_at is not None:  # a pause costs the budget nothing and earns it nothing
+                self._t0 += now - self._paused_at
+                self._paused_at = None
+            if not self._primed:
+                self.prime()
+        elif (state == State.PAUSED or (state is not None and State(state).final)) and self._paused_at is None:
+            self._paused_at = now  # the clock stops while paused, and at the end
 
     def prime(self) -> None:
         """Before training: one old batch through the old head, without gradients, so a broken
         loader fails before the first step and the old loss is chosen (on CUDA: the host syncs
-        this needs happen here, not between publishes)."""
+        this needs happen here, not between publishes). With the feature cache this pass decides
+        (or builds) the old-task cache the first ``old_val`` evaluation would build: outside the
+        budget, as that evaluation is."""
         self._primed = True
         try:
             with kept_rng(self.device, self.loader), old_task_mode(self.task) as net, torch.no_grad():
@@ -177,21 +240,26 @@ class AlignmentProbe:
                 self.task.loss_of(logits, targets)(logits, targets)
         except Exception as exc:
             self._fail(0, exc)
-        self._batches = None  # the first sample starts the loader afresh
+        self._batches = None  # the first sample starts the loader afresh: its pass is opened here
+        with contextlib.suppress(Exception), kept_rng(self.device, self.loader):
+            self._ahead = self._next_batch()
 
     # ------------------------------------------------------------------ sampling (device only)
     def sample(self, step: int) -> None:
-        """Measure now (the parameters' ``.grad`` must hold the step's gradient)."""
-        t0 = time.perf_counter()
+        """Measure now (the parameters' ``.grad`` must hold the step's gradient). Its cost is the
+        training thread's CPU time (the time taken from training; a preemption by another process
+        on a busy machine is not the probe's)."""
+        t0 = time.thread_time()
         try:
             self._sample(step)
         except Exception as exc:
             self._fail(step, exc)
         finally:
             self._last_step = step
-            self._at = time.perf_counter()
-            self._cost = self._at - t0
-            self.seconds += self._cost
+            self.last_seconds = time.thread_time() - t0
+            if self.samples <= 1 and not self.first_seconds:
+                self.first_seconds = self.last_seconds
+            self.seconds += self.last_seconds
 
     def _fail(self, step: int, exc: Exception) -> None:
         self.error = f"{type(exc).__name__}: {exc}"
@@ -210,15 +278,16 @@ class AlignmentProbe:
         loss, old = self._old_gradients(params)
         new = [p.grad for p in params]
         both = [k for k, g in enumerate(old) if g is not None]
-        parts = [loss.detach().float().reshape(1), torch.stack(torch._foreach_norm(new)).float()]
+        tensors = list(new)
         if both:
             a, b = [new[k] for k in both], [old[k] for k in both]
             s = torch._foreach_add(a, b)
-            n_sum = torch.stack(torch._foreach_norm(s)).float()
-            torch._foreach_sub_(s, a, alpha=2)  # b - a
-            n_diff = torch.stack(torch._foreach_norm(s)).float()
-            parts += [torch.stack(torch._foreach_norm(b)).float(), n_sum, n_diff]
-        self._pending.append(_Sample(step, torch.cat(parts), np.asarray(active), np.asarray(both, np.int64)))
+            d = torch._foreach_sub(b, a)
+            tensors += [*b, *s, *d]
+        # one fused norm call and one stack for the whole row (few kernel launches, few dispatches)
+        norms = torch.stack(torch._foreach_norm(tensors)).float()
+        row = torch.cat([loss.detach().float().reshape(1), norms])
+        self._pending.append(_Sample(step, row, np.asarray(active), np.asarray(both, np.int64)))
         self.samples += 1
 
     def _old_gradients(self, params: list[nn.Parameter]) -> tuple[torch.Tensor, Sequence[torch.Tensor | None]]:
@@ -237,9 +306,12 @@ class AlignmentProbe:
 
     def _next_batch(self) -> Any:
         """The next old-task batch; a new pass over the loader when one ends."""
+        if self._ahead is not None:
+            batch, self._ahead = self._ahead, None
+            return batch
         for _ in range(2):
             if self._batches is None:
-                self._batches = iter(self.loader)
+                self._batches = iter(self.task.batches(self.loader) if self.task.batches else self.loader)
             try:
                 return next(self._batches)
             except StopIteration:

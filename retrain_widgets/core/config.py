@@ -110,7 +110,7 @@ class RunConfig:
         base weights stay frozen; the head trains in full. Not with ``gradual``.
     alignment_every, alignment_budget
         The alignment probe (:mod:`~retrain_widgets.core.alignment`): every ``alignment_every``
-        steps at most, and within ``alignment_budget`` of the wall time, the cosine between each
+        steps at most, and within ``alignment_budget`` of the run's training time (over the run), the cosine between each
         trainable layer's gradient of the new loss and of the old task's loss (one old-task batch)
         and that batch's old-task loss (``alignment_budget=1.0``: no time limit; the default 0.5 %
         is the drift probe's). Needs an old-task loader; ``alignment_every=None`` turns it off.

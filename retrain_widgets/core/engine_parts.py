@@ -48,8 +48,9 @@ def alignment_probe(run: Retrainer, loader: Iterable[Any]) -> AlignmentProbe:
     """The alignment probe on ``run``'s telemetry: the old task measured as the run's old-task
     evaluation measures it (:meth:`~retrain_widgets.core.validation.Validation.fns`), through the
     original head, on batches of ``loader``."""
+    cached = (lambda ld: run.feature_cache.batches(ld, "old_val")) if loader is run.old_val_loader else None
     task = OldTask(run.model, run.forward, lambda o, t: run.validation.fns(o, t, old=True)[0], run.head_name,
-                   run.original_head, lambda: recipe.autocast(run.amp_dtype))
+                   run.original_head, lambda: recipe.autocast(run.amp_dtype), cached)
     cfg = run.config
     probe = AlignmentProbe(parameterised_layers(run.model), task, loader,
                            run.history, every=cfg.alignment_every or 1, budget=cfg.alignment_budget, device=run.device)

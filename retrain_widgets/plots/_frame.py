@@ -122,8 +122,10 @@ def loss_limits(d: dict[str, Any], prev: Layout | None, waiting: bool, final: bo
     raw_lo, raw_hi = finite_range(ys, *others)
     sig_lo, sig_hi = finite_range(sm_y, *others)
     # a positive loss is shown on a log scale from the start: a falling loss then stays inside
-    # the axes for decades, and the frame stays a cheap blit (a scale change is a full redraw)
-    loss_log = bool(sig_lo > 0 and (not final or sig_hi / sig_lo > 10 ** 1.5 or (prev is not None and prev.loss_log)))
+    # the axes for decades, and the frame stays a cheap blit (a scale change is a full redraw); the
+    # final frame keeps that scale (a log axis while training and a linear one at the end read as
+    # two different curves)
+    loss_log = bool(sig_lo > 0)
     if waiting or not math.isfinite(raw_lo):
         return False, (0.0, 1.0)
     if loss_log:
@@ -243,7 +245,10 @@ def status_parts(d: dict[str, Any], layout: Layout) -> list[str]:
     if layout.waiting:
         return ["step 0" + (f" / {d['total']:,}" if d["total"] else "")]
     last = int(d["last"])
-    parts = [f"step {last:,}" + (f" / {d['total']:,}" if d["total"] else "")]
+    # steps done (the engine records step i after its i-th optimizer step, from 0): "92 / 92" at the
+    # end, as the progress bar says, not "91 / 92"
+    done = last + 1 if layout.final and d["total"] and last + 1 == d["total"] else last
+    parts = [f"step {done:,}" + (f" / {d['total']:,}" if d["total"] else "")]
     sm = d["smooth"][1]
     if len(sm) and math.isfinite(sm[-1]):
         parts.append(f"loss {fmt_value(float(sm[-1]))}")

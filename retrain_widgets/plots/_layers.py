@@ -3,7 +3,9 @@ bottom), in columns [names | gradient-norm heatmap | alignment heatmap | recent 
 
 The heatmaps hold RGBA cells looked up in 256-entry colour tables (log gradient norm: viridis;
 alignment with the old task: ``RdBu`` from −1, red, pulling against it, to +1, blue, helping it),
-frozen rows and missing values grey; their cells are copied into the frame's pixels with numpy
+frozen rows grey; in the alignment heatmap a cell with no value on a trainable layer (a new head the
+old task does not reach, the steps before the first sample) lets the panel's dotted background show,
+so "no data" never reads as "frozen"; their cells are copied into the frame's pixels with numpy
 (what ``interpolation="nearest"`` draws). Bars are quads in axes fractions (one collection draw).
 """
 
@@ -19,6 +21,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import LogNorm, Normalize, to_rgba_array
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 from matplotlib.transforms import Bbox
 
@@ -33,6 +36,7 @@ from ._util import (
     C_GRID,
     C_HINT,
     C_MUTED,
+    C_NO_DATA,
     C_TEXT,
     HEAT_CMAP,
     decade_ticks,
@@ -107,6 +111,9 @@ class LayerView:
             ax.xaxis.set_major_locator(MaxNLocator(4, integer=True, steps=[1, 2, 2.5, 5, 10]))
             ax.tick_params(axis="y", length=0, pad=3)
             ax.set_facecolor("#fafafa")
+        # no value yet / none on this layer: dots, where frozen is solid grey (see align_colours)
+        self.ax_align.add_patch(Rectangle((0, 0), 1, 1, transform=self.ax_align.transAxes, facecolor="#ffffff",
+                                          edgecolor=C_NO_DATA, hatch="..", linewidth=0, zorder=0))
         self.ax_heat.set_xlabel("step", fontsize=9, color=C_TEXT, labelpad=2)
         self.ax_align.tick_params(axis="x", labelbottom=False)
         self.ax_align.tick_params(axis="y", left=False, labelleft=False)
@@ -133,6 +140,10 @@ class LayerView:
     def _build_bars(self) -> None:
         gb, db = self.ax_gbar.transAxes, self.ax_drift.transAxes
         band_kw: dict[str, Any] = dict(facecolor="#f1f1f1", edgecolor="#c4c4c4", hatch="////", linewidth=0)
+        # frozen rows of the alignment panel: grey over its whole width, above its "no data" dots
+        self.frozen_align = PolyCollection([], transform=self.ax_align.transAxes, facecolor=C_FROZEN, linewidth=0,
+                                           zorder=0.5)
+        self.ax_align.add_collection(self.frozen_align, autolim=False)
         self.frozen_gbar = PolyCollection([], transform=gb, **band_kw)
         self.frozen_drift = PolyCollection([], transform=db, **band_kw)
         self.ax_gbar.add_collection(self.frozen_gbar, autolim=False)
@@ -178,7 +189,9 @@ class LayerView:
         t["grad"].set_text("Gradient norm (log colour)" if alignment else "Gradient norm per layer (log colour)")
         t["align"].set_position((R.align[0], ry))
         t["align"].set_visible(alignment)
+        t["rows"].set_text("▲ output  ▼ input\n❄ grey: frozen" + ("\ndots: no value" if alignment else ""))
         t["gbar"].set_position((R.gbar[0] + R.gbar[2] / 2, ry))
+        t["gbar"].set_text("grad" if alignment else "recent grad")  # beside "Old-task alignment": no run-on
         t["drift"].set_position((R.drift[0] + R.drift[2] / 2, ry))
         t["rows"].set_position((R.label_x0 * px, (R.bottom_px - 20) * py))
         t["drift_unit"].set_position((R.drift[0] + R.drift[2] / 2, 5 * py))
@@ -286,6 +299,7 @@ class LayerView:
         self._set_row_labels(lay)
         band = [quad(0, 1, (i + 0.5) / max(L, 1), 1 / max(L, 1)) for i, f in enumerate(lay.frozen) if f]
         self.frozen_gbar.set_verts(band)
+        self.frozen_align.set_verts(band)
         self.frozen_drift.set_verts(band)
         self.ax_gbar.set_xlim(*lay.norm)
         self.ax_drift.set_xlim(*lay.drift_lim)
@@ -353,7 +367,8 @@ class LayerView:
         self.hint_names = lay.layers
         L = len(lay.layers)
         for image, cells, colours in ((self.heatmap, d["heat"], lambda v: self.log_colours(v, *lay.norm)),
-                                      (self.align_map, d["align"] if lay.alignment else None, self.align_colours)):
+                                      (self.align_map, d["align"] if lay.alignment else None,
+                                       lambda v: self.align_colours(v, lay.frozen))):
             if cells is not None:
                 image.set_data(colours(cells[0]))
                 image.set_extent(cells[1])
@@ -370,9 +385,14 @@ class LayerView:
             t = (np.log10(values) - math.log10(lo)) * (255.0 / (math.log10(hi) - math.log10(lo)))
         return self._lookup(self.lut, values, t)
 
-    def align_colours(self, values: np.ndarray) -> np.ndarray:
-        """RGBA (uint8) of alignments on ``RdBu`` from −1 to +1; NaN (frozen, no value) -> grey."""
-        return self._lookup(self.align_lut, values, (values + 1.0) * 127.5)
+    def align_colours(self, values: np.ndarray, frozen: Sequence[bool] = ()) -> np.ndarray:
+        """RGBA (uint8) of alignments (layers x columns) on ``RdBu`` from −1 to +1; NaN on a
+        ``frozen`` row -> grey, NaN elsewhere (no value) -> transparent: the dotted background."""
+        out = self._lookup(self.align_lut, values, (values + 1.0) * 127.5)
+        rows = np.zeros(values.shape[0], bool)
+        rows[:len(frozen)] = np.asarray(frozen, bool)[:values.shape[0]]
+        out[~np.isfinite(values) & ~rows[:, None]] = 0
+        return out
 
     def _lookup(self, lut: np.ndarray, values: np.ndarray, t: np.ndarray) -> np.ndarray:
         bad = ~np.isfinite(values)

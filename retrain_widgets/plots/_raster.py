@@ -134,7 +134,7 @@ def pooled_image(pooler: Pooler, steps: np.ndarray, values: np.ndarray, x0: floa
 def blit_cells(pixels: np.ndarray, im: Any, ax: Any) -> None:
     """Copy an image's cells into its pixels, nearest neighbour: what the AxesImage with
     ``interpolation="nearest"`` draws, without matplotlib's general resampler (~5x faster).
-    The cells are opaque RGBA, so they simply replace the background's pixels."""
+    Opaque cells replace the background's pixels; fully transparent ones (alpha 0) leave them."""
     if not im.get_visible():
         return
     cells = np.asarray(im.get_array())
@@ -155,7 +155,12 @@ def blit_cells(pixels: np.ndarray, im: Any, ax: Any) -> None:
     np.clip(ci, 0, cols - 1, out=ci)
     np.clip(ri, 0, rows - 1, out=ri)
     # display rows count from the bottom, buffer rows from the top
-    pixels[H - r1:H - r0, c0:c1] = cells[ri[::-1, None], ci[None, :]]
+    block = cells[ri[::-1, None], ci[None, :]]
+    if block.shape[-1] == 4 and not block[..., 3].all():
+        target = pixels[H - r1:H - r0, c0:c1]
+        np.copyto(target, block, where=block[..., 3:4] > 0)
+        return
+    pixels[H - r1:H - r0, c0:c1] = block
 
 
 def quad(a: float, b: float, y: float, h: float = 1.0) -> np.ndarray:

@@ -21,6 +21,7 @@ C_OLD = "#8e44ad"
 C_LR = "#2ca02c"
 C_DRIFT = "#8c564b"
 C_FROZEN = "#d2d2d2"
+C_NO_DATA = "#b8b8b8"  # the dots of the alignment panel's cells with no value (not frozen)
 C_FROZEN_TEXT = "#9a9a9a"
 C_STAGE = "#3c3c3c"
 C_CHANGE = "#8a8a8a"

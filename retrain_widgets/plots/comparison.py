@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogLocator, NullFormatter, NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from ..core.smoothing import ema
 from ._util import encode_png, short_name
@@ -95,6 +95,13 @@ def _scale_and_label(panels: tuple[Any, ...], metric: str, old_metric: str, laye
                  and v > 0]
         if lo_hi and max(lo_hi) / min(lo_hi) > 30:
             ax.set_yscale("log")
+            # a few plain labels (1-2-5 within two decades, decades beyond): minor labels ("5 × 10⁻¹",
+            # "4 × 10⁻¹" ...) overlapped and ran out of the panel
+            subs = (1.0, 2.0, 5.0) if max(lo_hi) / min(lo_hi) < 100 else (1.0,)
+            ax.yaxis.set_major_locator(LogLocator(subs=subs, numticks=12))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_locator(NullLocator())
+            ax.yaxis.set_minor_formatter(NullFormatter())
     for ax in (ax_metric, ax_old):
         ax.set_xlabel("step", fontsize=8)
         if "accuracy" in (metric, old_metric):
@@ -148,8 +155,9 @@ def comparison_figure(summaries: Sequence[Any], width_px: int = 1000, height_px:
             if len(st):
                 ax.plot(st, v, color=colour, marker="o", markersize=3.5, linewidth=1.4)
         if grads[i]:
+            # points, not a line: a line from layer to layer read as a trend across layers
             ax_grad.plot([grads[i].get(n, np.nan) for n in layer_names], np.arange(len(layer_names)),
-                         color=colour, marker="o", markersize=3, linewidth=1.2)
+                         color=colour, marker="o", markersize=4, linestyle="none")
     _scale_and_label(panels, metric, old_metric, layer_names)
     if handles:
         _legend(fig, handles, panels)

@@ -293,7 +293,8 @@ class LiveFigure:
         self.loss_line, = self.ax_loss.plot([], [], color=C_TRAIN, lw=0.7, alpha=0.28, **anim)
         self.loss_smooth_line, = self.ax_loss.plot([], [], color=C_TRAIN, lw=2.0, **anim)
         self.val_loss_line, = self.ax_loss.plot([], [], color=C_VAL, lw=1.6, marker="o", ms=4.5, **anim)
-        self.old_batch_line, = self.ax_loss.plot([], [], color=C_OLD, lw=1.0, alpha=0.8, **anim)
+        # one point per alignment sample: a line through a few sparse samples would read as a trend
+        self.old_batch_line, = self.ax_loss.plot([], [], color=C_OLD, ls="none", marker="o", ms=3.2, alpha=0.8, **anim)
         self.old_loss_line, = self.ax_loss.plot([], [], **old)
         self.val_metric_line, = self.ax_metric.plot([], [], color=C_VAL, lw=1.6, marker="o", ms=4.5, **anim)
         self.old_metric_line, = self.ax_metric.plot([], [], **old)
@@ -464,6 +465,9 @@ class LiveFigure:
             h_loss = [(raw_proxy, "train"), (self.loss_smooth_line, "smoothed")]
             if "val_loss" in lay.present:
                 h_loss.append((self.val_loss_line, "val"))
+            if "old_loss" in lay.present and old_handle is self.old_batch_line:  # per epoch (dashed), per sample (dots)
+                old_handle = (Line2D([], [], color=C_OLD, lw=1.4, ls="--", marker="s", ms=4), Line2D(
+                    [], [], color=C_OLD, ls="none", marker="o", ms=3.2, alpha=0.8))
             h_loss.append((old_handle, "old task"))
         self._legend(self.ax_loss, h_loss)
         h_met = []

@@ -15,12 +15,12 @@ from torch import nn
 from ..core.engine import Retrainer
 from ..core.events import State
 from ..headless import HeadlessStudio
-from ..topics import Topic
+from ..topics import LossVerdict, Topic
 from .binding import css, message_html
 from .tabs import button
 from .writes import write
 
-__all__ = ["ControlsView", "error_html", "last_metrics"]
+__all__ = ["ControlsView", "error_html", "last_metrics", "check_status"]
 
 # what follows the state's name in the status line (the name is said once)
 _STATE_TEXT = {
@@ -40,6 +40,13 @@ def error_html(exc: BaseException) -> str:
         f"<b>{html.escape(type(exc).__name__)}</b>: {html.escape(str(exc), quote=False)}"
         f"<details><summary>traceback</summary><pre style='font-size:11px'>{html.escape(tb)}</pre></details></div>"
     )
+
+
+def check_status(verdict: LossVerdict) -> str:
+    """The status line while the loss check fails: what is wrong, and the fix the Loss tab offers."""
+    what = verdict.text.rsplit(" (outputs ", 1)[0].split(": ")[0].rstrip(".")
+    fix = f"the Loss tab offers \"{verdict.action.label}\"" if verdict.action else "change the loss (Loss tab)"
+    return f"not ready: the loss does not fit: {what}. Start waits for a loss that fits: {fix}."
 
 
 def last_metrics(run: Retrainer) -> str:
@@ -83,6 +90,8 @@ class ControlsView(W.VBox):
         studio.on(Topic.STATE, lambda p: self.show_state(p.run))
         studio.on(Topic.PLOT, lambda p: self.show_frame(p.png))
         studio.on(Topic.RESET, lambda p: self.reset())
+        studio.on(Topic.LOSS_CHECK, self.show_check)
+        self.check: LossVerdict | None = None  # the current loss check: Start waits for it to pass
 
     # ------------------------------------------------------------------ the RunView interface
     def frozen_layers(self, model: nn.Module) -> list[str]:
@@ -98,10 +107,15 @@ class ControlsView(W.VBox):
     def show_state(self, run: Retrainer | None) -> None:
         state = run.state if run is not None else State.IDLE
         active = state.active
-        write(self.start_button, disabled=active)
+        blocked = self.check is not None and not self.check.ok
+        write(self.start_button, disabled=active or blocked,
+              tooltip="the loss does not fit: see the status line" if blocked else "train a copy of the pretrained model")
         write(self.pause_button, disabled=not active, description="Resume" if state == State.PAUSED else "Pause")
         write(self.stop_button, disabled=not active)
         write(self.reset_button, disabled=active)
+        if blocked and not active:
+            self.show_status(check_status(self.check), error=True)
+            return
         if run is None:
             self.show_status("ready: pick what to freeze, a loss and a schedule, then Start.")
             return
@@ -120,6 +134,13 @@ class ControlsView(W.VBox):
     # ------------------------------------------------------------------ topics
     def show_status(self, text: str, error: bool = False) -> None:
         write(self.status, value=message_html(text, error))
+
+    def show_check(self, verdict: LossVerdict) -> None:
+        """A new loss check: Start and the status line follow it (not while a run is going)."""
+        was, self.check = self.check, verdict
+        run = self.studio.run
+        if not (run is not None and run.state.active) and (not verdict.ok or (was is not None and not was.ok)):
+            self.show_state(run)
 
     def show_error(self, exc: BaseException | None) -> None:
         write(self.error, value="" if exc is None else error_html(exc))

@@ -12,12 +12,14 @@ import html
 from typing import Any
 
 import ipywidgets as W
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..core import losses, schedules
 from ..core.config import OPTIMIZERS, RunConfig
 from ..core.lora import lora_fields
 from ..core.recipe.training import HEAD_INITS
 from ..headless import STRATEGIES, HeadlessStudio
+from ..loss_fixes import LossFix
 from ..topics import LossVerdict, Preview, Topic
 from .binding import ConfigBinding, css, message_html
 from .params import ParamEditor
@@ -28,6 +30,16 @@ __all__ = ["LayersTab", "LossTab", "OptimisationTab", "ScheduleTab", "button"]
 
 _STRATEGY_TIPS = ["the layers ticked in the tree stay frozen", "freeze everything but the head",
                   "train every layer", "unfreeze one layer group per stage, top-down"]
+
+
+def _cache_text(text: str) -> str:
+    """The cache's state as the Optimisation tab says it: a refusal as what happens instead."""
+    prefix = "cache: refused: "
+    return f"not cached (full passes every epoch): {text[len(prefix):]}" if text.startswith(prefix) else text
+
+
+def _has_batchnorm(model: Any) -> bool:
+    return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
 def button(description: str, css_class: str, style: str = "", tooltip: str = "", width: str = "auto") -> W.Button:
@@ -56,6 +68,7 @@ class LayersTab(W.VBox):
                     "stochastic depth), as in feature extraction; lets the feature cache serve such backbones"),
             "frozen_eval"), "rw-frozen-eval")
         self.children = [self.tree, self.train_bn, self.frozen_eval]
+        show(self.train_bn, _has_batchnorm(studio.work))  # offered only where there is BatchNorm to train
         studio.on(Topic.WORK, lambda p: self.show_work())
 
     def _lora_chosen(self, names: list[str]) -> None:
@@ -68,6 +81,7 @@ class LayersTab(W.VBox):
         """The working copy's tree, with the config's LoRA choice marked on it."""
         self.tree.set_model(self.studio.work)
         self.tree.set_lora(self.studio.config.lora_modules, self.studio.config.lora_r)
+        show(self.train_bn, _has_batchnorm(self.studio.work))
 
     def show_config(self, cfg: RunConfig) -> None:
         self.train_bn.value = cfg.train_bn
@@ -91,7 +105,8 @@ class LossTab(W.VBox):
         self.loss_check = css(W.HTML(), "rw-loss-check")
         self.loss_choice = css(W.HTML(), "rw-loss-choice")  # what the studio chose at open, and why
         self.replace_head_button = button("Replace head", "rw-replace-head", "warning")
-        self.replace_head_button.on_click(lambda _: studio.replace_head())
+        self.fix: LossFix | None = None  # what the button does: the current check's fix (it ends in a fit)
+        self.replace_head_button.on_click(lambda _: binding.set(**self.fix.changes) if self.fix else None)
         self.restore_head_button = button("Restore original head", "rw-restore-head")
         self.restore_head_button.on_click(lambda _: binding.set(head_out=None))
         self.head_label = css(W.HTML(), "rw-head")
@@ -118,7 +133,7 @@ class LossTab(W.VBox):
         self.loss_params.children = [ParamEditor(spec.params if spec else {}, cfg.loss_kwargs,
                                                  lambda v: self.binding.set(loss_kwargs=v), css="rw-loss-param")]
         mismatch = self.studio.mismatch
-        show(self.replace_head_button, mismatch is not None and mismatch.head_out is not None)
+        show(self.replace_head_button, mismatch is not None and self.fix is not None)
         show(self.restore_head_button, cfg.head_out is not None)
         self.head_init.value = cfg.head_init
         show(self.head_init, cfg.head_out is not None)  # only a new head has a start to choose
@@ -132,10 +147,9 @@ class LossTab(W.VBox):
         colour = "#1a7f37" if verdict.ok else "#cf222e"
         write(self.loss_check,
               value=f"<span style='color:{colour}'>{mark} {html.escape(verdict.text, quote=False)}</span>")
-        fix = verdict.fix
-        text = f"Replace head with {fix} output{'s' if fix != 1 else ''}" if fix else "Replace head"
-        write(self.replace_head_button, description=text)
-        show(self.replace_head_button, bool(fix))
+        self.fix = verdict.action
+        write(self.replace_head_button, description=self.fix.label if self.fix else "Replace head")
+        show(self.replace_head_button, self.fix is not None)
 
     def show_head(self) -> None:
         head = self.studio.head_name()
@@ -171,7 +185,8 @@ class OptimisationTab(W.VBox):
                                             tooltips=_STRATEGY_TIPS), "rw-strategy")
         self.strategy.observe(lambda c: binding.call(studio.choose_strategy, c["new"]), names="value")
         self.unfreeze_every = field(W.BoundedIntText(value=cfg.unfreeze_every, min=1, max=1000,
-                                                     description="stage (epochs)", layout=W.Layout(width="200px")),
+                                                     description="stage (epochs)", layout=W.Layout(width="200px"),
+                                                     style={"description_width": "initial"}),
                                     "unfreeze_every", int)
         self._build_regularisers(cfg)
         self._build_lr_finder()
@@ -180,12 +195,15 @@ class OptimisationTab(W.VBox):
             description="cache frozen features", style={"description_width": "initial"},
             tooltips=["when it is safe (the reason shows when not)", "also past dropout or augmentation (warns)",
                       "full passes every epoch"]), "cache_features"), "rw-cache")
-        self.cache_state = css(W.HTML(studio.cache_state()), "rw-cache-state")
+        # below the toggle, small and grey: a long reason never squeezes auto / on / off into a column,
+        # and a refusal reads as information (the run trains without the cache), not as an error
+        self.cache_state = css(W.HTML(_cache_text(studio.cache_state()),
+                                      style={"text_color": "#57606a", "font_size": "12px"}), "rw-cache-state")
         self.children = [
             W.HBox([self.optimizer_picker, self.weight_decay]), self.lr, self.lr_decay,
             _row(self.strategy, self.unfreeze_every),
             _row(self.distill, self.distill_alpha, self.distill_t),
-            self.l2sp, _row(self.cache, self.cache_state),
+            self.l2sp, W.VBox([self.cache, self.cache_state]),
             W.HBox([self.lr_find_button, self.use_lr_button]), self.lr_find_plot,
         ]
         studio.on(Topic.LR_FIND, lambda p: self.show_lr_find(p.result, p.png))
@@ -238,7 +256,7 @@ class OptimisationTab(W.VBox):
 
     def show_cache_state(self, text: str) -> None:
         """The current run's feature cache (any thread)."""
-        write(self.cache_state, value=html.escape(text))
+        write(self.cache_state, value=html.escape(_cache_text(text)))
 
     def show_lr_find(self, result: Any, png: bytes) -> None:
         write(self.lr_find_plot, value=png)

@@ -25,6 +25,18 @@ def _count(n: int) -> str:
     return f"{n:,}"
 
 
+def _percent(part: int, whole: int) -> str:
+    """``part`` of ``whole`` in %, never rounded to 0 % or 100 % when it is not: 65 trainable of 28 k
+    leaves "99.8 %" frozen, not "100 %"."""
+    pct = 100 * part / max(whole, 1)
+    if 0 < part < whole and (pct < 0.5 or pct >= 99.5):
+        digits = 1
+        while digits < 4 and round(pct, digits) in (0.0, 100.0):
+            digits += 1
+        return f"{pct:.{digits}f} %"
+    return f"{pct:.0f} %"
+
+
 def _kind(info: LayerInfo) -> str:
     return f"Parameter {list(info.shape)}" if info.kind == "parameter" else info.type
 
@@ -129,13 +141,12 @@ class LayerTreeView(W.VBox):
         self.tree = layer_tree(self.model)
         self.frozen = frozen_names(self.model)
         root = self.tree[""]
-        pct = 100 * root.frozen_params / max(root.total_params, 1)
         adapters = sum(self._adapters().values())
         lora = (f" · LoRA r={self.lora_r} on {len(self.lora_names)} layer{'s' if len(self.lora_names) != 1 else ''}: "
                 f"<b>+{_count(adapters)}</b> adapter parameters") if self.lora_names else ""
         self.totals.value = (
             f"<b>{_count(root.trainable_params)}</b> trainable · <b>{_count(root.frozen_params)}</b> frozen "
-            f"({pct:.0f} %) of {_count(root.total_params)} parameters{lora}"
+            f"({_percent(root.frozen_params, root.total_params)}) of {_count(root.total_params)} parameters{lora}"
         )
         self._render()
 
@@ -203,6 +214,8 @@ class LayerTreeView(W.VBox):
                          "partly frozen" if info.frozen_params else "")
                 colour = "#888" if frozen_here else "#222"
                 tag = f" <span style='color:#b36b00'>({state})</span>" if state else ""
+                if freezes_all:  # said on the row, not only in the greyed box's tooltip
+                    tag += " <i class='rw-tree-kept' style='color:#777'>· not freezable: nothing would train</i>"
                 row.lora.value = name in self.lora_names
                 row.label.value = (
                     f"<span style='color:{colour}'><b>{html.escape(info.label)}</b> <span style='color:#777'>"

@@ -150,7 +150,7 @@ class Estimate:
 
 def _duration(seconds: float) -> str:
     if seconds < 1:
-        return "under a second"
+        return f"{max(seconds, 0.1):.1f} s"  # "about 0.3 s in all", never "about under a second"
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

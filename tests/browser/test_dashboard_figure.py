@@ -23,7 +23,7 @@ pytestmark = pytest.mark.browser
 FIGURE = REPO_ROOT / "docs" / "figures" / "dashboard.png"
 UPDATE = os.environ.get("RW_UPDATE_FIGURES") == "1"
 
-# The README's picture shows 8 epochs; the checks below hold for any run trained to its end, so a
+# The README's picture shows 30 epochs (enough alignment samples to read); the checks below hold for any run trained to its end, so a
 # plain test run trains 2.
 CELLS = [
     f"""\
@@ -34,7 +34,7 @@ from retrain_widgets import RetrainStudio, RunConfig, examples
 model = examples.pretrained_digits_cnn()
 task = examples.task("is_seven")
 config = RunConfig(loss="focal", head_out=1, frozen=["features.0", "features.1"], lr=3e-3, schedule="cosine",
-                   epochs={8 if UPDATE else 2})
+                   epochs={30 if UPDATE else 2})
 studio = RetrainStudio(model, task.train, task.val, task.old_val, config=config, store=False)
 studio""",
 ]

@@ -2,6 +2,9 @@
 JupyterLab 4 (its saved outputs cleared), Run All, wait for the end; no console error, no error
 output, and one figure per run: the dashboard's cell never shows two figures (sampled while its
 runs train) and ends with the last run's final figure alone; the comparison cell shows its one.
+Issue 27: nothing scrolls sideways at 1280 px after Run All (the dashboard, its Runs tab and its table
+included), and the notebook saved and reopened with a fresh kernel (widget state saved, as ./dev lab
+does) shows the dashboard's last state: no "model not found", no console error.
 Screenshots go to test-artifacts/browser/."""
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import pytest
 
 from .browser_harness import REPO_ROOT
 from .figures import dashboard_cell_shot, wait_static_final, watch_figures
+from .test_choices_browser import _OVERFLOW_JS
 
 pytestmark = pytest.mark.browser
 
@@ -47,3 +51,31 @@ def test_quickstart_runs_all_with_one_figure_per_run(jupyter_root, open_notebook
     nb.page.set_viewport_size({"width": 1280, "height": 3000})
     nb.screenshot("end")
     nb.assert_no_console_errors()
+
+    # issue 27: nothing wider than the window at 1280 px, the Runs tab's table of all 7 runs included
+    nb.page.set_viewport_size({"width": 1280, "height": 900})
+    nb.page.locator(".rw-studio").first.scroll_into_view_if_needed()
+    _assert_fits(nb, "dashboard after Run All")
+    nb.page.locator(".rw-tabs .lm-TabBar-tab", has_text="Runs").first.click()
+    nb.page.locator(".rw-studio table").first.wait_for(timeout=15_000)
+    _assert_fits(nb, "Runs tab after Run All")
+    nb.screenshot("runs-tab-1280")
+
+    # issue 27: saved (widget state with it), reopened with a fresh kernel: the dashboard's last state
+    nb.page.keyboard.press("Control+s")
+    nb.page.locator(".jp-mod-dirty").first.wait_for(state="detached", timeout=30_000)
+    saved = nbformat.read(str(folder / QUICKSTART.name), as_version=4)
+    assert saved.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state")
+    again = open_notebook(f"walkthrough/{QUICKSTART.name}", "lab")  # the old kernel is shut down first
+    again.page.locator(".rw-studio").first.wait_for(timeout=60_000)
+    again.page.locator(".rw-studio").first.scroll_into_view_if_needed()
+    again.page.wait_for_timeout(2000)
+    assert "model not found" not in again.page.locator(".jp-Notebook").inner_text()
+    again.screenshot("reopened-saved-state")
+    again.assert_no_console_errors()
+
+
+def _assert_fits(nb, where: str) -> None:
+    nb.page.wait_for_timeout(300)  # the layout settles
+    found = nb.page.evaluate(_OVERFLOW_JS)
+    assert not found["wide"] and not found["beyond"] and not found["cut"], (where, found)
