@@ -42,24 +42,47 @@ other shape difference is an error, never a broadcast.
 ids in range, targets in ``[0, 1]``, no NaN) on one batch before training, and runs the loss
 once to make sure it returns a finite scalar with a gradient. Out-of-range class ids in later
 batches are not checked per step: that would cost a device synchronisation every step.
+
+Where the code lives
+--------------------
+This module makes the losses (:func:`make`, :func:`resolve`, :class:`CheckedLoss`) and runs
+:func:`check_compatibility`; it re-exports the rest of its public names from
+:mod:`.loss_registry` (:class:`LossSpec`, the registry and the built-in losses),
+:mod:`.loss_checks` (the shape and dtype rules, :class:`LossMismatchError`) and
+:mod:`.loss_preflight` (running the loss once on a batch).
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import re
-import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .errors import note_user_error
+from .loss_checks import (
+    _IGNORE_INDEX,
+    LossMismatchError,
+    _common_problem,
+    _error,
+    _raise_problem,
+    _task_problem,
+)
+from .loss_preflight import _check_result, _probe_broadcast, _run_once
+from .loss_registry import (
+    _BUILTIN,
+    _KNOWN_TASKS,
+    _MODULE_SPECS,
+    REGISTRY,
+    TASKS,
+    LossFn,
+    LossSpec,
+    available,
+    get,
+    register,
+)
 from .recipe import losses as recipe_losses
-from .registry import Param, Registry, closest
+from .registry import Registry
 
 __all__ = [
     "LossMismatchError",
@@ -79,92 +102,11 @@ __all__ = [
     "distillation_loss",
 ]
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
-
-#: The tasks a loss can declare. ``"any"`` means "unknown": no shape rules apply.
-TASKS = ("multiclass", "binary", "regression", "any")
-_KNOWN_TASKS = ("multiclass", "binary", "regression")
-_IGNORE_INDEX = -100  # PyTorch's default ignore_index for cross entropy
-
-
-class LossMismatchError(ValueError):
-    """The outputs, the targets and the loss do not fit together.
-
-    Raised before training (by :func:`check_compatibility`) or by a loss made here when it
-    is called on outputs and targets that do not fit. The message says what is wrong and how
-    to fix it; the attributes let a user interface offer the fix.
-
-    Attributes
-    ----------
-    loss
-        The loss's registered name, or a short description of a custom loss.
-    outputs_shape, targets_shape
-        Shapes of the outputs and the targets (``None`` when not a tensor).
-    outputs_dtype, targets_dtype
-        Their dtypes (``None`` when not a tensor).
-    head_out
-        The number of head outputs that would fit this loss and these targets (e.g. ``1``
-        for ``'bce'`` on ``(N,)`` targets, ``C`` for ``'ce'`` on class ids up to ``C - 1``),
-        or ``None`` when a new head would not fix the problem.
-    suggested_losses
-        Registered losses that fit the outputs and targets as they are.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        loss: str | None = None,
-        outputs_shape: tuple[int, ...] | None = None,
-        targets_shape: tuple[int, ...] | None = None,
-        outputs_dtype: torch.dtype | None = None,
-        targets_dtype: torch.dtype | None = None,
-        head_out: int | None = None,
-        suggested_losses: tuple[str, ...] = (),
-    ) -> None:
-        super().__init__(message)
-        self.loss = loss
-        self.outputs_shape = outputs_shape
-        self.targets_shape = targets_shape
-        self.outputs_dtype = outputs_dtype
-        self.targets_dtype = targets_dtype
-        self.head_out = head_out
-        self.suggested_losses = tuple(suggested_losses)
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """A registered loss.
-
-    Parameters
-    ----------
-    name
-        The name it is registered under.
-    factory
-        ``factory(**kwargs)`` returns the loss callable ``(outputs, targets) -> scalar``.
-    task
-        ``"multiclass"``, ``"binary"``, ``"regression"`` or ``"any"`` (unknown: no shape
-        rules, no alignment).
-    params
-        The keyword parameters ``factory`` accepts.
-    description
-        One line for the user interface.
-    """
-
-    name: str
-    factory: Callable[..., LossFn]
-    task: str
-    params: dict[str, Param] = field(default_factory=dict)
-    description: str = ""
-
-
-REGISTRY: Registry[LossSpec] = Registry(kind="loss")
-
 
 # --------------------------------------------------------------------------- formulas
 # The formulas are the recipe's plain-PyTorch functions (an exported script contains the same
-# source); here they are registered, given their parameters' checks, and wrapped in the shape
-# checks of their task (:class:`CheckedLoss`).
+# source); :mod:`.loss_registry` registers them and gives them their parameters' checks, and
+# here the losses of a known task are wrapped in the shape checks of their task (:class:`CheckedLoss`).
 
 sigmoid_focal_loss = recipe_losses.sigmoid_focal_loss
 softmax_focal_loss = recipe_losses.softmax_focal_loss
@@ -212,427 +154,6 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
             head_out=teacher_logits.shape[dim] if teacher_logits.dim() >= 2 else None,
         )
     return recipe_losses.distillation_loss(student_logits, teacher_logits, temperature, dim)
-
-
-# --------------------------------------------------------------------------- factories
-
-
-def _positive(name: str, key: str, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"loss {name!r}: parameter {key!r} must be > 0, got {value!r}")
-
-
-def _with(formula: LossFn, **kwargs: Any) -> LossFn:
-    return functools.partial(formula, **kwargs) if kwargs else formula
-
-
-def _ce() -> LossFn:
-    return recipe_losses.cross_entropy
-
-
-def _label_smoothing(smoothing: float = 0.1) -> LossFn:
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"loss 'label_smoothing': parameter 'smoothing' must be in [0, 1), got {smoothing!r}")
-    return _with(recipe_losses.cross_entropy, label_smoothing=smoothing)
-
-
-def _bce(pos_weight: float | None = None) -> LossFn:
-    if pos_weight is None:
-        return recipe_losses.binary_cross_entropy
-    _positive("bce", "pos_weight", pos_weight)
-    return _with(recipe_losses.binary_cross_entropy, pos_weight=float(pos_weight))
-
-
-def _focal(alpha: float = 0.25, gamma: float = 2.0) -> LossFn:
-    return _with(recipe_losses.sigmoid_focal_loss, alpha=alpha, gamma=gamma)
-
-
-def _focal_multiclass(gamma: float = 2.0) -> LossFn:
-    return _with(recipe_losses.softmax_focal_loss, gamma=gamma)
-
-
-def _mse() -> LossFn:
-    return recipe_losses.mean_squared_error
-
-
-def _huber(delta: float = 1.0) -> LossFn:
-    _positive("huber", "delta", delta)
-    return _with(recipe_losses.huber, delta=delta)
-
-
-def _smooth_l1(beta: float = 1.0) -> LossFn:
-    return _with(recipe_losses.smooth_l1, beta=beta)
-
-
-def _l1() -> LossFn:
-    return recipe_losses.mean_absolute_error
-
-
-_BUILTIN: dict[str, LossSpec] = {
-    spec.name: spec
-    for spec in (
-        LossSpec("ce", _ce, "multiclass", {}, "Cross entropy: one logit per class, integer class ids."),
-        LossSpec(
-            "label_smoothing",
-            _label_smoothing,
-            "multiclass",
-            {"smoothing": Param(0.1, "float", 0.0, 1.0, help="share of the target spread over all classes, in [0, 1)")},
-            "Cross entropy with label smoothing (Szegedy et al. 2016).",
-        ),
-        LossSpec(
-            "bce",
-            _bce,
-            "binary",
-            {"pos_weight": Param(None, "log", 0.0, None, help="weight of positive targets (> 0; empty: 1)")},
-            "Binary cross entropy on logits: one logit per target, float 0/1 targets.",
-        ),
-        LossSpec(
-            "focal",
-            _focal,
-            "binary",
-            {
-                "alpha": Param(0.25, "float", -1.0, 1.0, help="weight of positives in [0, 1]; negative: no weighting"),
-                "gamma": Param(2.0, "float", 0.0, 10.0, help="focusing exponent; 0 = BCE"),
-            },
-            "Sigmoid focal loss for binary / multi-label logits (Lin et al. 2017, torchvision's formula).",
-        ),
-        LossSpec(
-            "focal_multiclass",
-            _focal_multiclass,
-            "multiclass",
-            {"gamma": Param(2.0, "float", 0.0, 10.0, help="focusing exponent; 0 = cross entropy")},
-            "Softmax focal loss: cross entropy that down-weights easy samples.",
-        ),
-        LossSpec("mse", _mse, "regression", {}, "Mean squared error."),
-        LossSpec(
-            "huber",
-            _huber,
-            "regression",
-            {"delta": Param(1.0, "log", 0.0, None, help="where the loss turns from squared to linear (> 0)")},
-            "Huber loss: squared near 0, linear beyond delta.",
-        ),
-        LossSpec(
-            "smooth_l1",
-            _smooth_l1,
-            "regression",
-            {"beta": Param(1.0, "float", 0.0, None, help="where the loss turns from squared to linear (0: L1)")},
-            "Smooth L1 loss (Huber loss divided by beta).",
-        ),
-        LossSpec("l1", _l1, "regression", {}, "Mean absolute error."),
-    )
-}
-
-for _spec in _BUILTIN.values():
-    REGISTRY.register(_spec.name, _spec)
-
-# torch loss modules that behave like a registered loss (exact types: a subclass may differ).
-_MODULE_SPECS: dict[type, str] = {
-    nn.CrossEntropyLoss: "ce",
-    nn.BCEWithLogitsLoss: "bce",
-    nn.MSELoss: "mse",
-    nn.HuberLoss: "huber",
-    nn.SmoothL1Loss: "smooth_l1",
-    nn.L1Loss: "l1",
-}
-
-
-# --------------------------------------------------------------------------- shape rules
-
-
-@dataclass
-class _Problem:
-    text: str
-    head_out: int | None = None
-    offer_others: bool = True  # append the losses that fit as they are
-
-
-def _sh(t: Any) -> str:
-    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
-
-
-def _is_int(t: Tensor) -> bool:
-    return not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
-
-
-def _n(x: float) -> str:
-    return f"{x:g}"
-
-
-def _whole_range(t: Tensor) -> tuple[bool, float, float] | None:
-    """``(all whole numbers, min, max)`` of a non-empty tensor (one device sync), else None."""
-    if t.numel() == 0:
-        return None
-    v = t.detach()
-    if v.dtype == torch.bool:
-        v = v.to(torch.uint8)
-    if v.is_floating_point():
-        if not bool(torch.isfinite(v).all()):
-            return None
-        whole = bool((v == v.round()).all())
-    else:
-        whole = True
-    lo, hi = torch.aminmax(v)
-    return whole, float(lo), float(hi)
-
-
-def _class_ids_max(t: Tensor, ignore_index: int = _IGNORE_INDEX) -> int | None:
-    """The largest class id when ``t`` holds non-negative whole numbers, else None."""
-    if t.dtype == torch.bool:
-        return None
-    v = t.detach()
-    if _is_int(v):
-        v = v[v != ignore_index]
-    info = _whole_range(v)
-    if info is None or not info[0] or info[1] < 0:
-        return None
-    return int(info[2])
-
-
-def _common_problem(label: str, outputs: Any, targets: Any, *, targets_tensor: bool = True) -> _Problem | None:
-    if not isinstance(outputs, Tensor):
-        return _Problem(
-            f"the outputs are a {type(outputs).__name__}, not a tensor; {label} needs the model's logits "
-            f"as a tensor (for a Hugging Face model: outputs.logits)",
-            offer_others=False,
-        )
-    if not (outputs.is_floating_point() or outputs.is_complex()):
-        return _Problem(
-            f"the outputs are {outputs.dtype}; {label} needs float outputs (logits or values) to train: "
-            f"does the model end in argmax() or round()? Return the raw logits instead",
-            offer_others=False,
-        )
-    if outputs.dim() == 0:
-        return _Problem(f"the outputs are a single number (shape ()); {label} needs one row per sample (N, ...)",
-                        offer_others=False)
-    if not isinstance(targets, Tensor):
-        if targets_tensor:
-            return _Problem(
-                f"the targets are a {type(targets).__name__}, not a tensor; {label} needs a tensor of targets",
-                offer_others=False,
-            )
-        return None
-    if targets.dim() == 0:
-        return _Problem(f"the targets are a single number (shape ()); {label} needs one target per sample",
-                        offer_others=False)
-    if outputs.shape[0] != targets.shape[0]:
-        return _Problem(
-            f"the outputs hold {outputs.shape[0]} samples but the targets {targets.shape[0]}: the batch sizes "
-            f"must agree (are the targets transposed, flattened, or from another batch?)",
-            offer_others=False,
-        )
-    return None
-
-
-def _multiclass_problem(label: str, o: Tensor, t: Tensor, values: bool, ignore_index: int) -> _Problem | None:
-    n_classes = o.shape[1] if o.dim() >= 2 else 1
-    if n_classes < 2:
-        text = (f"the model gives 1 output per sample (outputs of shape {_sh(o)}); {label} needs one logit "
-                f"per class (at least 2)")
-        top = _class_ids_max(t, ignore_index)
-        if top is None:
-            return _Problem(text + ": replace the head with one output per class, or, for real-valued targets, "
-                            "use a regression loss such as 'mse'")
-        k = max(2, top + 1)
-        text += f": replace the head with {k} outputs (the targets hold class ids 0..{top})"
-        if top <= 1 and not t.is_floating_point():
-            text += " or use 'bce' with float targets (targets.float())"
-        return _Problem(text, head_out=k)
-    per_sample = o.shape[:1] + o.shape[2:]
-    if t.is_floating_point():
-        if t.shape == o.shape:  # class probabilities
-            if values:
-                info = _whole_range(t)
-                if info is None:
-                    return _Problem(f"the soft targets (class probabilities) contain NaN or infinity; {label} "
-                                    f"needs finite probabilities", offer_others=False)
-                if info[1] < 0:
-                    return _Problem(f"the soft targets of shape {_sh(t)} hold negative values (down to "
-                                    f"{_n(info[1])}); {label} reads float targets of the outputs' shape as class "
-                                    f"probabilities, which must be >= 0")
-            return None
-        if t.shape == per_sample:
-            top = _class_ids_max(t)
-            if top is not None:
-                text = (f"the targets are {t.dtype}, but {label} needs integer class ids (torch.int64): pass "
-                        f"targets.long() (they hold whole numbers 0..{top}), or for real-valued targets use 'mse'")
-                return _Problem(text, head_out=top + 1 if top >= n_classes else None)
-            return _Problem(
-                f"the targets are {t.dtype} and not class ids (not whole numbers >= 0), but {label} needs integer "
-                f"class ids: pass targets.long() if they are class ids; for 0/1 labels or probabilities use 'bce' "
-                f"(1 output per target), for real values 'mse' / 'huber' / 'l1' (1 output per target)",
-                head_out=None,
-            )
-        return _Problem(
-            f"the targets have shape {_sh(t)}; with outputs of shape {_sh(o)}, {label} needs integer class ids "
-            f"of shape {tuple(per_sample)} or class probabilities of shape {_sh(o)}"
-        )
-    if t.dtype == torch.bool:
-        return _Problem(f"the targets are torch.bool; {label} needs integer class ids: pass targets.long()")
-    if not _is_int(t):
-        return _Problem(f"the targets are {t.dtype}; {label} needs integer class ids (torch.int64)")
-    if t.shape != per_sample:
-        if t.shape == o.shape:
-            text = (f"the targets have the outputs' shape {_sh(o)}, like one-hot labels; {label} needs one class "
-                    f"id per sample, shape {tuple(per_sample)}: pass targets.argmax(1), or targets.float() as "
-                    f"class probabilities")
-        elif t.numel() == per_sample.numel():
-            text = (f"the targets have shape {_sh(t)}; {label} needs class ids of shape {tuple(per_sample)}: "
-                    f"pass targets.reshape({'-1' if len(per_sample) == 1 else ', '.join(map(str, per_sample))})")
-        else:
-            text = (f"the targets have shape {_sh(t)}; with outputs of shape {_sh(o)}, {label} needs class ids of "
-                    f"shape {tuple(per_sample)}")
-        return _Problem(text)
-    if values and t.numel():
-        kept = t[t != ignore_index]
-        if not kept.numel():
-            return _Problem(f"every target in this batch is {ignore_index} (the ignore_index), so {label} is "
-                            f"undefined (NaN) on it: check the labels", offer_others=False)
-        lo, hi = (int(x) for x in torch.aminmax(kept))
-        if hi >= n_classes:
-            return _Problem(
-                f"the targets hold class ids up to {hi}, but the model gives {n_classes} logits per sample "
-                f"(ids 0..{n_classes - 1}) and {label} needs one logit per class: replace the head with "
-                f"{hi + 1} outputs",
-                head_out=hi + 1,
-            )
-        if lo < 0:
-            return _Problem(
-                f"the targets hold a negative class id ({lo}); {label} needs ids in 0..{n_classes - 1} "
-                f"({ignore_index} marks samples to ignore)",
-                offer_others=False,
-            )
-    return None
-
-
-def _aligned(o: Tensor, t: Tensor) -> bool:
-    return o.shape == t.shape or (o.dim() == 2 and o.shape[1] == 1 and t.dim() == 1)
-
-
-def _width_problem(label: str, o: Tensor, t: Tensor, what: str) -> _Problem:
-    """Outputs and targets of different shapes for a binary or regression loss."""
-    if o.dim() == 2 and t.dim() == 1:
-        k = o.shape[1]
-        text = (f"the model gives {k} {what} per sample; {label} needs 1 (one per target; the targets have shape "
-                f"{_sh(t)}): replace the head with 1 output")
-        if not t.is_floating_point():
-            text += " and pass targets.float()"
-        return _Problem(text, head_out=1)
-    if o.dim() == 1 and t.dim() == 2 and t.shape[1] == 1:
-        return _Problem(f"the targets have shape {_sh(t)} and the outputs {_sh(o)}; {label} needs the same shape: "
-                        f"pass targets.squeeze(1)", offer_others=False)
-    head = t.shape[1] if t.dim() == 2 and o.dim() in (1, 2) else None
-    text = (f"outputs of shape {_sh(o)} do not match targets of shape {_sh(t)}; {label} needs one output per "
-            f"target (the same shape, or outputs (N, 1) against targets (N,))")
-    if head is not None:
-        text += f": replace the head with {head} outputs"
-    return _Problem(text, head_out=head)
-
-
-def _binary_problem(label: str, o: Tensor, t: Tensor, values: bool) -> _Problem | None:
-    if not _aligned(o, t):
-        return _width_problem(label, o, t, "logits")
-    if not t.is_floating_point():
-        return _Problem(f"the targets are {t.dtype}, but {label} needs float targets (0/1 labels or probabilities): "
-                        f"pass targets.float()")
-    if values and t.numel():
-        info = _whole_range(t)
-        if info is None:
-            return _Problem(f"the targets contain NaN or infinity; {label} needs targets in [0, 1]",
-                            offer_others=False)
-        whole, lo, hi = info
-        if lo < 0 or hi > 1:
-            text = (f"the targets range from {_n(lo)} to {_n(hi)}, but {label} needs values in [0, 1] "
-                    f"(labels or probabilities)")
-            if whole and lo >= 0:
-                text += (f"; they look like class ids: use a multi-class loss such as 'ce' with a head of "
-                         f"{int(hi) + 1} outputs and targets.long()")
-            else:
-                text += "; for real-valued targets use 'mse', 'huber' or 'l1'"
-            return _Problem(text, offer_others=False)
-    return None
-
-
-def _regression_problem(label: str, o: Tensor, t: Tensor, values: bool) -> _Problem | None:
-    if not _aligned(o, t):
-        return _width_problem(label, o, t, "outputs")
-    if not t.is_floating_point():
-        return _Problem(f"the targets are {t.dtype}, but {label} needs float targets: pass targets.float()")
-    if values and t.numel() and not bool(torch.isfinite(t).all()):
-        return _Problem(f"the targets contain NaN or infinity; {label} needs finite targets", offer_others=False)
-    return None
-
-
-def _task_problem(task: str, label: str, o: Tensor, t: Tensor, *, values: bool,
-                  ignore_index: int = _IGNORE_INDEX) -> _Problem | None:
-    if task == "multiclass":
-        return _multiclass_problem(label, o, t, values, ignore_index)
-    if task == "binary":
-        return _binary_problem(label, o, t, values)
-    if task == "regression":
-        return _regression_problem(label, o, t, values)
-    return None
-
-
-def _fitting_losses(outputs: Any, targets: Any, exclude: str | None = None) -> tuple[str, ...]:
-    """Registered losses of a known task whose rules accept these outputs and targets as they are."""
-    if _common_problem("", outputs, targets) is not None:
-        return ()
-    fits: dict[str, bool] = {}
-    names = []
-    for name in REGISTRY:
-        if name == exclude:
-            continue
-        task = REGISTRY.get(name).task
-        if task not in _KNOWN_TASKS:
-            continue
-        if task not in fits:
-            fits[task] = _task_problem(task, "", outputs, targets, values=True) is None
-        if fits[task]:
-            names.append(name)
-    return tuple(names)
-
-
-def _or_list(names: Sequence[str]) -> str:
-    quoted = [repr(n) for n in names]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
-
-
-def _context(outputs: Any, targets: Any) -> str:
-    def one(x: Any) -> str:
-        return f"{tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
-
-    return f" (outputs {one(outputs)}, targets {one(targets)})"
-
-
-def _error(
-    text: str,
-    loss_name: str | None,
-    outputs: Any,
-    targets: Any,
-    *,
-    head_out: int | None = None,
-    offer_others: bool = False,
-) -> LossMismatchError:
-    suggested = _fitting_losses(outputs, targets, exclude=loss_name)
-    if offer_others and suggested:
-        fit = "fits" if len(suggested) == 1 else "fit"
-        text += f"; or use {_or_list(suggested)}, which {fit} these outputs and targets as they are"
-    o_is, t_is = isinstance(outputs, Tensor), isinstance(targets, Tensor)
-    return LossMismatchError(
-        text + _context(outputs, targets),
-        loss=loss_name,
-        outputs_shape=tuple(outputs.shape) if o_is else None,
-        targets_shape=tuple(targets.shape) if t_is else None,
-        outputs_dtype=outputs.dtype if o_is else None,
-        targets_dtype=targets.dtype if t_is else None,
-        head_out=head_out,
-        suggested_losses=suggested,
-    )
-
-
-def _raise_problem(problem: _Problem, loss_name: str | None, outputs: Any, targets: Any) -> None:
-    raise _error(problem.text, loss_name, outputs, targets, head_out=problem.head_out,
-                 offer_others=problem.offer_others)
 
 
 # --------------------------------------------------------------------------- checked callables
@@ -689,94 +210,7 @@ class CheckedLoss:
         return f"CheckedLoss({self.label}, task={self.task!r})"
 
 
-# --------------------------------------------------------------------------- registry API
-
-
-def available() -> list[str]:
-    """Names of the registered losses."""
-    return REGISTRY.available()
-
-
-def get(name: str) -> LossSpec:
-    """The :class:`LossSpec` registered as ``name`` (``ValueError`` with the closest names if unknown)."""
-    return REGISTRY.get(name)
-
-
-def _check_task(task: str) -> str:
-    if task not in TASKS:
-        hint = closest(str(task), list(TASKS))
-        extra = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ValueError(f"a loss task must be one of {list(TASKS)}, got {task!r}{extra}")
-    return task
-
-
-def _is_plain_loss(fn: Callable[..., Any]) -> bool:
-    """True for a callable taking ``(outputs, targets)``; False for a factory of such."""
-    if isinstance(fn, nn.Module):
-        return True
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return True
-    positional = [
-        p for p in sig.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    return len(positional) >= 2
-
-
-def register(
-    name: str,
-    factory_or_fn: Callable[..., Any],
-    *,
-    task: str = "any",
-    params: Mapping[str, Param] | None = None,
-    description: str = "",
-    overwrite: bool = False,
-) -> LossSpec:
-    """Register a loss under ``name`` so that configurations can refer to it.
-
-    Parameters
-    ----------
-    name
-        The new name.
-    factory_or_fn
-        Either a factory ``factory(**kwargs) -> loss`` (any callable without two required
-        positional parameters, e.g. the class ``nn.MSELoss``), or a loss itself
-        ``(outputs, targets) -> scalar`` (a function or a loss module instance). A loss given
-        with ``params`` receives them as keyword arguments on every call.
-    task
-        ``"multiclass"``, ``"binary"`` or ``"regression"`` to get that task's shape checks,
-        alignment and metric; ``"any"`` (default) for none.
-    params
-        The keyword parameters, described with :class:`~retrain_widgets.core.registry.Param`.
-    description
-        One line for the user interface.
-    overwrite
-        Replace an existing entry of that name.
-
-    Returns
-    -------
-    LossSpec
-    """
-    if not callable(factory_or_fn):
-        raise ValueError(f"register({name!r}, ...): the loss must be callable, got {factory_or_fn!r}")
-    _check_task(task)
-    params = dict(params or {})
-    for key, value in params.items():
-        if not isinstance(value, Param):
-            raise ValueError(f"register({name!r}, ...): params[{key!r}] must be a Param, got {value!r}")
-    if _is_plain_loss(factory_or_fn):
-        fn = factory_or_fn
-
-        def factory(**kwargs: Any) -> LossFn:
-            return functools.partial(fn, **kwargs) if kwargs else fn
-
-        factory.__name__ = f"{name}_factory"
-    else:
-        factory = factory_or_fn
-    spec = LossSpec(name=name, factory=factory, task=task, params=params, description=description)
-    return REGISTRY.register(name, spec, overwrite=overwrite)
+# --------------------------------------------------------------------------- making and resolving losses
 
 
 def _validated_kwargs(spec: LossSpec, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -889,90 +323,8 @@ def task_of(loss: Any) -> str | None:
     return task if task in _KNOWN_TASKS else None
 
 
+
 # --------------------------------------------------------------------------- the pre-flight check
-
-_BROADCAST_WARNING = re.compile(r"broadcast|target size", re.IGNORECASE)
-
-
-def _run_once(fn: LossFn, outputs: Tensor, targets: Any, name: str | None, label: str,
-              user_code: bool = False) -> Tensor:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            with torch.enable_grad():
-                result = fn(outputs, targets)
-        except LossMismatchError:
-            raise
-        except Exception as exc:
-            if user_code:  # the user's own bug, not a mismatch: their exception, with a note
-                note_user_error(exc, f"the loss {label}", outputs=outputs, targets=targets)
-                raise
-            raise _error(f"{label} raised {type(exc).__name__} on these outputs and targets: {exc}",
-                         name, outputs, targets) from exc
-    bad = [w for w in caught if issubclass(w.category, UserWarning) and _BROADCAST_WARNING.search(str(w.message))]
-    for w in caught:
-        if w not in bad:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if bad:
-        raise _error(
-            f"{label} broadcasts the outputs against the targets instead of pairing them (PyTorch warned: "
-            f"{bad[0].message}); make the outputs and the targets the same shape, e.g. outputs.squeeze(1) "
-            f"for a 1-unit head, or use a registered loss, which aligns (N, 1) with (N,)",
-            name, outputs, targets, head_out=_one_per_target(outputs, targets),
-        )
-    return result
-
-
-def _one_per_target(outputs: Any, targets: Any) -> int | None:
-    if isinstance(outputs, Tensor) and isinstance(targets, Tensor) and outputs.dim() == 2 and targets.dim() == 1:
-        return 1
-    return None
-
-
-def _check_result(result: Any, outputs: Tensor, targets: Any, name: str | None, label: str) -> None:
-    if not isinstance(result, Tensor):
-        raise _error(
-            f"{label} returned a {type(result).__name__} ({result!r}); a loss must return a 0-d tensor computed "
-            f"from the outputs (no .item(), float() or numpy)", name, outputs, targets)
-    if result.dim() != 0:
-        raise _error(
-            f"{label} returned a tensor of shape {tuple(result.shape)}; a loss must return one number (a 0-d "
-            f"tensor): reduce it with .mean() or .sum()", name, outputs, targets)
-    if not (result.is_floating_point() or result.is_complex()):
-        raise _error(f"{label} returned a {result.dtype} tensor; a loss must return a float tensor",
-                     name, outputs, targets)
-    if not bool(torch.isfinite(result.detach())):
-        raise _error(f"{label} returned {result.item()} on this batch; a loss must be finite",
-                     name, outputs, targets)
-    if outputs.requires_grad and not result.requires_grad:
-        raise _error(
-            f"{label} returned a tensor without a gradient (requires_grad=False) although the outputs have one: "
-            f"it does not depend on the outputs (a .detach(), .item(), numpy or torch.no_grad inside?)",
-            name, outputs, targets)
-
-
-def _probe_broadcast(fn: LossFn, result: Tensor, outputs: Tensor, targets: Any, name: str | None,
-                     label: str) -> None:
-    """A custom loss on (N, 1) against (N,) must give what it gives on (N,) against (N,)."""
-    if not (isinstance(targets, Tensor) and outputs.dim() == 2 and outputs.shape[1] == 1
-            and targets.dim() == 1 and targets.shape[0] > 1):
-        return
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            other = fn(outputs.squeeze(1), targets)
-    except Exception:
-        return
-    if not isinstance(other, Tensor) or other.shape != result.shape:
-        return
-    a, b = result.detach().double(), other.detach().double()
-    if not torch.allclose(a, b, rtol=1e-4, atol=1e-6):
-        raise _error(
-            f"{label} gives {a.item():.6g} on outputs of shape {tuple(outputs.shape)} but {b.item():.6g} on the "
-            f"same outputs squeezed to {(outputs.shape[0],)}: it probably broadcasts (N, 1) against the targets "
-            f"(N,) into (N, N). Squeeze the outputs inside the loss (outputs.squeeze(1)) or use a registered loss",
-            name, outputs, targets, head_out=None,
-        )
 
 
 def check_compatibility(outputs: Tensor, targets: Any, loss: Any, **loss_kwargs: Any) -> None:
