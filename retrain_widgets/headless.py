@@ -35,6 +35,7 @@ from .core.engine import Retrainer
 from .core.events import Event, State
 from .core.history import History
 from .core.losses import LossMismatchError
+from .core.names import Meta
 from .core.runslot import RunSlot
 from .core.store import RunStore, open_store
 from .core.tree import frozen_complement, parameterised_layers
@@ -306,9 +307,9 @@ class HeadlessStudio(StudioChecks):
 
     def cache_state(self, run: Retrainer | None = None) -> str:
         """The feature cache of ``run`` (default: the current run) in one line: built / reused,
-        its size in MB, or refused and why (``history.meta["feature_cache"]``); ``""`` for none."""
+        its size in MB, or refused and why (``history.meta[Meta.FEATURE_CACHE]``); ``""`` for none."""
         run = run if run is not None else self.run
-        return feature_cache.describe(run.history.meta.get("feature_cache") if run is not None else None)
+        return feature_cache.describe(run.history.meta.get(Meta.FEATURE_CACHE) if run is not None else None)
 
     def announce_cache(self, run: Retrainer) -> None:
         """Announce ``run``'s cache state on :attr:`Topic.CACHE` while it is the current run (from any thread)."""

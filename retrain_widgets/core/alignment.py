@@ -28,7 +28,7 @@ a CUDA queue never waits between publishes. The run is left exactly as it was: g
 restored module by module), the optimizer (not used) and the RNG (torch's, the device's and the old
 loader's generators: restored after each sample).
 
-History: ``layer_series("grad_alignment")`` (steps x layers) and ``series("old_batch_loss")``.
+History: ``layer_series(Series.GRAD_ALIGNMENT)`` (steps x layers) and ``series(Series.OLD_BATCH_LOSS)``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from torch import nn
 from .batches import Forward, logits_of, to_device
 from .events import Event, EventInfo, State
 from .history import History
+from .names import Meta, Series
 from .recipe.training import HeadSwap
 from .rng import kept_rng
 
@@ -60,8 +61,8 @@ __all__ = ["OldTask", "AlignmentProbe", "old_task_mode", "kept_rng", "alignment_
 
 _TRAIN, _SETATTR = nn.Module.train, nn.Module.__setattr__
 
-SERIES = "grad_alignment"
-LOSS_SERIES = "old_batch_loss"
+SERIES = Series.GRAD_ALIGNMENT
+LOSS_SERIES = Series.OLD_BATCH_LOSS
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ class AlignmentProbe:
         events.on(Event.STATE_CHANGE, self.on_state)
         events.on(Event.BACKWARD_END, self.on_backward)
         events.on(Event.PUBLISH, self.on_publish)
-        self.history.meta["alignment"] = {"every": self.every, "budget": self.budget}
+        self.history.meta[Meta.ALIGNMENT] = {"every": self.every, "budget": self.budget}
         return self
 
     def due(self, step: int) -> bool:
@@ -263,7 +264,7 @@ class AlignmentProbe:
 
     def _fail(self, step: int, exc: Exception) -> None:
         self.error = f"{type(exc).__name__}: {exc}"
-        self.history.meta["alignment_error"] = self.error
+        self.history.meta[Meta.ALIGNMENT_ERROR] = self.error
         raise ValueError(
             f"the alignment probe stopped at step {step}: {self.error}. It measures the old task on one "
             f"batch of old_train (or old_val) through the original head; fix that loader, or turn the probe "
@@ -366,7 +367,7 @@ def alignment_summary(history: Any) -> dict[str, float]:
         out["mean_alignment"] = float(np.mean(finite, dtype=np.float64))
     _, losses = history.series(LOSS_SERIES)
     if len(losses) and math.isfinite(float(losses[-1])):
-        out["old_batch_loss"] = float(losses[-1])
+        out[Series.OLD_BATCH_LOSS] = float(losses[-1])
     return out
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..core.names import Meta, Series
 from ._util import (
     ema,
     envelope,
@@ -100,7 +101,7 @@ def decimated(steps: np.ndarray, values: np.ndarray, x0: float, width: float, nb
 def loss_lines(snap: HistorySnapshot, d: dict[str, Any], x0: float, width: float, nb: int, max_points: int,
                smooth: float) -> None:
     """Raw and smoothed training loss, validation loss and the old task's losses, into ``d``."""
-    s_loss, v_loss = snap.series("train_loss")
+    s_loss, v_loss = snap.series(Series.TRAIN_LOSS)
     v = np.where(np.isfinite(v_loss), v_loss, np.nan).astype(np.float64)
     if len(s_loss) > max_points:
         xs, ys, cx, means = envelope(s_loss, v, x0, width, nb)
@@ -110,15 +111,15 @@ def loss_lines(snap: HistorySnapshot, d: dict[str, Any], x0: float, width: float
         sm_x, sm_y = s_loss, ema(v, smooth)
     d["loss"] = (xs, ys)
     d["smooth"] = (sm_x, sm_y)
-    d["val_loss"] = snap.series("val_loss")
-    d["old_loss"] = snap.series("old_loss")
-    d["old_batch_loss"] = decimated(*snap.series("old_batch_loss"), x0, width, nb, max_points)
+    d[Series.VAL_LOSS] = snap.series(Series.VAL_LOSS)
+    d[Series.OLD_LOSS] = snap.series(Series.OLD_LOSS)
+    d[Series.OLD_BATCH_LOSS] = decimated(*snap.series(Series.OLD_BATCH_LOSS), x0, width, nb, max_points)
 
 
 def loss_limits(d: dict[str, Any], prev: Layout | None, waiting: bool, final: bool) -> tuple[bool, tuple[float, float]]:
     """``(log scale?, y limits)`` of the loss panel."""
     ys, sm_y = d["loss"][1], d["smooth"][1]
-    others = (d["val_loss"][1], d["old_loss"][1], d["old_batch_loss"][1])
+    others = (d[Series.VAL_LOSS][1], d[Series.OLD_LOSS][1], d[Series.OLD_BATCH_LOSS][1])
     raw_lo, raw_hi = finite_range(ys, *others)
     sig_lo, sig_hi = finite_range(sm_y, *others)
     # a positive loss is shown on a log scale from the start: a falling loss then stays inside
@@ -163,23 +164,23 @@ def metric_limits(prev: tuple[float, float] | None, name: str, values: np.ndarra
 def metrics(snap: HistorySnapshot, d: dict[str, Any], prev: Layout | None, final: bool) -> dict[str, Any]:
     """The metrics panel: its series into ``d``; returns its layout fields."""
     meta: Mapping[str, Any] = d["meta"]
-    d["val_metric"] = snap.series("val_metric")
-    d["old_metric"] = snap.series("old_metric")
-    metric_name = str(meta.get("metric") or "")
-    has_old = len(d["old_metric"][0]) > 0
-    old_name = str(meta.get("old_metric") or (metric_name if has_old else ""))
-    old_axis = has_old or (bool(meta.get("has_old_val")) and bool(meta.get("old_metric")) and not final)
+    d[Series.VAL_METRIC] = snap.series(Series.VAL_METRIC)
+    d[Series.OLD_METRIC] = snap.series(Series.OLD_METRIC)
+    metric_name = str(meta.get(Meta.METRIC) or "")
+    has_old = len(d[Series.OLD_METRIC][0]) > 0
+    old_name = str(meta.get(Meta.OLD_METRIC) or (metric_name if has_old else ""))
+    old_axis = has_old or (bool(meta.get(Meta.HAS_OLD_VAL)) and bool(meta.get(Meta.OLD_METRIC)) and not final)
     same_axis = (not old_axis or old_name == metric_name or (unit_metric(old_name) and unit_metric(metric_name)))
-    metric_ylim = metric_limits(prev.metric_ylim if prev else None, metric_name, d["val_metric"][1],
-                                None if not same_axis else d["old_metric"][1], final)
+    metric_ylim = metric_limits(prev.metric_ylim if prev else None, metric_name, d[Series.VAL_METRIC][1],
+                                None if not same_axis else d[Series.OLD_METRIC][1], final)
     old_ylim = None
     if not same_axis:
-        old_ylim = tf(metric_limits(prev.old_ylim if prev else None, old_name, d["old_metric"][1], None, final))
+        old_ylim = tf(metric_limits(prev.old_ylim if prev else None, old_name, d[Series.OLD_METRIC][1], None, final))
     return dict(metric_ylim=tf(metric_ylim), old_ylim=old_ylim, metric_name=metric_name, old_name=old_name)
 
 
 def planned_lr(meta: Mapping[str, Any]) -> float:
-    config = meta.get("config")
+    config = meta.get(Meta.CONFIG)
     lr = config.get("lr") if isinstance(config, Mapping) else None
     return float(lr) if isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr) else 0.0
 
@@ -187,11 +188,11 @@ def planned_lr(meta: Mapping[str, Any]) -> float:
 def learning_rates(snap: HistorySnapshot, d: dict[str, Any], x0: float, width: float, nb: int,
                    max_points: int) -> None:
     """The top group's LR, and the other groups' where they differ, into ``d``."""
-    s_lr, v_lr = snap.series("lr")
-    g_steps, g_names, g_vals = snap.layer_series("group_lr")
+    s_lr, v_lr = snap.series(Series.LR)
+    g_steps, g_names, g_vals = snap.layer_series(Series.GROUP_LR)
     if not len(s_lr) and g_vals.size:
         s_lr, v_lr = g_steps, g_vals[:, -1]
-    d["lr"] = decimated(s_lr, v_lr, x0, width, nb, max_points)
+    d[Series.LR] = decimated(s_lr, v_lr, x0, width, nb, max_points)
     groups = []
     if g_vals.ndim == 2 and g_vals.shape[1] > 1 and g_vals.shape[0]:
         top = g_vals[:, -1]
@@ -206,7 +207,7 @@ def learning_rates(snap: HistorySnapshot, d: dict[str, Any], x0: float, width: f
 
 def lr_limits(d: dict[str, Any], prev: Layout | None, final: bool) -> dict[str, Any]:
     """The LR panel's layout fields: log scale when the LRs span two decades, limits with room."""
-    ly, groups = d["lr"][1], d["groups"]
+    ly, groups = d[Series.LR][1], d["groups"]
     lr_lo, lr_hi = finite_range(ly, *[g[2] for g in groups], positive=True)
     planned = planned_lr(d["meta"])  # the configured (peak) LR: a warm-up then redraws nothing
     if planned and math.isfinite(lr_hi) and not final:
@@ -232,12 +233,12 @@ def present_series(d: dict[str, Any], final: bool) -> set[str]:
     """The time panels' series to lay out. Series the run will have (the engine says so in
     meta) are laid out from the first frame, so their first points do not force a full redraw."""
     meta = d["meta"]
-    will_val, will_old = bool(meta.get("has_val")) and not final, bool(meta.get("has_old_val")) and not final
-    will_probe = bool(meta.get("alignment")) and not final
+    will_val, will_old = bool(meta.get(Meta.HAS_VAL)) and not final, bool(meta.get(Meta.HAS_OLD_VAL)) and not final
+    will_probe = bool(meta.get(Meta.ALIGNMENT)) and not final
     return {k for k, ok in (
-        ("val_loss", len(d["val_loss"][0]) or will_val), ("val_metric", len(d["val_metric"][0]) or will_val),
-        ("old_metric", len(d["old_metric"][0]) or will_old), ("old_loss", len(d["old_loss"][0]) or will_old),
-        ("old_batch_loss", len(d["old_batch_loss"][0]) or will_probe)) if ok}
+        (Series.VAL_LOSS, len(d[Series.VAL_LOSS][0]) or will_val), (Series.VAL_METRIC, len(d[Series.VAL_METRIC][0]) or will_val),
+        (Series.OLD_METRIC, len(d[Series.OLD_METRIC][0]) or will_old), (Series.OLD_LOSS, len(d[Series.OLD_LOSS][0]) or will_old),
+        (Series.OLD_BATCH_LOSS, len(d[Series.OLD_BATCH_LOSS][0]) or will_probe)) if ok}
 
 
 def status_parts(d: dict[str, Any], layout: Layout) -> list[str]:
@@ -252,10 +253,10 @@ def status_parts(d: dict[str, Any], layout: Layout) -> list[str]:
     sm = d["smooth"][1]
     if len(sm) and math.isfinite(sm[-1]):
         parts.append(f"loss {fmt_value(float(sm[-1]))}")
-    vm = d["val_metric"][1]
+    vm = d[Series.VAL_METRIC][1]
     if len(vm):
         parts.append(f"val {layout.metric_name or 'metric'} {fmt_value(float(vm[-1]))}")
-    om = d["old_metric"][1]
+    om = d[Series.OLD_METRIC][1]
     if len(om):
         parts.append(f"old-task {layout.old_name or 'metric'} {fmt_value(float(om[-1]))}")
     return parts

@@ -26,6 +26,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLoca
 from matplotlib.transforms import Bbox
 
 from ..core.alignment import pulling_against
+from ..core.names import Meta, Series
 from ._frame import Layout, tf
 from ._raster import Pooler, Stamper, bars, blit_cells, pooled_image, quad
 from ._util import (
@@ -203,9 +204,9 @@ class LayerView:
                 final: bool) -> dict[str, Any]:
         """Heatmaps, bars and drift into ``d``; returns the block's layout fields."""
         meta: Mapping[str, Any] = d["meta"]
-        gs, names, G = snap.layer_series("grad_norm")
+        gs, names, G = snap.layer_series(Series.GRAD_NORM)
         if not names:
-            names = tuple(str(n) for n in (meta.get("layers") or ()))
+            names = tuple(str(n) for n in (meta.get(Meta.LAYERS) or ()))
             G = np.empty((0, len(names)), np.float32)
             gs = np.empty(0)
         L = len(names)
@@ -213,13 +214,13 @@ class LayerView:
         no_grad = (~np.isfinite(G[-1] if len(G) else np.zeros(L))).tolist()
         frozen_flags = tuple(a or n in fz for a, n in zip(no_grad, names)) if fz else tuple(no_grad)
         d["names"] = names
-        a_steps, a_cols, A = snap.layer_series("grad_alignment")
-        alignment = bool(len(a_steps)) or (bool(meta.get("alignment")) and not final)
+        a_steps, a_cols, A = snap.layer_series(Series.GRAD_ALIGNMENT)
+        alignment = bool(len(a_steps)) or (bool(meta.get(Meta.ALIGNMENT)) and not final)
         self.target = self.all_rects[alignment]  # the layout this frame will have
         norm = self._grad_heatmap(gs, G, d, prev, final)
         drift_lim = self._drift(snap, names, d, prev)
         d["hint_rows"] = self._alignment(a_steps, a_cols, A, names, d)
-        present = {k for k, ok in (("drift", len(snap.layer_series("drift")[0])), ("grad", len(gs))) if ok}
+        present = {k for k, ok in (("drift", len(snap.layer_series(Series.DRIFT)[0])), ("grad", len(gs))) if ok}
         return dict(layers=tuple(names), frozen=frozen_flags, norm=tf(norm), drift_lim=tf(drift_lim),
                     alignment=alignment, present=present)
 
@@ -262,7 +263,7 @@ class LayerView:
 
     def _drift(self, snap: HistorySnapshot, names: tuple[str, ...], d: dict[str, Any],
                prev: Layout | None) -> tuple[float, float]:
-        ds, dnames, D = snap.layer_series("drift")
+        ds, dnames, D = snap.layer_series(Series.DRIFT)
         drift = np.full(len(names), np.nan)
         if len(ds) and len(dnames):
             drift = _aligned(names, dnames, D[-1:])[0].astype(np.float64)

@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
+from ..core.names import Series
 from ..core.smoothing import ema
 from ._util import encode_png, short_name
 
@@ -32,7 +33,7 @@ def _median_grad(history: Any) -> dict[str, float]:
     """Median gradient norm of each layer that has any (frozen layers have none: left out)."""
     if history is None:
         return {}
-    _, cols, g = history.layer_series("grad_norm")
+    _, cols, g = history.layer_series(Series.GRAD_NORM)
     if not len(cols) or not g.size:
         return {}
     finite = np.where(np.isfinite(g), g, np.nan)
@@ -44,7 +45,7 @@ def gradient_rows(summaries: Sequence[Any]) -> tuple[list[str], list[dict[str, f
     """The gradient panel's rows: the layers that have a gradient in at least one run, in the
     model's order (a layer frozen in every run has no data and no row), and each run's medians."""
     grads = [_median_grad(s.history) for s in summaries]
-    orders = [list(s.history.layer_series("grad_norm")[1]) for s in summaries if s.history is not None]
+    orders = [list(s.history.layer_series(Series.GRAD_NORM)[1]) for s in summaries if s.history is not None]
     order = list(dict.fromkeys([*max(orders, key=len, default=[]), *(n for g in grads for n in g)]))
     return [n for n in order if any(n in g for g in grads)], grads
 
@@ -150,7 +151,7 @@ def comparison_figure(summaries: Sequence[Any], width_px: int = 1000, height_px:
         steps, loss = _series(s, "train_loss")
         (line,) = ax_loss.plot(steps, ema(loss, 0.9), color=colour, linewidth=1.6, label=_label(s.name))
         handles.append(line)
-        for ax, name in ((ax_val, "val_loss"), (ax_metric, "val_metric"), (ax_old, "old_metric")):
+        for ax, name in ((ax_val, Series.VAL_LOSS), (ax_metric, Series.VAL_METRIC), (ax_old, Series.OLD_METRIC)):
             st, v = _series(s, name)
             if len(st):
                 ax.plot(st, v, color=colour, marker="o", markersize=3.5, linewidth=1.4)

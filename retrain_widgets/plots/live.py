@@ -40,15 +40,16 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
+from ..core.names import Meta, Series
 from . import _frame
 from ._frame import Layout as _Layout
 from ._layers import LayerView
 from ._raster import Stamper
 from ._regions import Regions, changed_panels
+from ._time_layout import TimePanelLayout
 from ._util import (
     C_CHANGE,
     C_GRID,
@@ -60,10 +61,6 @@ from ._util import (
     C_TRAIN,
     C_VAL,
     encode_png,
-    fmt_decade,
-    fmt_plain,
-    fmt_sci,
-    short_name,
     step_formatter,
     style_axes,
 )
@@ -119,7 +116,7 @@ class _Rects:
         self.w, self.h = w, h
 
 
-class LiveFigure:
+class LiveFigure(TimePanelLayout):
     """A dashboard of a retraining run, rendered as PNG frames from history snapshots.
 
     Panels: loss (raw, smoothed, validation, and the old task's: per epoch on ``old_val`` and
@@ -328,7 +325,7 @@ class LiveFigure:
     # ================================================================== per frame: numbers
     def _compute(self, snap: HistorySnapshot, frozen: Sequence[str], final: bool) -> tuple[_Layout, dict[str, Any]]:
         meta = snap.meta or {}
-        s_loss = snap.series("train_loss")[0]
+        s_loss = snap.series(Series.TRAIN_LOSS)[0]
         waiting = len(s_loss) == 0
         last = float(s_loss[-1]) if not waiting else 0.0
         prev = self._layout
@@ -337,7 +334,7 @@ class LiveFigure:
         if final or prev is None or prev.final or last < self._last_step:
             prev = None
         self._last_step = last
-        total = _frame.as_int(meta.get("total_steps"))
+        total = _frame.as_int(meta.get(Meta.TOTAL_STEPS))
         xlim = _frame.x_limits(prev, last, total, final)
         d: dict[str, Any] = {"last": last, "total": total, "meta": meta, "xlim": xlim}
         nb = max(2, min(self.max_points // 2, int(self._rects.line_px * self._scale)))
@@ -350,7 +347,7 @@ class LiveFigure:
         fields.update(self.layers.compute(snap, frozen, d, prev, final))
         present = frozenset(_frame.present_series(d, final) | fields.pop("present"))
         title = self.title
-        loss_name = meta.get("loss")
+        loss_name = meta.get(Meta.LOSS)
         if loss_name:
             title = f"{title} · loss: {loss_name}" if title else f"loss: {loss_name}"
         markers = tuple(m for m in snap.markers if m[1] in ("stage", "change"))
@@ -403,127 +400,6 @@ class LiveFigure:
         self._layout_markers(lay)
         self.layers.apply_layout(lay, steps_fmt)
 
-    def _layout_loss(self, lay: _Layout) -> None:
-        ax = self.ax_loss
-        ax.set_yscale("log" if lay.loss_log else "linear")
-        ax.set_ylim(*lay.loss_ylim)
-        if lay.loss_log:  # 0.05, 0.1, 0.2, 0.5, 1, 2 ... as plain numbers (mathtext is slow)
-            decades = math.log10(lay.loss_ylim[1] / lay.loss_ylim[0])
-            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades < 3.5 else (1.0,), numticks=12))
-            ax.yaxis.set_major_formatter(FuncFormatter(fmt_plain))
-            ax.yaxis.set_minor_locator(NullLocator())
-        else:
-            ax.yaxis.set_major_locator(MaxNLocator(5))
-        self.waiting_text.set_visible(lay.waiting)
-
-    def _layout_metrics(self, lay: _Layout) -> None:
-        ax = self.ax_metric
-        ax.set_ylim(*lay.metric_ylim)
-        if _frame.unit_metric(lay.metric_name):
-            ax.yaxis.set_major_locator(FixedLocator([0, 0.25, 0.5, 0.75, 1.0]))
-        else:
-            ax.yaxis.set_major_locator(MaxNLocator(4))
-        ax.set_ylabel(lay.metric_name or "metric", fontsize=9, color=C_TEXT, labelpad=2)
-        twin = lay.old_ylim is not None
-        self.ax_old.set_visible(twin)
-        if twin:
-            self.ax_old.set_ylim(*lay.old_ylim)
-            self.ax_old.yaxis.set_major_locator(MaxNLocator(4))
-            self.ax_old.set_ylabel(f"old-task {lay.old_name}", fontsize=9, color=C_OLD, labelpad=2)
-            self.ax_old.tick_params(axis="y", colors=C_OLD)
-
-    def _layout_lr(self, lay: _Layout) -> None:
-        ax = self.ax_lr
-        ax.set_yscale("log" if lay.lr_log else "linear")
-        ax.set_ylim(*lay.lr_ylim)
-        if lay.lr_log:
-            ax.yaxis.set_major_locator(LogLocator(numticks=4))
-            ax.yaxis.set_major_formatter(FuncFormatter(fmt_decade))
-            ax.yaxis.set_minor_locator(NullLocator())
-        else:
-            ax.yaxis.set_major_locator(MaxNLocator(3))
-            ax.yaxis.set_major_formatter(FuncFormatter(fmt_sci))
-        while len(self.group_lines) < lay.groups:
-            line, = ax.plot([], [], color=C_LR, lw=0.9, alpha=0.55, animated=True)
-            self.group_lines.append(line)
-        for i, line in enumerate(self.group_lines):
-            line.set_visible(i < lay.groups)
-
-    def _layout_legends(self, lay: _Layout) -> None:
-        """Legends above the axes, right-aligned, so data never hide them."""
-        for leg in self._legends:
-            leg.remove()
-        self._legends = []
-        raw_proxy = Line2D([], [], color=C_TRAIN, lw=1.3, alpha=0.45)
-        old_handle = (self.old_batch_line if "old_batch_loss" in lay.present
-                      else self.old_loss_line if "old_loss" in lay.present else None)
-        if old_handle is None:
-            h_loss = [(raw_proxy, "train"), (self.loss_smooth_line, "train (smoothed)")]
-            if "val_loss" in lay.present:
-                h_loss.append((self.val_loss_line, "validation"))
-        else:
-            h_loss = [(raw_proxy, "train"), (self.loss_smooth_line, "smoothed")]
-            if "val_loss" in lay.present:
-                h_loss.append((self.val_loss_line, "val"))
-            if "old_loss" in lay.present and old_handle is self.old_batch_line:  # per epoch (dashed), per sample (dots)
-                old_handle = (Line2D([], [], color=C_OLD, lw=1.4, ls="--", marker="s", ms=4), Line2D(
-                    [], [], color=C_OLD, ls="none", marker="o", ms=3.2, alpha=0.8))
-            h_loss.append((old_handle, "old task"))
-        self._legend(self.ax_loss, h_loss)
-        h_met = []
-        if "val_metric" in lay.present:
-            h_met.append((self.val_metric_line, f"val {lay.metric_name or 'metric'}"))
-        if "old_metric" in lay.present:
-            h_met.append((self.old_metric_line, f"old task {lay.old_name or 'metric'}"))
-        if h_met:
-            self._legend(self.ax_metric, h_met)
-        if lay.groups:
-            self._legend(self.ax_lr, [(self.lr_line, "top group"), (self.group_lines[0], "other groups")])
-
-    def _legend(self, ax: Any, items: list[tuple[Any, str]]) -> None:
-        leg = ax.legend([h for h, _ in items], [t for _, t in items], loc="lower right", bbox_to_anchor=(1.0, 1.0),
-                        ncol=len(items), frameon=False, fontsize=8.5, borderaxespad=0.15, handlelength=1.6,
-                        columnspacing=1.0, handletextpad=0.4)
-        leg.set_animated(False)
-        for h in leg.legend_handles:
-            if h is not None:
-                h.set_animated(False)
-        self._legends.append(leg)
-
-    def _layout_markers(self, lay: _Layout) -> None:
-        for t in self._marker_texts:
-            t.remove()
-        self._marker_texts = []
-        stage_x = [m[0] for m in lay.markers if m[1] == "stage"]
-        change_x = [m[0] for m in lay.markers if m[1] == "change"]
-        for ax in self._time_axes:
-            self._stage_lines[ax].set_segments([[(x, 0), (x, 1)] for x in stage_x])
-            self._change_lines[ax].set_segments([[(x, 0), (x, 1)] for x in change_x])
-        self._label_markers(lay)
-
-    def _label_markers(self, lay: _Layout) -> None:
-        """Short labels at the top of the loss panel: stage changes (and, in the final frame,
-        the other changes), skipping any that would overlap a label already placed."""
-        ax = self.ax_loss
-        x0, x1 = lay.xlim
-        width_px = self._rects.line_px
-        placed: list[float] = []
-        kinds = ("stage", "change") if lay.final else ("stage",)
-        tr = blended_transform_factory(ax.transData, ax.transAxes)
-        for want in kinds:
-            for step, kind, text in lay.markers:
-                if kind != want or not x0 <= step <= x1:
-                    continue
-                px = (step - x0) / (x1 - x0) * width_px if x1 > x0 else 0.0
-                if any(abs(px - q) < 13 for q in placed):
-                    continue
-                placed.append(px)
-                label = text.split(":")[0] if kind == "stage" else text
-                t = ax.text(step, 0.98, f"{short_name(label, 28)} ", transform=tr, rotation=90, ha="right",
-                            va="top", fontsize=7.5, color=C_STAGE if kind == "stage" else C_MUTED, clip_on=True,
-                            parse_math=False)  # layer names as they are: never mathtext
-                self._marker_texts.append(t)
-
     # ================================================================== per frame: artists
     def _lines(self) -> tuple[Any, ...]:
         return (self.loss_line, self.loss_smooth_line, self.val_loss_line, self.old_batch_line, self.old_loss_line,
@@ -539,12 +415,12 @@ class LiveFigure:
             twin = lay.old_ylim is not None
             empty = ([], [])
             for line, key in ((self.loss_line, "loss"), (self.loss_smooth_line, "smooth"),
-                              (self.val_loss_line, "val_loss"), (self.old_batch_line, "old_batch_loss"),
-                              (self.old_loss_line, "old_loss"), (self.val_metric_line, "val_metric"),
-                              (self.lr_line, "lr")):
+                              (self.val_loss_line, Series.VAL_LOSS), (self.old_batch_line, Series.OLD_BATCH_LOSS),
+                              (self.old_loss_line, Series.OLD_LOSS), (self.val_metric_line, Series.VAL_METRIC),
+                              (self.lr_line, Series.LR)):
                 line.set_data(*d[key])
-            self.old_metric_line.set_data(*(empty if twin else d["old_metric"]))
-            self.old_metric_line2.set_data(*(d["old_metric"] if twin else empty))
+            self.old_metric_line.set_data(*(empty if twin else d[Series.OLD_METRIC]))
+            self.old_metric_line2.set_data(*(d[Series.OLD_METRIC] if twin else empty))
             for line, (_, gx, gy) in zip(self.group_lines, d["groups"]):
                 line.set_data(gx, gy)
         self.layers.set_data(lay, d)

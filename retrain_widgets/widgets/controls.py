@@ -14,6 +14,7 @@ from torch import nn
 
 from ..core.engine import Retrainer
 from ..core.events import State
+from ..core.names import Meta, Series
 from ..headless import HeadlessStudio
 from ..topics import LossVerdict, Topic
 from .binding import css, message_html
@@ -52,8 +53,8 @@ def check_status(verdict: LossVerdict) -> str:
 def last_metrics(run: Retrainer) -> str:
     """The run's latest validation and old-task metrics, as text."""
     parts = []
-    for name, label in (("val_metric", run.history.meta.get("metric", "metric")),
-                        ("old_metric", f"old-task {run.history.meta.get('old_metric', 'metric')}")):
+    for name, label in ((Series.VAL_METRIC, run.history.meta.get(Meta.METRIC, "metric")),
+                        (Series.OLD_METRIC, f"old-task {run.history.meta.get('old_metric', 'metric')}")):
         _, values = run.history.series(name)
         if len(values):
             parts.append(f"{label} {values[-1]:.3f}")
