@@ -26,43 +26,67 @@ keeps its cache: call :func:`clear` after changing one.
 When unfreezing reaches below the cached part (a gradual stage, a live ``unfreeze()``), the
 cache is dropped for that run: the batch in hand is rebuilt from the dataset by its sample
 indices and every later pass reads the loader itself.
+
+The pieces: :mod:`~retrain_widgets.core.feature_registry` (the process-wide caches and plans, the
+memory bound), :mod:`~retrain_widgets.core.feature_loader_cache` (one loader's cache and its
+passes), :mod:`~retrain_widgets.core.feature_suffix` (the trainable suffix) and
+:mod:`~retrain_widgets.core.feature_refusals` (why a loader is refused). This module holds
+:class:`FeatureCache`, one run's view of them; every name stays importable from here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import warnings
-import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    IterableDataset,
-    RandomSampler,
-    SequentialSampler,
-    Subset,
-    TensorDataset,
-)
+from torch.utils.data import DataLoader
 
 from .batches import Forward, default_forward, first_batch, logits_of, split_batch, to_device
-from .deterministic_transforms import undetermined
-from .feature_suffix import dropout_hint, lead_in, random_layer_hint
-from .fingerprints import fingerprint, hash_state
+from .feature_loader_cache import (
+    CachedBatch,
+    _chunk,
+    _collate,
+    _first_indices,
+    _LoaderCache,
+    _same,
+    _standard_order,
+)
+from .feature_refusals import _augmentation, _loader_problem, _nondeterminism
+from .feature_registry import (
+    _PLANS,
+    _REGISTRY,
+    MEMORY_FRACTION,
+    _data_key,
+    _Entry,
+    _frozen_key,
+    _holder,
+    cached_mb,
+    clear,
+    memory_bound_mb,
+)
+from .feature_suffix import (
+    _ancestors,
+    _Captured,
+    _extend_to_output,
+    _first_steps,
+    _frozen_modules,
+    _owner,
+    _Refused,
+    _resolve,
+    _train_modes,
+    lead_in,
+    random_layer_hint,
+    run_suffix,
+)
+from .fingerprints import fingerprint
 from .rng import kept_rng
-from .tree import frozen_complement
 
 __all__ = ["FeatureCache", "CachedBatch", "MEMORY_FRACTION", "memory_bound_mb", "cached_mb", "clear",
            "EXPORT_NOTE", "describe"]
-
-#: Default memory bound: this share of the free RAM (or free GPU memory on CUDA).
-MEMORY_FRACTION = 0.5
 
 #: What the exported script says about the features (it recomputes them every epoch).
 EXPORT_NOTE = ("# The frozen layers' outputs are recomputed every epoch here. In the notebook the engine computes\n"
@@ -84,302 +108,6 @@ def describe(info: Mapping[str, Any] | None) -> str:
     if state == "off":
         return "cache: off"
     return f"cache: {state}: {reason}" if reason else f"cache: {state}"
-
-
-_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
-
-
-class _Refused(Exception):
-    """Internal: caching does not apply; the message says why."""
-
-
-class _Captured(BaseException):
-    """Internal: the trainable part's input was captured; stop the forward pass there."""
-
-
-@dataclass
-class CachedBatch:
-    """One batch of a cached pass: the trainable part's ``inputs`` for the samples ``indices``
-    (in the loader's order), their ``targets`` and, with distillation, the teacher's logits."""
-
-    indices: list[int]
-    inputs: torch.Tensor
-    targets: torch.Tensor
-    teacher: torch.Tensor | None
-    source: _LoaderCache
-
-    def raw(self) -> Any:
-        """The batch the loader itself would have given (read again from the dataset)."""
-        return self.source.collate(self.indices)
-
-
-# ====================================================================== the registry
-@dataclass
-class _Entry:
-    tensors: dict[str, torch.Tensor]
-    holds: list[Callable[[], Any]]  # what the data key names (weak references where they can be)
-
-    def alive(self) -> bool:
-        return all(ref() is not None for ref in self.holds)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
-
-
-class _Registry:
-    """Process-wide caches, least recently used dropped first when over the memory bound."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
-
-    def get(self, key: tuple[Any, ...]) -> _Entry | None:
-        with self.lock:
-            entry = self.entries.get(key)
-            if entry is None:
-                return None
-            if not entry.alive():  # the data it was built from are gone: an id may have been reused
-                del self.entries[key]
-                return None
-            self.entries.move_to_end(key)
-            return entry
-
-    def put(self, key: tuple[Any, ...], entry: _Entry, bound_bytes: float) -> None:
-        with self.lock:
-            self.entries.pop(key, None)
-            while self.entries and sum(e.nbytes for e in self.entries.values()) + entry.nbytes > bound_bytes:
-                self.entries.popitem(last=False)
-            self.entries[key] = entry
-
-    def nbytes(self) -> int:
-        with self.lock:
-            return sum(e.nbytes for e in self.entries.values())
-
-
-_REGISTRY = _Registry()
-
-
-def cached_mb() -> float:
-    """Memory held by the process-wide feature caches, in MB."""
-    return _REGISTRY.nbytes() / 2**20
-
-
-def clear() -> None:
-    """Drop every cached feature (after changing a dataset in place, or to free the memory)."""
-    with _REGISTRY.lock:
-        _REGISTRY.entries.clear()
-        _PLANS.clear()
-
-
-def _holder(obj: Any) -> Callable[[], Any]:
-    try:
-        return weakref.ref(obj)
-    except TypeError:
-        return lambda: obj
-
-
-def _data_key(dataset: Any) -> tuple[tuple[Any, ...], list[Callable[[], Any]]]:
-    """What identifies a dataset's samples, and references to the objects the key names.
-
-    A ``TensorDataset`` is known by its tensors (two datasets over the same tensors share a
-    cache), a ``Subset`` by its dataset and indices, anything else by the object itself."""
-    if isinstance(dataset, TensorDataset):
-        tensors = dataset.tensors
-        key = tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device)) for t in tensors)
-        return ("tensors", key), [_holder(t) for t in tensors]
-    if isinstance(dataset, Subset):
-        inner, refs = _data_key(dataset.dataset)
-        return ("subset", inner, tuple(int(i) for i in dataset.indices)), refs
-    return ("object", type(dataset).__qualname__, id(dataset), len(dataset)), [_holder(dataset)]
-
-
-def _available_ram() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    with contextlib.suppress(ValueError, OSError, AttributeError):
-        import os
-
-        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    return 2.0**31
-
-
-def memory_bound_mb(device: torch.device, max_mb: float | None = None) -> float:
-    """The cache's memory bound: ``max_mb``, else :data:`MEMORY_FRACTION` of what is free on
-    ``device`` (GPU memory on CUDA, RAM otherwise)."""
-    if max_mb is not None:
-        return float(max_mb)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return MEMORY_FRACTION * free / 2**20
-    return MEMORY_FRACTION * _available_ram() / 2**20
-
-
-# ====================================================================== the model's trainable suffix
-def _resolve(model: nn.Module, name: str) -> nn.Module:
-    for part in name.split(".") if name else ():
-        model = getattr(model, part)
-    return model
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _plain_sequential(module: nn.Module) -> bool:
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
-
-
-def _owner(model: nn.Module, trainable: set[int]) -> str:
-    """The deepest module that holds every trainable parameter."""
-    name, module = "", model
-    while True:
-        for child_name, child in module.named_children():
-            if trainable <= {id(p) for p in child.parameters()}:
-                name, module = _join(name, child_name), child
-                break
-        else:
-            return name
-
-
-def _first_steps(model: nn.Module, owner: str, trainable: set[int]) -> list[str]:
-    module = _resolve(model, owner)
-    if _plain_sequential(module):
-        kids = list(module.named_children())
-        k = next(i for i, (_, c) in enumerate(kids) if any(id(p) in trainable for p in c.parameters()))
-        return [_join(owner, n) for n, _ in kids[k:]]
-    if owner == "":
-        raise _Refused("the trainable parameters are spread over the model's own forward (no single module "
-                       "holds them all, and the model is not an nn.Sequential): there is no trainable suffix")
-    return [owner]
-
-
-def _ancestors(name: str) -> list[str]:
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]
-
-
-def _extend_to_output(model: nn.Module, owner: str, steps: list[str], outputs: dict[str, Any],
-                      logits: torch.Tensor) -> list[str]:
-    """Follow the owner's enclosing Sequentials until the module whose output is the logits."""
-    level = owner
-    while outputs.get(level) is not logits:
-        if level == "":
-            raise _Refused(f"the model's predictions are not the output of its trainable part {owner!r}: "
-                           f"the model computes something after it")
-        parent = level.rsplit(".", 1)[0] if "." in level else ""
-        module = _resolve(model, parent)
-        if not _plain_sequential(module):
-            raise _Refused(f"after its trainable part {level!r} the model's forward ({type(module).__name__}) "
-                           f"computes more than an nn.Sequential's remaining layers")
-        names = [n for n, _ in module.named_children()]
-        child = level.rsplit(".", 1)[-1]
-        steps = steps + [_join(parent, n) for n in names[names.index(child) + 1:]]
-        level = parent
-    return steps
-
-
-def run_suffix(model: nn.Module, steps: tuple[str, ...], x: torch.Tensor) -> torch.Tensor:
-    """The trainable suffix of ``model`` on its input ``x`` (the modules named ``steps`` in order)."""
-    for name in steps:
-        x = _resolve(model, name)(x)
-    return x
-
-
-def _frozen_modules(model: nn.Module, steps: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
-    inside = {id(m) for s in steps for m in _resolve(model, s).modules()}
-    return [(n, m) for n, m in model.named_modules() if id(m) not in inside]
-
-
-def _nondeterminism(model: nn.Module, steps: tuple[str, ...]) -> str | None:
-    """Why the frozen part would not give the same output twice (``None``: it would)."""
-    for name, m in _frozen_modules(model, steps):
-        if isinstance(m, _DROPOUTS) and m.training and m.p > 0:
-            return (f"the frozen part has active dropout ({name!r}, p={m.p}): its outputs differ on every pass. "
-                    f"{dropout_hint(model)}Set its p to 0 or force with cache_features=True")
-        if m.training and getattr(m, "running_mean", None) is not None:
-            return (f"the frozen part's normalisation layer {name!r} is in training mode (train_bn=True): "
-                    f"its statistics move with every batch")
-    return None
-
-
-def _augmentation(dataset: Any) -> str | None:
-    seen: set[int] = set()
-    while dataset is not None and id(dataset) not in seen:
-        seen.add(id(dataset))
-        for attr in ("transform", "transforms", "target_transform"):
-            unknown = undetermined(getattr(dataset, attr, None))  # torchvision's Resize, ToTensor, ... are known
-            if unknown:
-                return (f"the dataset ({type(dataset).__name__}) has a {attr} ({', '.join(unknown)}) not known to be "
-                        f"deterministic: augmented samples differ between passes, so cached features would "
-                        f"freeze one draw of the augmentation")
-        dataset = getattr(dataset, "dataset", None)
-    return None
-
-
-def _loader_problem(loader: Any) -> str | None:
-    """Why the cache cannot follow this loader (``None``: it can)."""
-    if not isinstance(loader, DataLoader):
-        kind = "an iterator (one pass only)" if hasattr(loader, "__next__") else f"a {type(loader).__name__}"
-        return (f"the loader is {kind}, not a torch DataLoader: the cache follows a DataLoader's sampler "
-                f"to keep the sample order")
-    if isinstance(loader.dataset, IterableDataset):
-        return "the loader reads an IterableDataset: its samples cannot be read again by index"
-    if loader.batch_sampler is None:
-        return "the loader has batch_size=None (no batches to follow)"
-    try:
-        len(loader.dataset)
-    except TypeError:
-        return "the loader's dataset has no len()"
-    return None
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, Mapping):
-        return isinstance(b, Mapping) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (tuple, list)):
-        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return bool(a == b)
-
-
-# ====================================================================== one loader's cache
-class _LoaderCache:
-    """The cached tensors of one loader and its passes in the loader's own sample order."""
-
-    def __init__(self, loader: DataLoader, tensors: dict[str, torch.Tensor]) -> None:
-        self.loader = loader
-        self.tensors = tensors
-        self.passes = 0
-
-    def collate(self, indices: list[int]) -> Any:
-        return _collate(self.loader, indices)
-
-    def epoch(self, cache: FeatureCache) -> Iterator[Any]:
-        """One pass: the same draws from the loader's generators as iterating the loader."""
-        loader = self.loader
-        order = iter(loader.batch_sampler)
-        if not (loader.persistent_workers and loader.num_workers > 0 and self.passes > 0):
-            torch.empty((), dtype=torch.int64).random_(generator=loader.generator)  # the loader's base seed
-        self.passes += 1
-        for indices in order:
-            if not cache.active:
-                yield to_device(self.collate(list(indices)), cache.device)
-                continue
-            yield self.batch(list(indices))
-
-    def batch(self, indices: list[int]) -> CachedBatch:
-        tensors = self.tensors
-        i = torch.as_tensor(indices, dtype=torch.long, device=tensors["inputs"].device)
-        teacher = tensors.get("teacher")
-        return CachedBatch(indices, tensors["inputs"][i], tensors["targets"][i],
-                           None if teacher is None else teacher[i], self)
 
 
 # ====================================================================== the per-run cache
@@ -733,72 +461,3 @@ class FeatureCache:
         if not torch.equal(inputs, self._capture(batch)):
             self._judgement(f"the frozen part gives different outputs for the same batch on two passes"
                             f"{random_layer_hint(self.model)}")
-
-
-_PLANS: OrderedDict[tuple[Any, ...], tuple[str, ...]] = OrderedDict()
-
-
-def _frozen_key(model: nn.Module, owner: str, steps: list[str], pretrained: nn.Module | None) -> tuple[Any, ...]:
-    """The model's class, its trainable set and a fingerprint of every weight outside it (read
-    from ``pretrained``'s module of the same name and shapes when there is one: frozen weights
-    have not moved, and the fingerprint of an unchanged module is remembered)."""
-
-    def frozen_part(name: str) -> nn.Module | torch.Tensor:
-        """The frozen module (or parameter held by a module) called ``name``, taken from the
-        pretrained model when it has it unchanged in shape."""
-        part = _resolve(model, name)
-        with contextlib.suppress(AttributeError):
-            original = _resolve(pretrained, name) if pretrained is not None else None
-            if original is not None and _shapes(original) == _shapes(part):
-                return original
-        return part
-
-    def frozen_fingerprint(name: str) -> str:
-        part = frozen_part(name)
-        return fingerprint(part) if isinstance(part, nn.Module) else hash_state({name: part.detach()})
-
-    trainable = tuple(n for n, p in model.named_parameters() if p.requires_grad)
-    frozen = tuple((n, frozen_fingerprint(n)) for n in frozen_complement(model, steps))
-    return type(model).__module__, type(model).__qualname__, owner, tuple(steps), trainable, frozen
-
-
-def _shapes(part: nn.Module | torch.Tensor) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-    state = part.state_dict() if isinstance(part, nn.Module) else {"": part}
-    return [(k, tuple(v.shape), v.dtype) for k, v in state.items() if isinstance(v, torch.Tensor)]
-
-
-@contextlib.contextmanager
-def _train_modes(model: nn.Module, train: bool) -> Iterator[None]:
-    """The modes the model will have in that pass (``train()`` keeps locked BatchNorm in eval)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.train(train)
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-
-def _chunk(loader: DataLoader) -> int:
-    return int(loader.batch_size or getattr(loader.batch_sampler, "batch_size", None) or 32)
-
-
-def _collate(loader: DataLoader, indices: list[int]) -> Any:
-    dataset = loader.dataset
-    return loader.collate_fn([dataset[i] for i in indices])
-
-
-def _standard_order(loader: Any) -> bool:
-    """A DataLoader whose order comes from torch's own samplers (their draws can be replayed)."""
-    return (isinstance(loader, DataLoader) and type(loader.batch_sampler) is BatchSampler
-            and type(loader.sampler) in (RandomSampler, SequentialSampler))
-
-
-def _first_indices(loader: DataLoader) -> list[int]:
-    """The sample indices of the batch iterating ``loader`` would give first (it draws as that does)."""
-    order = iter(loader.batch_sampler)
-    torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
-    return list(next(order))
-
-
