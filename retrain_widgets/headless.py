@@ -272,7 +272,9 @@ class HeadlessStudio(StudioChecks):
 
         Uses the studio's config, or ``config`` for this run only (what-ifs); ``name`` labels
         it among the runs. Returns the run, or ``None`` when it could not start (the reason is
-        announced on :attr:`Topic.ERROR`).
+        announced on :attr:`Topic.ERROR`). While another start is under way, a run is going or
+        what-ifs run: :class:`~retrain_widgets.core.runslot.RunBusy` (a ``ValueError``), said on the
+        status line too.
         """
         self.emit(ErrorShown(None))
         cfg = self._config if config is None else config

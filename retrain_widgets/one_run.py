@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from .core.engine import Retrainer
 from .core.runslot import RunBusy, RunSlot
 
-__all__ = ["Studio", "interrupted", "one_start_at_a_time", "start_refusal", "wait_or_stop"]
+__all__ = ["Studio", "interrupted", "one_start_at_a_time", "refused_quietly", "start_refusal", "wait_or_stop"]
 
 
 class Studio(Protocol):
@@ -51,8 +51,9 @@ def start_refusal(studio: Studio, queue_too: bool = False) -> str:
 
 
 def one_start_at_a_time(start: Callable[..., Retrainer | None]) -> Callable[..., Retrainer | None]:
-    """A studio's ``start``, one at a time: refused (``None``, said on the status line) while another
-    start holds the studio's slot, a run is going or what-ifs run; a run that ``stop()`` was called on
+    """A studio's ``start``, one at a time: refused while another start holds the studio's slot, a run
+    is going or what-ifs run — said on the status line (where a click on Start shows it) and raised as
+    :class:`~retrain_widgets.core.runslot.RunBusy` (a ``ValueError``); a run that ``stop()`` was called on
     while it was being built or checked is stopped as soon as it started."""
 
     @functools.wraps(start)
@@ -66,7 +67,7 @@ def one_start_at_a_time(start: Callable[..., Retrainer | None]) -> Callable[...,
                 return run
         except RunBusy as exc:
             studio.status(f"✗ {exc}", error=True)
-            return None
+            raise
 
     return guarded
 
@@ -90,3 +91,17 @@ def interrupted(studio: Studio) -> KeyboardInterrupt:
     where = f" at step {run.step} of {run.total_steps}" if run is not None else ""
     return KeyboardInterrupt(f"interrupted: training stopped{where} (and any queued what-ifs); the trained model "
                              f"(.model) and the history (.history) are kept")
+
+
+def refused_quietly(start: Callable[[], Any]) -> Callable[[], Any]:
+    """``start`` for a button: a refusal is already on the status line, so it is not raised again into
+    the kernel's log."""
+
+    @functools.wraps(start)
+    def click() -> Any:
+        try:
+            return start()
+        except RunBusy:
+            return None
+
+    return click

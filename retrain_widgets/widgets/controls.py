@@ -16,6 +16,7 @@ from ..core.engine import Retrainer
 from ..core.events import State
 from ..core.names import Meta, Series
 from ..headless import HeadlessStudio
+from ..one_run import refused_quietly
 from ..topics import LossVerdict, Topic
 from .binding import css, message_html
 from .tabs import button
@@ -74,7 +75,7 @@ class ControlsView(W.VBox):
         self.pause_button = button("Pause", "rw-pause", "", "pause at the next step", "90px")
         self.stop_button = button("Stop", "rw-stop", "danger", "stop at the next step", "90px")
         self.reset_button = button("Reset", "rw-reset", "", "back to the pretrained weights", "90px")
-        self.start_button.on_click(lambda _: studio.start())
+        self.start_button.on_click(lambda _: refused_quietly(studio.start)())
         self.pause_button.on_click(lambda _: studio.toggle_pause())
         self.stop_button.on_click(lambda _: studio.stop())
         self.reset_button.on_click(lambda _: studio.reset())

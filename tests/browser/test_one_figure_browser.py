@@ -28,7 +28,11 @@ def _one_run(nb, shot: str) -> list[tuple[int, int]]:
 
 
 def _saved_images(path) -> list[dict]:
-    nb = nbformat.read(str(path), as_version=4)
+    """The saved notebook's images ([] while the server is still writing the file: it can be empty then)."""
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+    except nbformat.reader.NotJSONError:
+        return []
     return [o for o in nb.cells[0].outputs if "image/png" in o.get("data", {})]
 
 
