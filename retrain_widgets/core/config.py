@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checks import number as _number
+from .config_values import number as _number
 from .recipe.training import HEAD_INITS
 from .registry import closest
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from .checks import number as _number
+from .config_values import number as _number
 
 __all__ = [
     "PEFT_EXTRA",
