@@ -37,6 +37,7 @@ from .core.history import History
 from .core.losses import LossMismatchError
 from .core.store import RunStore
 from .core.tree import frozen_complement, parameterised_layers
+from .distributed.worker import GridInputs
 from .plots import LiveFigure
 from .runbook import RunBook, WhatIfQueue
 from .topics import (
@@ -456,21 +457,24 @@ class HeadlessStudio(StudioChecks):
         return export_script(config, title=f"{self.title}", **hints)
 
     # ================================================================== what-ifs
-    def what_if(self, grid: dict[str, Any], wait: bool = False) -> list[RunConfig]:
+    def what_if(self, grid: dict[str, Any], wait: bool = False, executor: Any = None) -> list[RunConfig]:
         """Run every combination of ``grid`` from the same pretrained weights, one after another.
 
         ``grid`` maps config fields to lists of values, e.g. ``{"loss": ["bce", "focal"],
         "frozen": [["features"], []]}`` (``"strategy"``: names of :data:`STRATEGIES`, see
         :meth:`variant_changes`); the other fields come from the studio's config. Stop
         ends the queue cleanly. Returns the configs queued; ``wait=True`` blocks until they are
-        done (Stop still works).
+        done (Stop still works). ``executor``: where they train (:mod:`retrain_widgets.executors`,
+        e.g. a ``RayExecutor``); by default one after another in this kernel.
         """
         if (self.run is not None and self.run.state.active) or self.queue.alive():
             raise ValueError("a run is going: stop it before starting what-ifs")
         variants = grid_variants(grid)
         configs = [self._config.replace(**self.variant_changes(v)) for v in variants]
         names = [naming.variant_label(variant, variants) for variant in variants]
-        self.queue.start(configs, names)
+        inputs = None if executor is None else GridInputs(self.pretrained, self.train_loader, self.val_loader, self.old_val_loader,
+                                                          self.old_train_loader, self.forward, self.teacher)
+        self.queue.start(configs, names, executor, inputs)
         if wait:
             self.wait()
         return configs
