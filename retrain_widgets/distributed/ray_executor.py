@@ -118,16 +118,20 @@ class RayExecutor:
             t0 = time.perf_counter()
             quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
             if self.address is None:
-                ray.init(num_cpus=self.num_cpus, include_dashboard=False, **quiet)
+                ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False, **quiet)
             else:
                 ray.init(address=self.address, **quiet)
             self.startup_seconds = time.perf_counter() - t0
             self.started_here = True
 
     def shutdown(self) -> None:
-        """Disconnect from Ray (a local instance started here ends)."""
-        if self.started_here and self.ray.is_initialized():
-            self.ray.shutdown()
+        """End this executor's stop actor; disconnect from Ray when this executor connected (a local
+        instance started here ends)."""
+        ray = self.ray
+        if self._board is not None and ray.is_initialized():
+            ray.kill(self._board)
+        if self.started_here and ray.is_initialized():
+            ray.shutdown()
         self.started_here, self._board = False, None
 
     def slots(self) -> int:
@@ -213,6 +217,7 @@ class RayExecutor:
             if not run.state.final:
                 run.drop()
         except Exception as exc:  # noqa: BLE001 - a task error, a dead worker or node: the run failed, the grid goes on
+            ray.cancel(stream)  # when the error was ours (a view's handler), the worker must not train on
             began = run.started_at > 0
             if not began and self._stopping.is_set():
                 run.drop()

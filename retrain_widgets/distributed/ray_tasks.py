@@ -68,5 +68,6 @@ class StopPoll:
 def remote_train(inputs: GridInputs, config: RunConfig, board: Any, index: int, every: float, publish_every: int,
                  threads: int) -> Iterator[Any]:
     """One run of a grid on this worker: what :func:`train_run` yields, streamed to the driver."""
+    host = f"{socket.gethostname()}:{os.getpid()}:{ray.get_runtime_context().get_node_id()[:12]}"
     yield from train_run(inputs, config, should_stop=StopPoll(board, index), every=every,
-                         publish_every=publish_every, threads=threads, host=f"{socket.gethostname()}:{os.getpid()}")
+                         publish_every=publish_every, threads=threads, host=host)

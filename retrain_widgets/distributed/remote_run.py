@@ -67,7 +67,7 @@ class RemoteRun:
         self.step = 0
         self.epoch = 0
         self.steps_per_second = 0.0
-        self.host = ""
+        self.host = ""  #: where it trains: "hostname:pid:node" of its worker (once it began)
         self.handlers = Handlers()
         self.handler_errors = self.handlers.errors
         self._stop = stop

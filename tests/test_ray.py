@@ -1,0 +1,287 @@
+"""What-if grids on Ray (retrain_widgets.executors, retrain_widgets.distributed).
+
+Every Ray test runs twice: on a local instance with 2 CPUs, then on a two-node cluster on loopback
+(``ray start --head`` plus ``ray start --address=...``, one CPU each, started and stopped here). Both
+are module-scoped: one start-up each per session. Ray's start-up is slow on two cores (15-40 s),
+so the timeouts are generous but bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from retrain_widgets import HeadlessStudio, RunConfig, RunStore, State, examples, run_grid
+from retrain_widgets.core.events import Event
+from retrain_widgets.distributed import RemoteRun
+from retrain_widgets.distributed.worker import Chunk, Ended, GridInputs, Started, train_run
+from retrain_widgets.executors import ThreadExecutor
+from retrain_widgets.topics import Topic
+
+ray = pytest.importorskip("ray")
+
+from retrain_widgets import RayExecutor  # noqa: E402 - after the skip
+
+pytestmark = pytest.mark.timeout(600)
+
+RAY_CLI = os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+@pytest.fixture(scope="module")
+def task():
+    return examples.task("is_seven")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return examples.pretrained_digits_cnn()
+
+
+def short(task, **changes):
+    return task.config.replace(epochs=1, **changes)
+
+
+# ====================================================================== without a cluster
+def test_ray_missing_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(ImportError, match=r"retrain_widgets\[ray\]"):
+        RayExecutor()
+
+
+def test_importing_the_package_imports_no_ray():
+    code = ("import sys, retrain_widgets, retrain_widgets.executors, retrain_widgets.headless, "
+            "retrain_widgets.distributed; retrain_widgets.RayExecutor; assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("kwargs, word", [({"num_cpus": 0}, "num_cpus"), ({"gpus_per_run": -1}, "gpus_per_run"),
+                                          ({"max_concurrent": 1.5}, "max_concurrent"), ({"address": 3}, "address")])
+def test_bad_arguments_name_themselves(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        RayExecutor(**kwargs)
+
+
+def test_the_worker_stream_replays_into_the_same_history(model, task):
+    """train_run's chunks, replayed by a RemoteRun, give the thread runner's history and weights."""
+    cfg = short(task)
+    inputs = GridInputs(model, task.train, task.val, task.old_val, pretrained_id="p")
+    remote = RemoteRun(model, cfg, "r")
+    kinds = []
+    for message in train_run(inputs, cfg, should_stop=lambda: False, every=0.0):
+        kinds.append(type(message).__name__)
+        if isinstance(message, Started):
+            remote.begin(message)
+        elif isinstance(message, Chunk):
+            remote.apply(message)
+        else:
+            assert isinstance(message, Ended)
+            remote.end(message)
+    assert kinds[0] == "Started" and kinds[-1] == "Ended" and "Chunk" in kinds
+    local = ThreadExecutor().run_grid(GridInputs(model, task.train, task.val, task.old_val), [cfg], ["t"])[0]
+    assert remote.state == State.FINISHED and remote.global_step == local.global_step
+    assert remote.history.to_dict()["scalars"].keys() == local.history.to_dict()["scalars"].keys()
+    for name in ("train_loss", "val_loss", "old_loss", "val_metric"):
+        assert np.array_equal(remote.history.series(name)[1], local.history.series(name)[1]), name
+    a, b = remote.model.state_dict(), local.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+# ====================================================================== the clusters
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """End a `ray start --block` we started (it ends the processes it started), by its group id."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(45)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def _two_node_cluster(tmp: str):
+    """`ray start --head` and one more node, on loopback, with a token of our own; yields the address."""
+    port = _free_port()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(32).hex(), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **auth}
+    common = ["--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    log = open(os.path.join(tmp, "ray-cluster.log"), "w")  # noqa: SIM115 - closed below
+    procs = [subprocess.Popen([RAY_CLI, "start", "--head", f"--port={port}", "--include-dashboard=false",
+                               f"--temp-dir={tmp}", *common], stdout=log, stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True)]
+    saved = {k: os.environ.get(k) for k in auth}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the head node did not start within 120 s"
+                time.sleep(0.5)
+        address = f"127.0.0.1:{port}"
+        procs.append(subprocess.Popen([RAY_CLI, "start", f"--address={address}", *common], stdout=log,
+                                      stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        os.environ.update(auth)
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+            assert time.monotonic() < deadline, "the second node did not join within 120 s"
+            time.sleep(0.5)
+        yield address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        for proc in reversed(procs):
+            _end(proc)
+        log.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module", params=["local", "two-node"])
+def cluster(request, tmp_path_factory):
+    """Makes RayExecutors on a local instance (2 CPUs) or on a two-node loopback cluster (1 CPU each)."""
+    if request.param == "local":
+        first = RayExecutor(num_cpus=2)
+        first.connect()
+        try:
+            yield lambda **kw: RayExecutor(num_cpus=2, **kw)
+        finally:
+            first.shutdown()
+    else:
+        for address in _two_node_cluster(str(tmp_path_factory.mktemp("ray"))):
+            yield lambda **kw: RayExecutor(address=address, **kw)
+
+
+def _studio(model, task, store):
+    return HeadlessStudio(model, task.train, task.val, task.old_val, config=short(task), store=store)
+
+
+def test_grid_results_stream_live_and_are_stored(cluster, model, task, tmp_path):
+    """Same numbers as the thread runner; history streamed in order while it runs; recorded by this
+    process; restore bit-identical; the pretrained model and loaders shipped once; cache in each worker."""
+    grid = {"lr": [1e-3, 3e-3]}
+    studio = _studio(model, task, tmp_path / "store")
+    seen: dict[int, list[tuple[str, int, str]]] = {}
+
+    def follow(payload):
+        run = payload.run
+        log = seen.setdefault(id(run), [])
+        run.on(Event.PUBLISH, lambda i: log.append(("publish", i.step, run.state.value)))
+        run.on(Event.EPOCH_END, lambda i: log.append(("epoch", i.step, run.state.value)))
+        run.on(Event.STATE_CHANGE, lambda i: log.append(("state", i.step, i.data["state"].value)))
+
+    studio.on(Topic.RUN, follow)
+    executor = cluster()
+    studio.what_if(grid, wait=True, executor=executor)
+    remote = studio.runs
+    assert [type(r) for r in remote] == [RemoteRun, RemoteRun] and executor.puts == 1
+    assert all(r.state == State.FINISHED for r in remote), [r.message for r in remote]
+    local = {r.name: r for r in run_grid(model, grid, task.train, task.val, task.old_val, config=short(task))}
+    for run in remote:
+        twin = local[run.name]
+        for name in ("train_loss", "val_loss", "old_loss", "val_metric", "old_metric"):
+            np.testing.assert_allclose(run.history.series(name)[1], twin.history.series(name)[1], rtol=1e-4,
+                                       err_msg=name)
+        assert run.history.meta["feature_cache"]["state"] == "built"  # built inside the worker
+        log = seen[id(run)]
+        publishes = [step for kind, step, state in log if kind == "publish"]
+        assert len(publishes) >= 3 and publishes == sorted(publishes)
+        assert any(state == "running" and 0 < step < run.total_steps for kind, step, state in log
+                   if kind == "publish"), "no chunk arrived while the run was running"
+        assert log[-1] == ("state", run.total_steps, "finished")
+    store = RunStore(tmp_path / "store")
+    records = {r.name: r for r in store.runs()}
+    assert len(records) == 2
+    for run in remote:
+        key = studio.book.key_of(run)
+        rec = store.get(key)
+        assert rec.state == "finished" and rec.has_weights and rec.metrics["steps"] == run.total_steps
+        restored = store.restore(key, model).state_dict()
+        for name, tensor in run.model.state_dict().items():
+            assert torch.equal(restored[name], tensor), name
+        assert np.array_equal(store.history(key).series("train_loss")[1], run.history.series("train_loss")[1])
+    executor.shutdown()
+
+
+def _wait_for(cond, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"{what} within {timeout} s"
+        time.sleep(0.02)
+
+
+def test_stop_cancels_the_grid_within_two_seconds(cluster, model, task, tmp_path):
+    """Pending runs are dropped; running ones stop at a step boundary, stopped, with what they did kept."""
+    studio = HeadlessStudio(model, task.train, task.val, task.old_val, config=task.config.replace(epochs=30),
+                            store=tmp_path / "store")
+    executor = cluster(max_concurrent=2)
+    studio.what_if({"lr": [1e-3, 2e-3, 3e-3]}, executor=executor)
+    _wait_for(lambda: len(studio.runs) == 2 and all(r.global_step > 5 for r in studio.runs), 180,
+              "two runs began and trained")
+    t0 = time.monotonic()
+    studio.stop()
+    _wait_for(lambda: all(r.state.final for r in studio.runs), 10, "both runs ended")
+    took = time.monotonic() - t0
+    assert took < 2.0, f"stop took {took:.2f} s"
+    studio.wait(30)
+    assert len(studio.runs) == 2  # the third never began
+    store = RunStore(tmp_path / "store")
+    assert len(store.runs()) == 2
+    for run in studio.runs:
+        assert run.state == State.STOPPED and 0 < run.global_step < run.total_steps
+        _, steps_loss = run.history.series("train_loss")
+        assert len(steps_loss) == run.global_step  # every step it did is kept
+        rec = store.get(studio.book.key_of(run))
+        assert rec.state == "stopped" and rec.has_weights and rec.metrics["steps"] == run.global_step
+        restored = store.restore(rec.id, model).state_dict()
+        assert all(torch.equal(restored[k], v) for k, v in run.model.state_dict().items())
+    executor.shutdown()
+
+
+@pytest.mark.filterwarnings("ignore:state_change handler 'on_state' raised RunLost:RuntimeWarning")  # the store says it
+def test_a_killed_worker_fails_its_run_and_the_others_finish(cluster, model, task, tmp_path):
+    studio = HeadlessStudio(model, task.train, task.val, task.old_val, config=task.config, store=tmp_path / "store")
+    executor = cluster(max_concurrent=2)
+    studio.what_if({"epochs": [40, 3]}, executor=executor)  # the long one is killed
+    _wait_for(lambda: len(studio.runs) == 2 and all(r.global_step > 2 for r in studio.runs), 180,
+              "two runs began")
+    victim, other = sorted(studio.runs, key=lambda r: -r.config.epochs)
+    os.kill(int(victim.host.split(":")[1]), signal.SIGKILL)
+    studio.wait(180)
+    assert victim.state == State.FAILED and victim.global_step > 0
+    assert "Worker" in victim.message or "died" in victim.message, victim.message
+    assert other.state == State.FINISHED, other.message
+    store = RunStore(tmp_path / "store")
+    failed, done = store.get(studio.book.key_of(victim)), store.get(studio.book.key_of(other))
+    assert failed.state == "failed" and not failed.has_weights and victim.message.split(":")[0] in failed.message
+    assert len(store.history(failed.id).series("train_loss")[1]) > 0  # what arrived is kept
+    assert done.state == "finished" and done.has_weights
+    executor.shutdown()
+
+
+def test_two_nodes_share_the_grid(cluster, model, task):
+    """Runs spread over the cluster's nodes (one CPU each on the two-node cluster)."""
+    executor = cluster()
+    runs = run_grid(model, {"lr": [1e-3, 3e-3]}, task.train, task.val, config=short(task), executor=executor)
+    assert [r.state for r in runs] == [State.FINISHED, State.FINISHED]
+    nodes = {r.host.split(":")[2] for r in runs}
+    assert len(nodes) == len([n for n in ray.nodes() if n["Alive"]])
+    executor.shutdown()
