@@ -150,19 +150,20 @@ class RayExecutor:
                  ) -> list[Run]:
         """Train ``configs`` as Ray tasks, at most :meth:`slots` at once; ``adopt(run, name)`` as each
         begins (from its reader thread). Returns the runs that began, once all ended."""
-        from .ray_tasks import StopBoard, remote_train  # imports ray: only here, once it is known to be there
+        from .ray_tasks import remote_parts  # imports ray: only here, once it is known to be there
 
         ray, say = self.ray, say or (lambda text: None)
         self.connect()
         self._stopping.clear()
+        board_class, remote_train = remote_parts()
         if self._board is None:
-            self._board = StopBoard.remote()
+            self._board = board_class.remote()
         ray.get(self._board.reset.remote(), timeout=120)
         if not inputs.pretrained_id:
             inputs = dataclasses.replace(inputs, pretrained_id=fingerprint(inputs.model))
         shared = ray.put(inputs)  # the model and the loaders: once for the whole grid
         self.puts += 1
-        task = remote_train.options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
+        task = remote_train.options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, scheduling_strategy="SPREAD",
                                     **({"runtime_env": self.runtime_env} if self.runtime_env else {}))
         threads = max(1, int(self.cpus_per_run))
         free = threading.Semaphore(self.slots())

@@ -16,10 +16,9 @@ import ray
 from ..core.config import RunConfig
 from .worker import GridInputs, train_run
 
-__all__ = ["StopBoard", "remote_train", "StopPoll"]
+__all__ = ["StopBoard", "remote_train", "StopPoll", "remote_parts"]
 
 
-@ray.remote(num_cpus=0)
 class StopBoard:
     """Which runs of the grid should stop: all of them (:meth:`stop` with no index) or some."""
 
@@ -64,10 +63,15 @@ class StopPoll:
         return self.value
 
 
-@ray.remote(max_retries=0)
 def remote_train(inputs: GridInputs, config: RunConfig, board: Any, index: int, every: float, publish_every: int,
                  threads: int) -> Iterator[Any]:
     """One run of a grid on this worker: what :func:`train_run` yields, streamed to the driver."""
     host = f"{socket.gethostname()}:{os.getpid()}:{ray.get_runtime_context().get_node_id()[:12]}"
     yield from train_run(inputs, config, should_stop=StopPoll(board, index), every=every,
                          publish_every=publish_every, threads=threads, host=host)
+
+
+def remote_parts() -> tuple[Any, Any]:
+    """(the stop board's actor class, the training task), made when a grid starts: importing this
+    module registers nothing with Ray."""
+    return ray.remote(num_cpus=0)(StopBoard), ray.remote(max_retries=0)(remote_train)
