@@ -267,6 +267,7 @@ def test_stop_cancels_the_grid_within_two_seconds(cluster, model, task, tmp_path
     studio.stop()
     _wait_for(lambda: all(r.state.final for r in studio.runs), 10, "both runs ended")
     took = time.monotonic() - t0
+    print(f"stop took {took:.2f} s")  # shown with -s
     assert took < 2.0, f"stop took {took:.2f} s"
     studio.wait(30)
     assert len(studio.runs) == 2  # the third never began
@@ -301,4 +302,19 @@ def test_a_killed_worker_fails_its_run_and_the_others_finish(cluster, model, tas
     assert failed.state == "failed" and not failed.has_weights and victim.message.split(":")[0] in failed.message
     assert len(store.history(failed.id).series("train_loss")[1]) > 0  # what arrived is kept
     assert done.state == "finished" and done.has_weights
+    executor.shutdown()
+
+
+def test_a_config_that_does_not_fit_fails_alone(cluster, model, task):
+    """The first-batch check fails in the worker: that run failed with the reason, the other finishes."""
+    said = []
+    executor = cluster()
+    inputs = GridInputs(model, task.train, task.val)
+    configs = [short(task, loss="bce"), short(task, loss="ce")]  # cross-entropy on a 1-unit head does not fit
+    runs = executor.run_grid(inputs, configs, ["fits", "does not fit"], say=said.append)
+    by_name = {r.name: r for r in runs}
+    assert by_name["fits"].state == State.FINISHED
+    bad = by_name["does not fit"]
+    assert bad.state == State.FAILED and bad.global_step == 0 and "LossMismatchError" in bad.message, bad.message
+    assert any(text.startswith("✗ does not fit: ") for text in said), said
     executor.shutdown()
