@@ -257,12 +257,13 @@ def _wait_for(cond, timeout, what):
 
 def test_stop_cancels_the_grid_within_two_seconds(cluster, model, task, tmp_path):
     """Pending runs are dropped; running ones stop at a step boundary, stopped, with what they did kept."""
-    studio = HeadlessStudio(model, task.train, task.val, task.old_val, config=task.config.replace(epochs=30),
+    studio = HeadlessStudio(model, task.train, task.val, task.old_val, config=task.config.replace(epochs=200),
                             store=tmp_path / "store")
     executor = cluster(max_concurrent=2)
     studio.what_if({"lr": [1e-3, 2e-3, 3e-3]}, executor=executor)
     _wait_for(lambda: len(studio.runs) == 2 and all(r.global_step > 5 for r in studio.runs), 180,
               "two runs began and trained")
+    assert all(r.state == State.RUNNING for r in studio.runs)  # long runs: one that began late still finds the other running
     t0 = time.monotonic()
     studio.stop()
     _wait_for(lambda: all(r.state.final for r in studio.runs), 10, "both runs ended")
@@ -288,10 +289,11 @@ def test_stop_cancels_the_grid_within_two_seconds(cluster, model, task, tmp_path
 def test_a_killed_worker_fails_its_run_and_the_others_finish(cluster, model, task, tmp_path):
     studio = HeadlessStudio(model, task.train, task.val, task.old_val, config=task.config, store=tmp_path / "store")
     executor = cluster(max_concurrent=2)
-    studio.what_if({"epochs": [40, 3]}, executor=executor)  # the long one is killed
+    studio.what_if({"epochs": [200, 3]}, executor=executor)  # the long one is killed
     _wait_for(lambda: len(studio.runs) == 2 and all(r.global_step > 2 for r in studio.runs), 180,
               "two runs began")
     victim, other = sorted(studio.runs, key=lambda r: -r.config.epochs)
+    assert victim.state == State.RUNNING
     os.kill(int(victim.host.split(":")[1]), signal.SIGKILL)
     studio.wait(180)
     assert victim.state == State.FAILED and victim.global_step > 0
