@@ -17,7 +17,9 @@ from .core import *  # noqa: F403 - the core's public names are the package's
 __version__ = "0.1.0"
 
 _LAZY = {"RetrainStudio": ".widgets", "LayerTreeView": ".widgets", "HeadlessStudio": ".headless",
-         "compare": ".comparison", "Comparison": ".comparison", "watch": ".watching", "WatchedLoop": ".watching"}
+         "compare": ".comparison", "Comparison": ".comparison", "watch": ".watching", "WatchedLoop": ".watching",
+         "RayExecutor": ".executors", "ThreadExecutor": ".executors", "Executor": ".executors",
+         "run_grid": ".executors"}
 
 
 def __getattr__(name: str) -> Any:

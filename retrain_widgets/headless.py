@@ -39,6 +39,7 @@ from .core.names import Meta
 from .core.runslot import RunSlot
 from .core.store import RunStore, open_store
 from .core.tree import frozen_complement, parameterised_layers
+from .distributed.worker import GridInputs
 from .one_run import one_start_at_a_time, start_refusal, wait_or_stop
 from .plots import LiveFigure
 from .runbook import RunBook, WhatIfQueue
@@ -458,20 +459,24 @@ class HeadlessStudio(StudioChecks):
         return export_script(config, title=f"{self.title}", **hints)
 
     # ================================================================== what-ifs
-    def what_if(self, grid: dict[str, Any], wait: bool = False) -> list[RunConfig]:
+    def what_if(self, grid: dict[str, Any], wait: bool = False, executor: Any = None) -> list[RunConfig]:
         """Run every combination of ``grid`` from the same pretrained weights, one after another.
 
         ``grid`` maps config fields to lists of values, e.g. ``{"loss": ["bce", "focal"],
         "frozen": [["features"], []]}`` (``"strategy"``: names of :data:`STRATEGIES`, see
         :meth:`variant_changes`); the other fields come from the studio's config. Stop
         ends the queue cleanly. Returns the configs queued; ``wait=True`` blocks until they are
-        done (Stop still works).
+        done (Stop still works). ``executor``: where they train (:mod:`retrain_widgets.executors`,
+        e.g. a ``RayExecutor``); by default one after another in this kernel.
         """
         with self.slot.claim(lambda: start_refusal(self, queue_too=True)):
             variants = grid_variants(grid)
             configs = [self._config.replace(**self.variant_changes(v)) for v in variants]
             names = [naming.variant_label(variant, variants) for variant in variants]
-            self.queue.start(configs, names)
+            inputs = None if executor is None else GridInputs(self.pretrained, self.train_loader, self.val_loader,
+                                                              self.old_val_loader, self.old_train_loader, self.forward,
+                                                              self.teacher)
+            self.queue.start(configs, names, executor, inputs)
         if wait:
             self.wait()
         return configs

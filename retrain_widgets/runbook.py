@@ -20,6 +20,7 @@ from .core.events import Event
 from .core.history import History
 from .core.store import RunStore, fingerprint
 from .core.store.faults import NotRecorded
+from .executors import run_in_book
 from .naming import next_number, numbered
 from .notebook import kernel_notebook, notebook_key
 from .topics import ErrorShown, Focus, Payload, QueueDone, QueueProgress
@@ -185,6 +186,7 @@ class WhatIfQueue:
         self.book, self._start_run, self.emit, self._ready = book, start, emit, ready
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.executor: Any = None  # an Executor (retrain_widgets.executors); None: the runs go through start()
 
     @property
     def used(self) -> bool:
@@ -196,9 +198,14 @@ class WhatIfQueue:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.executor is not None:
+            self.executor.stop()
 
-    def start(self, configs: list[RunConfig], names: list[str]) -> None:
+    def start(self, configs: list[RunConfig], names: list[str], executor: Any = None, inputs: Any = None) -> None:
+        """Run ``configs`` in the queue's thread: through ``start`` one after another, or on
+        ``executor`` with ``inputs`` (:mod:`retrain_widgets.executors`)."""
         self._stop.clear()
+        self.executor, self._inputs = executor, inputs
         self.thread = threading.Thread(target=self._run, args=(configs, names), daemon=True,
                                        name="retrain_widgets-what-if")
         self.thread.start()
@@ -218,8 +225,10 @@ class WhatIfQueue:
         emit(Focus("runs"))
 
     def _run_each(self, configs: list[RunConfig], names: list[str]) -> list[str]:
-        keys: list[str] = []
         self._ready()  # the studio's what_if() holds its slot until this thread has started
+        if self.executor is not None:
+            return run_in_book(self.executor, self._inputs, self.book, self.emit, configs, names)
+        keys: list[str] = []
         for i, (cfg, name) in enumerate(zip(configs, names)):
             if self._stop.is_set():
                 break

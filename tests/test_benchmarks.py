@@ -50,6 +50,8 @@ def test_each_benchmark_prints_its_headline_and_best_runs_lines():
                                     'f"best-runs ratio {name}: {best:.3f}"'),
                                    ("dashboard.py", 'f"dashboard overhead ratio: {median:.3f}"',
                                     'f"dashboard best-runs ratio: {best:.3f}"'),
+                                   ("ray_grid.py", 'f"ray grid speedup (4 runs): {median:.2f}"',
+                                    'f"ray grid best-runs speedup (4 runs): {best:.2f}"'),
                                    ("gpu_check.py", 'f"gpu overhead ratio {case}: {median:.3f}"',
                                     'f"gpu best-runs ratio {case}: {best:.3f}"')):
         source = (ROOT / "benchmarks" / script).read_text()

@@ -25,6 +25,7 @@ from ..core.comparison import grid_variants
 from ..core.config import RunConfig
 from ..core.engine import Retrainer
 from ..core.events import Event, State
+from ..executors import RayExecutor, ray_available
 from ..headless import STRATEGIES, HeadlessStudio
 from ..topics import Topic
 from .binding import css, message_html
@@ -204,6 +205,12 @@ class WhatIfBuilder(W.VBox):
         self.run_button = css(W.Button(description="Run what-ifs", button_style="success", disabled=True,
                                        layout=W.Layout(width="auto", flex="0 0 auto")), "rw-whatif-build-run")
         self.run_button.on_click(lambda _: self.run())
+        #: where the runs train: shown when ray is importable (``"ray"``: a local Ray instance, one run a CPU)
+        self.where = css(W.Dropdown(options=[("in this kernel", "kernel"), ("on Ray (local)", "ray")],
+                                    value="kernel", layout=W.Layout(width="150px",
+                                                                    display=None if ray_available() else "none")),
+                         "rw-whatif-where")
+        self._ray: Any = None
 
         def column(names: Sequence[str]) -> W.VBox:
             return W.VBox([W.HBox([self.vary[n], self.values[n]]) for n in names])
@@ -211,7 +218,7 @@ class WhatIfBuilder(W.VBox):
         picked = [n for n, s in FIELDS.items() if s.parse is None]
         typed = [n for n, s in FIELDS.items() if s.parse is not None]
         self.children = [W.HBox([column(picked), column(typed)]),
-                         W.HBox([self.run_button, self.summary], layout=W.Layout(align_items="center"))]
+                         W.HBox([self.run_button, self.where, self.summary], layout=W.Layout(align_items="center"))]
         self.update()
 
     @staticmethod
@@ -251,7 +258,15 @@ class WhatIfBuilder(W.VBox):
     def run(self) -> list[RunConfig] | None:
         """Queue the chosen what-ifs (they run one after another, like the JSON box's)."""
         try:
-            return self.studio.what_if(self.grid())
-        except ValueError as exc:
+            return self.studio.what_if(self.grid(), executor=self.executor())
+        except (ValueError, ImportError) as exc:
             self.say(f"✗ what-ifs: {exc}", True)
             return None
+
+    def executor(self) -> Any:
+        """``None`` (this kernel's queue), or the builder's ``RayExecutor`` (made once) when "on Ray" is picked."""
+        if self.where.value != "ray":
+            return None
+        if self._ray is None:
+            self._ray = RayExecutor()
+        return self._ray
