@@ -83,6 +83,7 @@ from .feature_suffix import (
     run_suffix,
 )
 from .fingerprints import fingerprint
+from .names import Meta
 from .rng import kept_rng
 
 __all__ = ["FeatureCache", "CachedBatch", "MEMORY_FRACTION", "memory_bound_mb", "cached_mb", "clear",
@@ -164,7 +165,7 @@ class FeatureCache:
                                      "reason": "RunConfig.cache_features=False" if mode is False else "",
                                      "mb": 0.0, "trainable_part": [], "loaders": {}}
         if meta is not None:
-            meta["feature_cache"] = self.info
+            meta[Meta.FEATURE_CACHE] = self.info
 
     # ------------------------------------------------------------------ what the engine calls
     def forward(self, model: nn.Module, batch: Any) -> tuple[Any, Any]:
