@@ -24,7 +24,7 @@ from ..comparison import table_html
 from ..core.comparison import summarize, table
 from ..core.events import Event, EventInfo, State
 from ..core.store import RunStore
-from ..core.tree import freeze, parameters_of, unfreeze
+from ..core.tree import freeze, parameterised_layers, parameters_of, unfreeze
 from ..core.watch import WatchedRun
 from ..plots import LiveFigure
 from .binding import css, message_html
@@ -33,7 +33,7 @@ from .controls import error_html, last_metrics
 from .tabs import button
 from .tree import LayerTreeView
 from .uipoll import ui_events
-from .writes import write
+from .writes import show, write
 
 __all__ = ["WatchDashboard", "DashboardSlot"]
 
@@ -93,7 +93,7 @@ class WatchDashboard(W.VBox):
         Unfreezing needs the loop's optimizer to hold the parameters; where it cannot, say why."""
         run, model = self.run, self.run.model
         now = set(run.frozen())
-        to_unfreeze = [n for n, ps in _layers(model) if n in now and not _covered(n, names)]
+        to_unfreeze = [n for n, ps in parameterised_layers(model) if n in now and not _covered(n, names)]
         problem = _cannot_unfreeze(run, model, to_unfreeze) or _nothing_left(model, names)
         if problem:
             write(self.tree_message, value=message_html(problem, error=True))
@@ -125,12 +125,10 @@ class WatchDashboard(W.VBox):
         """Handle the kernel's pending widget messages now (a no-op off the kernel's thread)."""
         if self._ui is None:
             self._ui = ui_events()
-        handled = self._ui.poll(10)
+        self._ui.poll(10)
         replay = getattr(self._ui, "replay", None)
         if replay is not None:
             replay()  # the next cells' requests go back to the kernel at once, in order
-        if handled is None:
-            return
 
     # ------------------------------------------------------------------ the RunView interface (Bridge)
     def frozen_layers(self, model: nn.Module) -> list[str]:
@@ -148,9 +146,7 @@ class WatchDashboard(W.VBox):
         state = self.run.state
         write(self.pause_button, disabled=not state.active, description="Resume" if state == State.PAUSED else "Pause")
         write(self.stop_button, disabled=state.final)
-        write(self.progress, layout=self.progress.layout)
-        if not self.run.total_steps:
-            self.progress.layout.display = "none"
+        show(self.progress, bool(self.run.total_steps))  # a bar only when the length is known
         text = {State.IDLE: ": waiting for the loop's first step.", State.RUNNING: " · training…",
                 State.PAUSED: ": the loop waits in its next step; Resume to continue, or Stop.",
                 State.STOPPED: f" at step {self.run.global_step:,}.",
@@ -178,12 +174,6 @@ class WatchDashboard(W.VBox):
             summaries = [summarize(r, self.store) for r in records] or [summarize(self.run)]
         columns, rows = table(summaries)
         write(self.runs_table, value=table_html(columns, rows))
-
-
-def _layers(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
-    from ..core.tree import parameterised_layers
-
-    return parameterised_layers(model)
 
 
 def _covered(layer: str, names: list[str]) -> bool:
