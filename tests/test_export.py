@@ -122,7 +122,7 @@ def imported_modules(src: str) -> set[str]:
 
 def check_source(src: str) -> None:
     compile(src, "train.py", "exec")
-    assert imported_modules(outside_blocks(src)) <= {"__future__", "contextlib", "copy", "math", "os", "torch"}
+    assert imported_modules(outside_blocks(src)) <= {"__future__", "contextlib", "copy", "gc", "math", "os", "torch"}
     assert "retrain_widgets" not in "\n".join(
         line for line in outside_blocks(src).splitlines() if "import" in line)
 
@@ -290,7 +290,7 @@ def test_example_code_is_inside_the_marked_blocks_only():
     src = export_script(REPRO, **code("is_seven"))
     assert "from retrain_widgets.examples import" in src
     assert "retrain_widgets.examples" not in outside_blocks(src)
-    assert imported_modules(outside_blocks(src)) == {"copy", "math", "os", "torch"}
+    assert imported_modules(outside_blocks(src)) == {"copy", "gc", "math", "os", "torch"}
 
 
 def test_future_imports_of_the_given_code_move_to_the_top():

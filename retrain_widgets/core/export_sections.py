@@ -69,7 +69,7 @@ def _settings(cfg: RunConfig, head: bool, groups: bool) -> str:
 # ============================================================================== the script's sections
 def _imports(futures: set[str]) -> str:
     return "\n".join(sorted(futures) + ([""] if futures else []) + [
-        "import copy", "import math", "import os", "",
+        "import copy", "import gc", "import math", "import os", "",
         "import torch",
         "import torch.distributed as dist",
         "import torch.nn.functional as F",

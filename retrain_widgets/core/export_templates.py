@@ -246,7 +246,11 @@ for epoch in range(EPOCHS):
 # the last validation, on one line that is easy to parse
 final = {k: results[k] for k in ("val_loss", "val_metric", "old_metric") if k in results}
 log("final: " + " ".join(f"{k}={v:.8g}" for k, v in final.items()))
-if DDP:
+if DDP:  # the DDP wrapper holds the process group: free it and let every rank get here before the
+    # group goes (left to the interpreter's exit, gloo's threads aborted a rank now and then)
+    del train_model
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()'''
 
 
