@@ -24,8 +24,9 @@ default cadence (``RunConfig().alignment_every`` steps within ``alignment_budget
 time), interleaved the same way, on the bundled CNN in blocks long enough (~300 steps, ~2.5 s) to
 hold the probe's steady state: its budget spaces the samples by their cost / budget (~1.6 s here),
 so a block of the engine benchmark's length (~0.6 s) would hold none. Each block is timed from the
-start of its first step, so the first sample (at the first step, before the budget can space it)
-counts in full: over a long run its share is smaller than here. The ResNet-18-shaped
+start of its first step, so the free samples (``AlignmentProbe.FREE_SAMPLES``, every
+``alignment_every`` steps from the first, before the budget can space them) count in full: over a long
+run their share is smaller than here. The ResNet-18-shaped
 model is not used here: one sample of it costs ~0.3 s, so at the default budget its samples are a
 minute apart, longer than a block can be. Ends with::
 

@@ -182,9 +182,9 @@ def test_budget_and_cadence_limit_the_samples():
     steps = r.history.layer_series("grad_alignment")[0]
     assert list(steps) == list(range(0, r.step, 4))
     tight = run(RunConfig(loss="bce", head_out=1, epochs=2, alignment_every=1, alignment_budget=1e-6, device="cpu"))
-    # the first sample is outside the budget (as the prime pass is): it buys one more, then its cost
-    # buys no further one within the run
-    assert tight.alignment.samples == 2
+    # the first FREE_SAMPLES samples are outside the budget (as the prime pass is): they buy one more,
+    # then its cost buys no further one within the run
+    assert tight.alignment.samples == AlignmentProbe.FREE_SAMPLES + 1
 
 
 def test_a_broken_old_loader_stops_the_probe_not_the_run():
@@ -286,8 +286,8 @@ def test_the_budget_is_measured_over_the_run_so_a_short_run_gets_samples(monkeyp
     probe.on_state(EventInfo(Event.STATE_CHANGE, 0, 0, {"state": State.RUNNING}))
     for step in range(92):
         _step(probe, clock, step, 0.003)
-    assert len(taken) >= 3 and taken[0] == 0 and probe.first_seconds == pytest.approx(0.0003)
-    assert probe.seconds - probe.last_seconds - probe.first_seconds <= 0.005 * probe.training_seconds()  # one sample ahead at most
+    assert len(taken) >= 3 and taken[0] == 0 and probe.free_seconds == pytest.approx(3 * 0.0003)
+    assert probe.seconds - probe.last_seconds - probe.free_seconds <= 0.005 * probe.training_seconds()  # one sample ahead at most
     # a per-sample budget (the time since the last sample) would have allowed one: 0.3 ms needs 60 ms
     assert all(b - a >= 20 for a, b in zip(taken, taken[1:]))
 
@@ -297,9 +297,9 @@ def test_the_budget_holds_over_a_long_run_and_pauses_earn_nothing(monkeypatch):
     probe.on_state(EventInfo(Event.STATE_CHANGE, 0, 0, {"state": State.RUNNING}))
     for step in range(2000):
         _step(probe, clock, step, 0.01)
-        assert probe.seconds - probe.last_seconds - probe.first_seconds <= 0.005 * probe.training_seconds()  # one sample ahead at most
+        assert probe.seconds - probe.last_seconds - probe.free_seconds <= 0.005 * probe.training_seconds()  # one sample ahead at most
     n = len(taken)
-    assert 0.005 * 20.0 / 0.002 * 0.8 <= n <= 0.005 * 20.0 / 0.002 + 2  # ~50 in 20 s at 0.5 % (+ the first, + one ahead)
+    assert 0.005 * 20.0 / 0.002 * 0.8 <= n <= 0.005 * 20.0 / 0.002 + AlignmentProbe.FREE_SAMPLES + 1  # ~50 in 20 s at 0.5 % (+ the free ones, + one ahead)
     probe.on_state(EventInfo(Event.STATE_CHANGE, 2000, 0, {"state": State.PAUSED}))
     clock.now += 600.0  # ten minutes paused
     probe.on_state(EventInfo(Event.STATE_CHANGE, 2000, 0, {"state": State.RUNNING}))
@@ -361,5 +361,5 @@ def test_the_quickstarts_short_runs_get_three_samples_with_data_in_the_dashboard
         assert run.step == 92 and steps[0] == 1 and with_data.all() and len(steps) >= 3, steps
         probe = run.alignment
         # within the budget over the run: every sample was taken while the time spent so far was
-        assert probe.seconds - probe.last_seconds - probe.first_seconds <= 0.005 * probe.training_seconds()
+        assert probe.seconds - probe.last_seconds - probe.free_seconds <= 0.005 * probe.training_seconds()
         assert len(run.history.series("old_batch_loss")[0]) == len(steps)
