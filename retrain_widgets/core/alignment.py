@@ -138,9 +138,9 @@ class AlignmentProbe:
         At most one sample every ``every`` steps, and only while the probe's time so far (its first
         ``FREE_SAMPLES`` samples left out, like the prime pass: the price of a panel at all) stays
         within ``budget`` of the training time since the run started, pauses left out (``1.0``: no
-        time limit): over a run it spends at most ``budget`` of the time and ``FREE_SAMPLES + 1``
-        samples more (those, and one ahead of its share), which a 92-step run on cached features
-        notices (~1.3 ms of ~70 ms: 0.5 % of it is less than one sample) and a long one does not.
+        time limit) with the next sample, priced as the last one, counted in: over a run it spends
+        at most ``budget`` of the time and the free samples, which a 92-step run on cached features
+        notices (~1.2 ms of ~70 ms: 0.5 % of it is less than one sample) and a long one does not.
     """
 
     #: Samples outside the budget: a panel of three points is the least that reads as a picture.
@@ -182,12 +182,15 @@ class AlignmentProbe:
 
     def due(self, step: int) -> bool:
         """``every`` steps since the last sample, and the budget allows one now (always at 1.0):
-        the time spent sampling so far, the free samples left out, within ``budget`` of the training
-        time so far (so the probe is never more than one sample ahead of its share, and time without
-        samples, at the start or between sparse ones, is credit for the next)."""
+        the time spent sampling so far, the free samples left out, plus the next sample's (priced as
+        the last one), within ``budget`` of the training time so far (so the probe never runs ahead
+        of its share, and time without samples, at the start or between sparse ones, is credit for
+        the next)."""
         if self.error is not None or step - self._last_step < self.every:
             return False
-        return self.budget >= 1.0 or self.seconds - self.free_seconds <= self.budget * self.training_seconds()
+        if self.budget >= 1.0 or self._free_left > 0:
+            return True
+        return self.seconds - self.free_seconds + self.last_seconds <= self.budget * self.training_seconds()
 
     def training_seconds(self) -> float:
         """Wall time since training began (the first backward pass when no state change came),
