@@ -30,6 +30,7 @@ from ..topics import Topic
 from .binding import ConfigBinding, css
 from .bridge import Bridge
 from .controls import ControlsView
+from .reopen import STUDIO_NOTE, STUDIO_NOTE_FIGURE, display_with_note
 from .runs import RunsPanel
 from .tabs import LayersTab, LossTab, OptimisationTab, ScheduleTab
 from .uipoll import wait_while
@@ -234,7 +235,9 @@ class RetrainStudio(W.VBox):
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
-        display(self._repr_mimebundle_(), raw=True)
+        # the dashboard, then (its own output, which the final figure's updates leave alone) the note a
+        # notebook reopened without widget state shows in its place
+        display_with_note(self, "studio", STUDIO_NOTE, with_figure=STUDIO_NOTE_FIGURE)
         if self.display_id is None:
             self.display_id = f"retrain-studio-final-{id(self)}-{time.time_ns()}"
             display({"text/plain": ""}, raw=True, display_id=self.display_id)

@@ -30,6 +30,7 @@ from ..plots import LiveFigure
 from .binding import css, message_html
 from .bridge import Bridge
 from .controls import error_html, last_metrics
+from .reopen import WATCH_NOTE, display_with_note
 from .tabs import button
 from .tree import LayerTreeView
 from .uipoll import ui_events
@@ -80,6 +81,9 @@ class WatchDashboard(W.VBox):
         run.control.while_paused.append(self.poll)
         self.show_state(run)
         self.show_runs()
+
+    def _ipython_display_(self) -> None:
+        display_with_note(self, "watch", WATCH_NOTE)  # the note a notebook reopened without widget state shows
 
     # ------------------------------------------------------------------ steering
     def toggle_pause(self) -> None:
@@ -214,6 +218,9 @@ class DashboardSlot(W.VBox):
         self.add_class("rw-watch-slot")
         self.dashboard: WatchDashboard | None = None
         self.children = [css(W.HTML(message_html(text)), "rw-status")]
+
+    def _ipython_display_(self) -> None:
+        display_with_note(self, "watch", WATCH_NOTE)
 
     def attach(self, run: WatchedRun, store: RunStore | None = None) -> WatchDashboard:
         """Show ``run``'s dashboard here (made once per run)."""

@@ -1,11 +1,11 @@
 """The quickstart as a new user runs it (issue 14, item 9): notebooks/01_quickstart.ipynb opened in
-JupyterLab 4 (its saved outputs cleared), Run All, wait for the end; no console error, no error
+JupyterLab 4 and in Notebook 7 (issue 27; its saved outputs cleared, a folder of its own per front end), Run All, wait for the end; no console error, no error
 output, and one figure per run: the dashboard's cell never shows two figures (sampled while its
 runs train) and ends with the last run's final figure alone; the comparison cell shows its one.
 Issue 27: nothing scrolls sideways at 1280 px after Run All (the dashboard, its Runs tab and its table
 included), and the notebook saved and reopened with a fresh kernel (widget state saved, as ./dev lab
 does) shows the dashboard's last state: no "model not found", no console error.
-Screenshots go to test-artifacts/browser/."""
+Screenshots go to test-artifacts/browser/ (named after the test, its front end included)."""
 
 from __future__ import annotations
 
@@ -21,17 +21,20 @@ pytestmark = pytest.mark.browser
 QUICKSTART = REPO_ROOT / "notebooks" / "01_quickstart.ipynb"
 
 
-def test_quickstart_runs_all_with_one_figure_per_run(jupyter_root, open_notebook):
+@pytest.mark.parametrize("frontend", ["lab", "notebook7"])
+def test_quickstart_runs_all_with_one_figure_per_run(jupyter_root, open_notebook, frontend):
     nb_file = nbformat.read(str(QUICKSTART), as_version=4)
     for cell in nb_file.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     nb_file.metadata.pop("widgets", None)
-    folder = jupyter_root / "walkthrough"  # its own folder: its .retrain_runs/ holds only its runs
+    # its own folder per front end: its .retrain_runs/ holds only its runs
+    folder = jupyter_root / f"walkthrough-{frontend}"
     folder.mkdir(exist_ok=True)
     nbformat.write(nb_file, str(folder / QUICKSTART.name))
+    path = f"{folder.name}/{QUICKSTART.name}"
 
-    nb = open_notebook(f"walkthrough/{QUICKSTART.name}", "lab")
+    nb = open_notebook(path, frontend)
     nb.run_all()
     nb.wait_widget("rw-studio", timeout=120)
     texts = lambda: " ".join(nb.output_texts())  # noqa: E731
@@ -62,11 +65,10 @@ def test_quickstart_runs_all_with_one_figure_per_run(jupyter_root, open_notebook
     nb.screenshot("runs-tab-1280")
 
     # issue 27: saved (widget state with it), reopened with a fresh kernel: the dashboard's last state
-    nb.page.keyboard.press("Control+s")
-    nb.page.locator(".jp-mod-dirty").first.wait_for(state="detached", timeout=30_000)
+    nb.save()  # Ctrl+S; in JupyterLab its tab's dirty marker gone too
     saved = nbformat.read(str(folder / QUICKSTART.name), as_version=4)
     assert saved.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state")
-    again = open_notebook(f"walkthrough/{QUICKSTART.name}", "lab")  # the old kernel is shut down first
+    again = open_notebook(path, frontend)  # the old kernel is shut down first
     again.page.locator(".rw-studio").first.wait_for(timeout=60_000)
     again.page.locator(".rw-studio").first.scroll_into_view_if_needed()
     again.page.wait_for_timeout(2000)
