@@ -1,15 +1,18 @@
 """What-if grids on Ray (retrain_widgets.executors, retrain_widgets.distributed).
 
 Every Ray test runs twice: on a two-node cluster on loopback
-(``ray start --head`` plus ``ray start --address=...``, one CPU each, started and stopped here), then
-on a local instance with 2 CPUs. Both
+(``ray start --head`` plus ``ray start --address=...``, one CPU each, started and stopped here, with
+token authentication on: a random token for the session), then on a local instance with 2 CPUs
+(token authentication on by default, the token under ``~/.ray/``). Both
 are module-scoped: one start-up each per session. Ray's start-up is slow on two cores (15-40 s),
 so the timeouts are generous but bounded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -31,6 +34,8 @@ from retrain_widgets.executors import ThreadExecutor
 from retrain_widgets.topics import Topic
 
 ray = pytest.importorskip("ray")
+
+from ray._private.authentication_test_utils import reset_auth_token_state  # noqa: E402 - Ray's own test helper
 
 from retrain_widgets import RayExecutor  # noqa: E402 - after the skip
 
@@ -133,12 +138,36 @@ def _end(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+@contextlib.contextmanager
+def _token_auth(token: str):
+    """This process uses token authentication with ``token`` inside the block; the environment and
+    Ray's state as before after it. Ray reads the mode when imported and caches the token, so both are
+    refreshed (Config, then the token cache: ``reset_auth_token_state``), on the way in and out."""
+    saved = {name: os.environ.get(name) for name in AUTH_VARS}
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    reset_auth_token_state()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reset_auth_token_state()
+
+
 def _two_node_cluster(tmp: str):
     """`ray start --head` and one more node, on loopback; yields the address. Token authentication is
-    off for this loopback-only cluster: the driver (this process) imported ray before, and reads the
-    authentication mode at import."""
+    on: both nodes and this process (the driver) get a random token for the cluster's lifetime."""
     port = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    token = secrets.token_hex(32)
+    env = {**{k: v for k, v in os.environ.items() if k not in AUTH_VARS}, "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
     common = ["--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     log = open(os.path.join(tmp, "ray-cluster.log"), "w")  # noqa: SIM115 - closed below
     procs = [subprocess.Popen([RAY_CLI, "start", "--head", f"--port={port}", "--include-dashboard=false",
@@ -156,14 +185,17 @@ def _two_node_cluster(tmp: str):
         address = f"127.0.0.1:{port}"
         procs.append(subprocess.Popen([RAY_CLI, "start", f"--address={address}", *common], stdout=log,
                                       stderr=subprocess.STDOUT, env=env, start_new_session=True))
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
-            assert time.monotonic() < deadline, "the second node did not join within 120 s"
-            time.sleep(0.5)
-        yield address
+        with _token_auth(token):
+            try:
+                ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+                while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+                    assert time.monotonic() < deadline, "the second node did not join within 120 s"
+                    time.sleep(0.5)
+                yield address
+            finally:
+                if ray.is_initialized():
+                    ray.shutdown()
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
         for proc in reversed(procs):
             _end(proc)
         log.close()
@@ -192,6 +224,39 @@ def cluster(request, tmp_path_factory):
                 yield lambda address=address, **kw: RayExecutor(address=address, **kw)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+JOIN = """
+import sys
+from retrain_widgets import RayExecutor
+try:
+    RayExecutor(address=sys.argv[1]).connect()
+except Exception as exc:
+    print(f"{type(exc).__module__}.{type(exc).__name__}: {exc}")
+else:
+    print("joined")
+"""
+
+
+def test_the_cluster_refuses_a_driver_without_its_token(cluster):
+    """Token authentication is on: another process joins with the cluster's token, not with a wrong
+    one nor without one; RayExecutor then says what to set (Ray says only that it could not connect)."""
+    address = cluster().address or ray.get_runtime_context().gcs_address
+    clean = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
+    own = {"RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"]} if "RAY_AUTH_TOKEN" in os.environ else {}  # else ~/.ray
+    envs = {"own token": {**clean, "RAY_AUTH_MODE": "token", **own},
+            "wrong token": {**clean, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64},
+            "no token": clean}
+    procs = {name: subprocess.Popen([sys.executable, "-c", JOIN, address], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True) for name, env in envs.items()}
+    said = {name: proc.communicate(timeout=180)[0].strip().splitlines()[-1:] for name, proc in procs.items()}
+    assert said["own token"] == ["joined"], said
+    for name in ("wrong token", "no token"):
+        text = said[name][0] if said[name] else ""
+        assert text.startswith("builtins.ConnectionError: RayExecutor could not join the Ray cluster at "), said
+        assert "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<the token>" in text and "~/.ray/auth_token" in text, text
+    assert "RAY_AUTH_MODE is not set here" in said["no token"][0]
+    assert "which this cluster may not accept" in said["wrong token"][0]
 
 
 def _studio(model, task, store):

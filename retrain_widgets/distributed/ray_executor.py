@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -120,7 +121,10 @@ class RayExecutor:
             if self.address is None:
                 ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False, **quiet)
             else:
-                ray.init(address=self.address, **quiet)
+                try:
+                    ray.init(address=self.address, **quiet)
+                except ConnectionError as exc:
+                    raise ConnectionError(_unreachable(self.address, exc)) from exc
             self.startup_seconds = time.perf_counter() - t0
             self.started_here = True
 
@@ -229,6 +233,22 @@ class RayExecutor:
         finally:
             self._waiting.pop(index, None)
             free.release()
+
+
+def _unreachable(address: str, exc: BaseException) -> str:
+    """Why joining the cluster at ``address`` failed, and what to check: Ray says only that it could
+    not connect, also when the cluster refused this process for a missing or wrong token."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    sends = "sends no token: RAY_AUTH_MODE is not set here" if mode is None else (
+        f"sends no token: RAY_AUTH_MODE={mode} here" if mode.lower() != "token" else
+        "sends the token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, which this cluster may not accept")
+    return (f"RayExecutor could not join the Ray cluster at {address!r} ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no reason given'}). Check that it "
+            f"runs and is reachable from here. If it uses token authentication (Ray >= 2.59 turns it on by "
+            f"default), this process must send the cluster's token, and it {sends}. Set RAY_AUTH_MODE=token "
+            f"and RAY_AUTH_TOKEN=<the token> (or put the token in ~/.ray/auth_token) in the environment "
+            f"before the kernel starts: Ray reads them when it is imported. `ray get-auth-token` on the head "
+            f"node prints the token.")
 
 
 def _reason(exc: BaseException) -> str:

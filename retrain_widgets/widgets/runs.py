@@ -2,7 +2,8 @@
 
 A thin view of a :class:`~retrain_widgets.headless.HeadlessStudio`; the what-if queue's topics
 (``queue``, ``queue_done``) reach it from the queue's thread, so it writes through
-:func:`~.writes.write`."""
+:func:`~.writes.write`. The table fills live: it is redrawn when a run is first recorded (its
+first publish) and when its state changes, from the thread that trains or reads that run."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import ipywidgets as W
 
 from ..comparison import table_html
 from ..core.comparison import METRIC_COLUMNS, RunSummary, table
+from ..core.events import Event
 from ..core.names import Series
 from ..headless import HeadlessStudio
 from ..plots.comparison import comparison_png
 from ..topics import Topic
 from .binding import message_html
 from .whatif import WhatIfBuilder
-from .writes import show, write
+from .writes import show, together, write
 
 __all__ = ["RunsPanel"]
 
@@ -92,6 +94,21 @@ class RunsPanel(W.VBox):
         self._summaries: list[RunSummary] = []
         studio.on(Topic.QUEUE, lambda p: self.say(p.text, p.error))
         studio.on(Topic.QUEUE_DONE, lambda p: self.show_queued(p.keys))
+        studio.on(Topic.RUN, lambda p: self._follow(p.run))
+
+    def _follow(self, run: Any) -> None:
+        """Redraw the table at ``run``'s first publish (the studio records a run right after it
+        announced it) and, from then on, when its state changes (the store's handler, added
+        before, has recorded the new state by then)."""
+        first = [True]
+
+        def published(_info: Any) -> None:
+            if first[0]:
+                first[0] = False
+                run.on(Event.STATE_CHANGE, lambda _i: self.refresh())
+                self.refresh()
+
+        run.on(Event.PUBLISH, published)
 
     def say(self, text: str, error: bool = False) -> None:
         """A message under the what-if grid (plain text, ```code``` spans)."""
@@ -99,9 +116,10 @@ class RunsPanel(W.VBox):
 
     def show_queued(self, keys: list[str]) -> None:
         """The what-if queue ended: its runs selected, and overlaid when there are any."""
-        self.refresh(select=keys)
         if keys:
-            self.overlay()
+            self.overlay(keys)
+        else:
+            self.refresh(select=keys)
 
     # ------------------------------------------------------------------ data
     def summaries(self) -> list[RunSummary]:
@@ -109,6 +127,10 @@ class RunsPanel(W.VBox):
 
     def refresh(self, select: list[str] | None = None) -> None:
         """Re-read the runs and redraw the table."""
+        with together():  # from the kernel's thread and the runs' threads: one refresh at a time
+            self._refresh(select)
+
+    def _refresh(self, select: list[str] | None) -> None:
         try:
             self._summaries = self.summaries()
         except Exception as exc:  # noqa: BLE001 - a damaged or unreadable store: said here, not in a log
@@ -154,9 +176,9 @@ class RunsPanel(W.VBox):
 
     # ------------------------------------------------------------------ actions
     def overlay(self, keys: list[str] | None = None) -> bytes | None:
-        """Overlay the selected runs (or ``keys``) in one figure."""
-        if keys is not None:
-            self.refresh(select=keys)
+        """Overlay the selected runs (or ``keys``) in one figure, re-read first: a run still going
+        shows what the store holds of it (saved every few seconds), and the table its state now."""
+        self.refresh(select=keys)
         chosen = self._selected()
         if not chosen:
             self.say("select one or more runs to overlay.")

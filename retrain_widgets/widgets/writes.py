@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["write", "show"]
+__all__ = ["write", "show", "together"]
 
 _LOCK = threading.RLock()
 
@@ -44,3 +44,11 @@ def write(widget: Any, **traits: Any) -> None:
 def show(widget: Any, visible: bool) -> None:
     """Show or hide ``widget`` (its layout's ``display``)."""
     write(widget.layout, display="" if visible else "none")
+
+
+def together() -> threading.RLock:
+    """The dashboard's write lock, for a view that reads state and then writes several widgets as one
+    step (``with together(): ...``): no other write comes between, and two such steps never
+    interleave. The same lock as :func:`write`'s (re-entrant), so no order of taking it can deadlock."""
+    return _LOCK
+
