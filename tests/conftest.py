@@ -13,6 +13,28 @@ torch.set_num_threads(1)
 # browser tests inherit it) run it for 2 epochs. ./dev test sets it for the notebooks (nbval) too.
 os.environ.setdefault("RETRAIN_WIDGETS_SHORT_RUNS", "1")
 
+
+
+def pytest_configure(config):
+    """Before any test worker starts: Ray's default token (``~/.ray/auth_token``, which a local
+    ``ray.init`` makes when it is missing, with token authentication on by default) is made once
+    here, so that two workers' first local instances (test_ray.py's and a browser test's kernel)
+    never both write it. Exclusive creation: an existing token is left as it is."""
+    if hasattr(config, "workerinput") or importlib.util.find_spec("ray") is None:
+        return
+    import secrets
+    from pathlib import Path
+
+    path = Path.home() / ".ray" / "auth_token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # a secret: the owner's only
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+
+
 # tests/vision/ needs torchvision and timm beside the torch they were built for: ./dev test runs it in
 # .venv-vision (where its conftest imports both, so it fails there rather than skip when one is missing)
 collect_ignore = [] if importlib.util.find_spec("torchvision") else ["vision"]

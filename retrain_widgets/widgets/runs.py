@@ -8,6 +8,7 @@ first publish) and when its state changes, from the thread that trains or reads 
 from __future__ import annotations
 
 import ast
+import threading
 from typing import Any
 
 import ipywidgets as W
@@ -92,6 +93,8 @@ class RunsPanel(W.VBox):
             self.message, self.figure, self.code,
         ]
         self._summaries: list[RunSummary] = []
+        self._order = threading.Lock()  # numbers the refreshes' reads
+        self._reads = self._drawn = 0
         studio.on(Topic.QUEUE, lambda p: self.say(p.text, p.error))
         studio.on(Topic.QUEUE_DONE, lambda p: self.show_queued(p.keys))
         studio.on(Topic.RUN, lambda p: self._follow(p.run))
@@ -126,16 +129,27 @@ class RunsPanel(W.VBox):
         return self.studio.run_summaries(every=bool(self.scope.value))
 
     def refresh(self, select: list[str] | None = None) -> None:
-        """Re-read the runs and redraw the table."""
-        with together():  # from the kernel's thread and the runs' threads: one refresh at a time
-            self._refresh(select)
-
-    def _refresh(self, select: list[str] | None) -> None:
+        """Re-read the runs and redraw the table. From the kernel's thread and the runs' threads: the
+        store is read outside the dashboard's write lock (other views keep drawing meanwhile), the
+        table drawn under it, and a read that a later one overtook is not drawn over it."""
+        with self._order:
+            self._reads += 1
+            read = self._reads
         try:
-            self._summaries = self.summaries()
+            summaries, error = self.summaries(), None
         except Exception as exc:  # noqa: BLE001 - a damaged or unreadable store: said here, not in a log
-            self.say(f"✗ the runs could not be listed: {type(exc).__name__}: {exc}", error=True)
-            return
+            summaries, error = [], exc
+        with together():
+            if read < self._drawn:
+                return
+            self._drawn = read
+            if error is not None:
+                self.say(f"✗ the runs could not be listed: {type(error).__name__}: {error}", error=True)
+                return
+            self._summaries = summaries
+            self._draw(select)
+
+    def _draw(self, select: list[str] | None) -> None:
         damaged = [s.name for s in self._summaries if "damaged" in s.state]
         if damaged:
             self.say(f"✗ damaged in the store: {', '.join(damaged)} (listed; delete to remove).", error=True)
