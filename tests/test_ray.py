@@ -397,3 +397,22 @@ def test_a_config_that_does_not_fit_fails_alone(cluster, model, task):
     assert bad.state == State.FAILED and bad.global_step == 0 and "LossMismatchError" in bad.message, bad.message
     assert any(text.startswith("✗ does not fit: ") for text in said), said
     executor.shutdown()
+
+
+def test_gpus_the_cluster_does_not_have_are_refused_before_anything_is_shipped(cluster, model, task, tmp_path):
+    """Ray would queue a task asking for a GPU a CPU-only cluster lacks forever: refused with a clear
+    message, in the dashboard's place for it too (the what-if queue's error)."""
+    executor = cluster(gpus_per_run=1)
+    executor.connect()
+    if ray.cluster_resources().get("GPU", 0) >= 1:
+        pytest.skip("this cluster has a GPU")
+    with pytest.raises(ValueError, match=r"gpus_per_run=1\): the Ray cluster has 0 GPU\(s\).*gpus_per_run=0"):
+        executor.run_grid(GridInputs(model, task.train, task.val), [short(task)], ["on a GPU"])
+    assert executor.puts == 0
+    studio = _studio(model, task, tmp_path / "store")
+    said = []
+    studio.on(Topic.QUEUE, lambda p: said.append(p.text))
+    studio.on(Topic.ERROR, lambda p: said.append(str(p.error)))
+    studio.what_if({"lr": [1e-3]}, wait=True, executor=executor)
+    assert studio.runs == [] and any("0 GPU(s)" in text for text in said), said
+    executor.shutdown()

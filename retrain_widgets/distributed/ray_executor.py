@@ -139,10 +139,17 @@ class RayExecutor:
         self.started_here, self._board = False, None
 
     def slots(self) -> int:
-        """Runs at once: :attr:`max_concurrent`, else what the cluster's CPUs (and GPUs) hold."""
+        """Runs at once: :attr:`max_concurrent`, else what the cluster's CPUs (and GPUs) hold. A run
+        that asks for more GPUs than the cluster has is refused here: Ray would queue it forever."""
+        res = self.ray.cluster_resources()
+        if self.gpus_per_run > res.get("GPU", 0):
+            raise ValueError(
+                f"RayExecutor(gpus_per_run={self.gpus_per_run:g}): the Ray cluster has "
+                f"{res.get('GPU', 0):g} GPU(s) ({res.get('CPU', 0):g} CPUs), so no run could start. "
+                f"Use gpus_per_run=0 to train on its CPUs, or attach to a cluster with GPUs "
+                f"(RayExecutor(address='auto' or 'ray://host:port', gpus_per_run=...))")
         if self.max_concurrent is not None:
             return self.max_concurrent
-        res = self.ray.cluster_resources()
         fits = [int(res.get("CPU", 1) // self.cpus_per_run)] if self.cpus_per_run > 0 else []
         if self.gpus_per_run > 0:
             fits.append(int(res.get("GPU", 0) // self.gpus_per_run))
@@ -158,6 +165,7 @@ class RayExecutor:
 
         ray, say = self.ray, say or (lambda text: None)
         self.connect()
+        slots = self.slots()  # refuses GPUs the cluster does not have, before anything is shipped
         self._stopping.clear()
         board_class, remote_train = remote_parts()
         if self._board is None:
@@ -170,7 +178,7 @@ class RayExecutor:
         task = remote_train.options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, scheduling_strategy="SPREAD",
                                     **({"runtime_env": self.runtime_env} if self.runtime_env else {}))
         threads = max(1, int(self.cpus_per_run))
-        free = threading.Semaphore(self.slots())
+        free = threading.Semaphore(slots)
         adopting = threading.Lock()
         runs: list[RemoteRun] = []
         readers: list[threading.Thread] = []
