@@ -103,3 +103,21 @@ def test_a_failed_studio_leaves_no_error_at_garbage_collection():
     finally:
         sys.unraisablehook = previous
     assert not [u for u in seen if "headless" in str(u.exc_value)], [str(u.exc_value) for u in seen]
+
+
+def test_on_the_cpu_the_losss_own_raise_is_the_check_and_other_raises_pass_unchanged():
+    """Class ids cost no per-step read on the CPU: the loss's IndexError becomes BadTargets (its cause
+    kept); a raise the targets did not cause goes on as it was."""
+    r = Retrainer(_net(), _cfg(), _batches(9, 0))
+    guard, out = r.target_guard, torch.randn(16, 4)
+    fine, bad = torch.randint(0, 4, (16,)), torch.tensor([0] * 15 + [6])
+    with pytest.raises(BadTargets, match="class id 6") as info:
+        guard(out, bad)
+    assert isinstance(info.value.__cause__, IndexError)
+
+    def broken(outputs, targets):
+        raise RuntimeError("not about the targets")
+
+    r.loss_fn = broken
+    with pytest.raises(RuntimeError, match="not about the targets"):
+        guard(out, fine)

@@ -64,6 +64,8 @@ class StepProbes:
         # one view per buffer row, made once: a step then indexes nothing
         k = len(self._active_params)
         self._rows = [self._buffer[j, :1 + k] for j in range(self.capacity)]
+        self._norm_rows = [row[1:] for row in self._rows]
+        self._loss_slots = [row[0] for row in self._rows]
 
     @property
     def full(self) -> bool:
@@ -91,14 +93,15 @@ class StepProbes:
         j = self.n
         grads = [p.grad if p.grad is not None else self._zero for p in self._active_params]
         if grads:
-            torch.stack(torch._foreach_norm(grads), out=self._rows[j][1:])
+            torch.stack(torch._foreach_norm(grads), out=self._norm_rows[j])
         self.steps[j] = step
         if self.lr_groups:
             self.lrs[j] = [g["lr"] for g in self.lr_groups]
 
     def record_loss(self, loss: torch.Tensor) -> None:
         """The row :meth:`record_gradients` began: its loss (a device copy, no sync)."""
-        self._rows[self.n][0].copy_(loss.detach().reshape(()))
+        loss = loss.detach()
+        self._loss_slots[self.n].copy_(loss if loss.dim() == 0 else loss.reshape(()))
         self.n += 1
 
     def flush(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -7,8 +7,10 @@ loss (:meth:`Retrainer.batch_loss <retrain_widgets.core.engine.Retrainer.batch_l
 instead of the loss) and stops the run with :class:`BadTargets`, naming the step, the offending value
 and the fix.
 
-Cost: on the CPU one ``aminmax`` of the batch's targets, read at once (a host read is free there).
-On CUDA (and MPS) nothing is read per step: the targets' min and max go into a device buffer, a row per step,
+Cost: on the CPU, class ids cost nothing per step: every multiclass loss of the registry indexes
+by them and raises on one out of range there, and only then are the targets read (the raise becomes
+:class:`BadTargets`, or goes on as it was when the targets are fine); binary targets (which no loss
+refuses) take one ``aminmax``, read at once (a host read is free there). On CUDA (and MPS) nothing is read per step: the targets' min and max go into a device buffer, a row per step,
 that :meth:`check` reads when the publisher flushes the probes (one copy per publish); cross
 entropy's targets out of range are replaced by ``ignore_index`` on the device meanwhile, so its
 kernel does not assert before the publish reports them.
@@ -52,12 +54,28 @@ class TargetGuard:
         self.n = 0
 
     def __call__(self, outputs: Tensor, targets: Any) -> Tensor:
+        if self.host and self.task == "multiclass":  # the loss's own indexing is the check (see the module)
+            try:
+                return self.run.loss_fn(outputs, targets)
+            except (IndexError, RuntimeError) as exc:
+                self.run_check(outputs, targets, exc)
+                raise
         return self.run.loss_fn(outputs, self.screen(outputs, targets))
 
-    def screen(self, outputs: Tensor, targets: Any) -> Any:
-        """``targets`` (made safe for the loss on CUDA); raises :class:`BadTargets` on the CPU."""
+    def run_check(self, outputs: Tensor, targets: Any, exc: BaseException) -> None:
+        """The loss raised ``exc`` on the CPU: :class:`BadTargets` from it when the targets are the cause."""
+        try:
+            self.screen(outputs, targets, force=True)
+        except BadTargets as bad:
+            raise bad from exc
+
+    def screen(self, outputs: Tensor, targets: Any, force: bool = False) -> Any:
+        """``targets`` (made safe for the loss on CUDA); raises :class:`BadTargets` on the CPU (class ids
+        there only when ``force``d: see :meth:`__call__`)."""
         if self.task not in ("multiclass", "binary") or not isinstance(targets, Tensor) or not targets.numel() \
                 or not isinstance(outputs, Tensor) or outputs.dim() < 1:
+            return targets
+        if self.host and self.task == "multiclass" and not force:
             return targets
         t = targets.detach()
         if self.task == "multiclass":
