@@ -218,11 +218,12 @@ def _loop(run, net, opt, data, sleep=0.0):
 def test_watch_records_in_the_store_and_its_dashboard_draws_and_steers(tmp_path):
     net = _net()
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
-    run = rw.watch(net, opt, store=tmp_path / "runs", name="my loop", total_steps=40, alignment_every=None)
+    # a loop far longer than the test needs (Stop ends it): a starved test thread cannot see it finish first
+    run = rw.watch(net, opt, store=tmp_path / "runs", name="my loop", total_steps=400, alignment_every=None)
     dash = run.dashboard()
     assert dash is run.dashboard() and run.id is not None
     assert dash.pause_button.disabled and dash.status.value.count("waiting for the loop")
-    t = threading.Thread(target=_loop, args=(run, net, opt, _data(40), 0.01))
+    t = threading.Thread(target=_loop, args=(run, net, opt, _data(400), 0.01))
     t.start()
     _until(lambda: run.global_step >= 2)  # the first optimizer step may import torch._dynamo (seconds)
     dash.pause_button.click()  # what a click does (the kernel's thread handles it)
@@ -236,8 +237,8 @@ def test_watch_records_in_the_store_and_its_dashboard_draws_and_steers(tmp_path)
     dash.stop_button.click()
     t.join(5)
     run.finish()
-    assert run.state == State.STOPPED and 0 < run.global_step < 40
-    assert dash.plot.value[:4] == b"\x89PNG" and dash.progress.max == 40
+    assert run.state == State.STOPPED and 0 < run.global_step < 400
+    assert dash.plot.value[:4] == b"\x89PNG" and dash.progress.max == 400
     assert run.store.get(run.id).state == "stopped"
     assert "my loop" in dash.runs_table.value
 
