@@ -39,17 +39,23 @@ def _widget_state(path) -> dict:
     return meta.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
 
 
-@pytest.mark.parametrize("frontend", ["lab", "notebook7"])
-def test_a_saved_dashboard_reopens_without_a_broken_widget(notebook_file, open_notebook, jupyter_root, frontend):
-    name = notebook_file(CELLS)
-    nb = open_notebook(name, frontend)
+def _run_to_the_end(nb):
+    """Run All, then Start the dashboard's run and wait until its final figure replaced the live plot
+    (what a saved notebook must show)."""
     nb.run_all()
     nb.wait_widget("rw-studio", timeout=60)
     nb.wait_all_cells_done(timeout=60)
     nb.page.locator(".rw-studio").first.scroll_into_view_if_needed()
     nb.click_widget("rw-start")
     nb.wait_widget_text("rw-status", r"^finished after 92 steps", timeout=120)
-    wait_static_final(nb)  # the final figure replaced the live plot: what the saved notebook must show
+    wait_static_final(nb)
+    return nb
+
+
+@pytest.mark.parametrize("frontend", ["lab", "notebook7"])
+def test_a_saved_dashboard_reopens_without_a_broken_widget(notebook_file, open_notebook, jupyter_root, frontend):
+    name = notebook_file(CELLS)
+    nb = _run_to_the_end(open_notebook(name, frontend))
     nb.page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})  # focus the notebook, not a widget
     deadline = time.monotonic() + 30
     while not _widget_state(jupyter_root / name) and time.monotonic() < deadline:
@@ -123,14 +129,7 @@ def _reopen_without_widget_state(nb, open_notebook, jupyter_root, name: str, mar
 def test_a_dashboard_saved_without_widget_state_reopens_with_a_note(notebook_file, open_notebook, jupyter_root,
                                                                    frontend):
     name = notebook_file(CELLS_WITH_OTHER_WIDGET)
-    nb = open_notebook(name, frontend)
-    nb.run_all()
-    nb.wait_widget("rw-studio", timeout=60)
-    nb.wait_all_cells_done(timeout=60)
-    nb.page.locator(".rw-studio").first.scroll_into_view_if_needed()
-    nb.click_widget("rw-start")
-    nb.wait_widget_text("rw-status", r"^finished after 92 steps", timeout=120)
-    wait_static_final(nb)
+    nb = _run_to_the_end(open_notebook(name, frontend))
     live = _note(nb.page, "rw-reopen-studio")
     # live: the dashboard in its output, no note, the note's own output takes no space
     assert live["live"] and live["note"] == "none" and not live["ownShown"], live
