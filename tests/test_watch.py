@@ -131,6 +131,30 @@ def test_a_nan_loss_sets_should_stop_and_says_at_which_step():
     assert run.state == State.FAILED and "NaN or infinite at step 4" in run.history.meta["error"]
 
 
+@pytest.mark.parametrize("form", ["number", "scalar tensor", "1-element tensor"])
+def test_the_loss_may_be_a_number_or_a_one_element_tensor_and_a_nan_number_stops_too(form):
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    run = WatchedRun(net, opt, alignment_every=None, publish_every=3)
+    given = []
+    for i, (x, y) in enumerate(_data(8)):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        value = float("nan") if i == 6 else loss.item()
+        given.append(value)
+        run.step({"number": value, "scalar tensor": torch.tensor(value),
+                  "1-element tensor": torch.tensor([value])}[form])
+        if run.should_stop:
+            break
+    assert i == 6 and "at step 6" in run.message
+    run.finish()
+    steps, recorded = run.history.series(Series.TRAIN_LOSS)
+    np.testing.assert_array_equal(steps, np.arange(6))
+    np.testing.assert_allclose(recorded, given[:6], rtol=1e-6)
+
+
 def test_the_old_task_is_measured_at_each_epoch_and_the_alignment_probe_samples():
     seven = examples.task("is_seven")
     digits = examples.digits_loaders(batch_size=64)

@@ -43,6 +43,8 @@ class StepProbes:
         self._buffer = torch.empty(self.capacity, 1 + max(1, len(self.params)), device=device, dtype=torch.float32)
         self.loss = self._buffer[:, 0]
         self.norms = self._buffer[:, 1:]
+        # on the CPU the buffer's own memory as numpy: a host loss is written there without a torch op
+        self._host = self._buffer.numpy() if device.type == "cpu" else None
         self.steps = np.empty(self.capacity, dtype=np.int64)
         # one optimizer param group per LR column (host numbers: reading them costs no sync)
         self.lr_groups = list(lr_groups)
@@ -104,6 +106,15 @@ class StepProbes:
         self._loss_slots[self.n].copy_(loss if loss.dim() == 0 else loss.reshape(()))
         self.n += 1
 
+    def record_loss_value(self, value: float) -> None:
+        """:meth:`record_loss` for a loss the host holds (a number): written into the buffer's
+        memory on the CPU, filled on a device (no sync either way)."""
+        if self._host is not None:
+            self._host[self.n, 0] = value
+        else:
+            self._loss_slots[self.n].fill_(value)
+        self.n += 1
+
     def flush(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Move the buffered chunk to the host (one sync); return ``(steps, losses, layer norms,
         LRs)`` where ``LRs`` has one column per LR group given at construction.
@@ -117,7 +128,7 @@ class StepProbes:
         if n == 0:
             return steps, np.empty(0, np.float32), np.empty((0, len(self.layer_names)), np.float32), lrs
         k = len(self.active)
-        host = self._buffer[:n, :1 + k].cpu().numpy()
+        host = self._host[:n, :1 + k] if self._host is not None else self._buffer[:n, :1 + k].cpu().numpy()
         losses = host[:, 0].copy()
         layer = np.full((n, len(self.layer_names)), np.nan, dtype=np.float64)
         if k:

@@ -139,11 +139,17 @@ class Telemetry:
         self.handlers.fire(Event.BACKWARD_END, step, self.epoch, {})
         self.probes.record_gradients(step)
 
-    def loss(self, step: int, loss: torch.Tensor) -> None:
-        """The loss of the step :meth:`optimizer_step` began (the NaN guard's check, as in
-        :meth:`backward_end`)."""
-        self.probes.record_loss(loss)
-        if self.device.type == "cpu" and not math.isfinite(float(loss.detach())):
+    def loss(self, step: int, loss: torch.Tensor | float) -> None:
+        """The loss of the step :meth:`optimizer_step` began: a tensor, or a number. The NaN guard's
+        check is immediate when the host holds the value (a number, or any loss on the CPU, where
+        reading it is free); on an accelerator a tensor's waits for the next publish, as in
+        :meth:`backward_end`."""
+        if isinstance(loss, torch.Tensor) and not loss.is_cpu:
+            self.probes.record_loss(loss)
+            return
+        value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+        self.probes.record_loss_value(value)
+        if not math.isfinite(value):
             self.diverged(step)
 
     def step_end(self, step: int) -> None:

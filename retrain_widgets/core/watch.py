@@ -158,17 +158,18 @@ class WatchedRun:
     def step(self, loss: torch.Tensor | float) -> None:
         """After each optimizer step: the loss it took (a tensor, or a number). Applies queued
         changes and waits here while paused. A NaN/Inf loss sets :attr:`should_stop`."""
-        if self.state.final:
-            raise RuntimeError(f"this watched run has ended ({self.state.value}); watch() the loop again")
-        if self.state == State.IDLE:
-            self._begin()
-        loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss), device=self.device)
+        if self.state is not State.RUNNING:
+            if self.state.final:
+                raise RuntimeError(f"this watched run has ended ({self.state.value}); watch() the loop again")
+            if self.state == State.IDLE:
+                self._begin()
         tel = self.telemetry
         try:
             if self._grads_at == self.global_step:
-                tel.loss(self.global_step, loss)
+                tel.loss(self.global_step, loss)  # a tensor or a number, as it came
             else:  # no optimizer hook this step: the gradients as they are now
-                tel.backward_end(self.global_step, loss)
+                tel.backward_end(self.global_step, loss.detach() if isinstance(loss, torch.Tensor)
+                                 else torch.tensor(float(loss), device=self.device))
             self._grads_at = None
             self.global_step += 1
             tel.step_end(self.global_step)

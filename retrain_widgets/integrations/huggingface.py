@@ -93,7 +93,7 @@ class RetrainCallback(WatchingCallback, TrainerCallback):
     def __init__(self, store: Any = None, **options: Any) -> None:
         super().__init__(store, **options)
         self._forward_hook: Any = None
-        self._loss_sum: torch.Tensor | None = None
+        self._loss_sum: torch.Tensor | float | None = None
         self._micro = 0
         self._logged: float | None = None  # the Trainer's last logged loss
         self._step_waits = False  # this step's loss comes with the Trainer's log (no model loss)
@@ -131,7 +131,8 @@ class RetrainCallback(WatchingCallback, TrainerCallback):
             return  # an evaluation's, or the alignment probe's (it runs the model in eval mode)
         loss = output.get("loss")
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            loss = loss.detach().reshape(())
+            # on the CPU a number (reading it is free there), else a device tensor (no host sync)
+            loss = loss.item() if loss.is_cpu else loss.detach().reshape(())
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._micro += 1
 
