@@ -71,6 +71,22 @@ def test_a_watched_loops_history_is_what_the_loop_did(zero_grad_first):
     assert config["optimizer"] == "sgd" and config["momentum"] == 0.9 and config["scheduler"] == "StepLR"
 
 
+def test_a_trainable_layer_the_loss_does_not_reach_has_a_zero_gradient_norm():
+    torch.manual_seed(0)
+    net = nn.ModuleDict({"used": nn.Linear(4, 3), "unused": nn.Linear(4, 3)})  # trainable, never in forward
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    run = WatchedRun(net, opt, alignment_every=None, publish_every=2)
+    for x, y in _data(3):
+        opt.zero_grad()
+        F.cross_entropy(net["used"](x), y).backward()
+        opt.step()
+        run.step(F.cross_entropy(net["used"](x), y))
+    run.finish()
+    _, cols, g = run.history.layer_series(Series.GRAD_NORM)
+    assert cols == ("used", "unused") and g.shape == (3, 2)
+    assert np.all(g[:, 0] > 0) and np.all(g[:, 1] == 0)
+
+
 def test_stop_from_another_thread_and_pause_waiting_in_step():
     net = _net()
     opt = torch.optim.SGD(net.parameters(), lr=0.01)

@@ -93,9 +93,13 @@ class StepProbes:
         the next row, at the optimizer step, whatever the loop does with ``.grad`` afterwards.
         :meth:`record_loss` completes the row."""
         j = self.n
-        grads = [p.grad if p.grad is not None else self._zero for p in self._active_params]
-        if grads:
-            torch.stack(torch._foreach_norm(grads), out=self._norm_rows[j])
+        if self._active_params:
+            grads = [p.grad for p in self._active_params]
+            try:
+                norms = torch._foreach_norm(grads)
+            except TypeError:  # a trainable parameter without a gradient this step (None): its norm is 0
+                norms = torch._foreach_norm([self._zero if g is None else g for g in grads])
+            torch.stack(norms, out=self._norm_rows[j])
         self.steps[j] = step
         if self.lr_groups:
             self.lrs[j] = [g["lr"] for g in self.lr_groups]
