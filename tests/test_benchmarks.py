@@ -66,12 +66,15 @@ def test_feature_cache_benchmark_quick_runs_and_reports():
     assert "peak memory:" in out.stdout
 
 
-@pytest.mark.parametrize(("mode", "lines"), [("--watch", ("watch overhead ratio: ", "watch best-runs ratio: ")),
-                                             ("--hf", ("hf callback overhead ratio: ", "hf callback best-runs ratio: "))])
+@pytest.mark.parametrize(("mode", "lines"), [
+    ("--watch", ("watch overhead ratio: ", "watch best-runs ratio: ")),
+    ("--hf", ("hf callback overhead ratio: ", "hf callback best-runs ratio: ")),
+    ("--hf --hf-model bert-tiny", ("hf callback overhead ratio bert-tiny: ", "hf callback best-runs ratio bert-tiny: ")),
+])
 def test_overhead_watch_and_hf_modes_quick_run_and_print_their_lines(mode, lines):
-    if mode == "--hf":
+    if mode.startswith("--hf"):
         pytest.importorskip("transformers")
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead.py"), mode, "--quick"],
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead.py"), *mode.split(), "--quick"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert all(line in out.stdout for line in lines), out.stdout
