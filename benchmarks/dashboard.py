@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-import functools
 import gc
 import os
 import statistics
@@ -49,6 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from paired import interleave, ratios  # noqa: E402
+from pieces import timed  # noqa: E402
 
 from retrain_widgets import RetrainStudio, RunConfig, examples, losses  # noqa: E402
 from retrain_widgets.core.alignment import AlignmentProbe  # noqa: E402
@@ -123,25 +123,9 @@ _GC = "garbage collector passes"
 
 def breakdown(model, batches, val, old_val, cfg) -> None:
     """One studio run with a timer around each piece of :data:`_PIECES` (training thread only)."""
-    totals: collections.Counter = collections.Counter()
-    calls: collections.Counter = collections.Counter()
-    saved = [(cls, name, getattr(cls, name)) for cls, name, _ in _PIECES]
-
-    def timed(fn, key):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            if threading.current_thread().name != "retrain_widgets-train":
-                return fn(*args, **kwargs)
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                totals[key] += time.perf_counter() - t0
-                calls[key] += 1
-        return wrapper
-
     passes = collections.Counter()
     gc_started = [0.0]
+    gc_totals: collections.Counter = collections.Counter()
 
     def collector(phase, info):  # the garbage collector's passes that fall in the training thread
         if threading.current_thread().name != "retrain_widgets-train":
@@ -149,21 +133,19 @@ def breakdown(model, batches, val, old_val, cfg) -> None:
         if phase == "start":
             gc_started[0] = time.perf_counter()
         else:
-            totals[_GC] += time.perf_counter() - gc_started[0]
-            calls[_GC] += 1
+            gc_totals[_GC] += time.perf_counter() - gc_started[0]
+            gc_totals[_GC + " calls"] += 1
             passes[info["generation"]] += 1
 
-    for (cls, name, label), (_, _, fn) in zip(_PIECES, saved):
-        setattr(cls, name, timed(fn, label))
     gc.callbacks.append(collector)
     try:
-        t0 = time.perf_counter()
-        (rate, _), share, frames = studio_run(model, batches, val, old_val, cfg)
-        wall = time.perf_counter() - t0
+        with timed(_PIECES, thread="retrain_widgets-train") as (totals, calls):
+            t0 = time.perf_counter()
+            (rate, _), share, frames = studio_run(model, batches, val, old_val, cfg)
+            wall = time.perf_counter() - t0
     finally:
         gc.callbacks.remove(collector)
-        for cls, name, fn in saved:
-            setattr(cls, name, fn)
+    totals[_GC], calls[_GC] = gc_totals[_GC], gc_totals[_GC + " calls"]
     print(f"breakdown of one studio run ({wall:.1f} s from start to end, {rate:.1f} steps/s, {frames}; "
           f"shares of that wall time):")
     for label in [label for _, _, label in _PIECES] + [_GC]:

@@ -49,7 +49,9 @@ batches), on the bundled CNN in blocks of ~300 steps (as the probe's own measure
 its steady state), ending with ``watch overhead ratio: X`` and
 ``watch best-runs ratio: Y``. Target: <= 1.02. ``--watch --breakdown`` first measures the same loop watched
 without the alignment probe (``watch overhead ratio without the alignment probe``), which splits the probe's
-budgeted share from the rest.
+budgeted share from the rest, then times one watched run piece by piece (``pieces of one watched loop run``: each
+piece's time a step and share of a step: the gradient norms, the alignment samples, ``run.step``, publishing);
+``--hf --breakdown`` does that for one callback run (with the forward hook that takes the step's loss).
 
 ``--hf`` measures the Hugging Face callback: ``transformers.Trainer`` on a tiny random BERT without
 against with ``integrations.huggingface.RetrainCallback()`` (default options: no old task, no store),
@@ -61,7 +63,7 @@ full vocabulary, 128 tokens a text: ~20x the toy's step, the same 41 parameter t
 someone fine-tunes, against the toy's worst case.
 
 Run: ``.venv/bin/python benchmarks/overhead.py [--repeats 7] [--quick] [--probe-only | --engine-only | --gradient-order
-| --watch [--breakdown] | --hf [--hf-model bert-tiny]]``.
+| --watch [--breakdown] | --hf [--hf-model bert-tiny] [--breakdown]]``.
 """
 
 from __future__ import annotations
@@ -81,9 +83,14 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from paired import interleave, ratios  # noqa: E402
+from pieces import timed  # noqa: E402
 
 from retrain_widgets import Event, Retrainer, RunConfig, examples  # noqa: E402
+from retrain_widgets.core.alignment import AlignmentProbe  # noqa: E402
+from retrain_widgets.core.checkpoint import HeavyProbes  # noqa: E402
 from retrain_widgets.core.params import make_optimizer  # noqa: E402
+from retrain_widgets.core.probes import StepProbes  # noqa: E402
+from retrain_widgets.core.telemetry import Telemetry  # noqa: E402
 from retrain_widgets.core.watch import WatchedRun  # noqa: E402
 
 
@@ -228,6 +235,32 @@ HF_MODELS = {
 }
 
 
+#: (class, method, label) of a watched loop's pieces; an indented one is inside the one above it
+_STEP = "run.step(loss): loss, NaN check, publish when due, steering"
+_WATCH_PIECES = (
+    (WatchedRun, "_before_optimizer_step", "at the optimizer step (pre-hook)"),
+    (StepProbes, "record_gradients", "  gradient norms (one per parameter tensor) and LRs"),
+    (AlignmentProbe, "sample", "  alignment probe samples"),
+    (WatchedRun, "step", _STEP),
+    (Telemetry, "publish", "publish (in run.step when due, and at the end): host copy, history"),
+    (HeavyProbes, "measure", "  drift + NaN-guard checkpoint (within their budget)"),
+)
+
+
+def pieces(name: str, run_once: Callable[[], tuple[float, float]], extra: tuple = ()) -> None:
+    """``--breakdown``: one more run (``run_once``) with a timer around each piece of a watched loop,
+    printed as time a step and share of a step (the timers' own ~1 us a call included)."""
+    table = _WATCH_PIECES + tuple(extra)
+    with timed(table) as (totals, calls):
+        rate, _ = run_once()
+    steps, step_us = max(1, calls[_STEP]), 1e6 / rate
+    print(f"pieces of one {name} run ({rate:.1f} steps/s, {step_us:.0f} us a step; {steps} steps):")
+    for _, _, label in table:
+        if calls[label]:
+            us = 1e6 * totals[label] / steps
+            print(f"  {label:64s} {us:8.1f} us a step {100 * us / step_us:5.2f} %  ({calls[label]} calls)")
+
+
 def hf_case(quick: bool, size: str = "toy") -> tuple[Callable[[], nn.Module], list]:
     """A random BERT of the ``HF_MODELS`` shape ``size`` (built fresh by the returned function, same
     seed) and ~100 steps of texts."""
@@ -288,6 +321,19 @@ def measure_hf(quick: bool, repeats: int, size: str = "toy") -> tuple[float, flo
         return compare(f"{size} BERT (Hugging Face Trainer)", ("plain", "callback"),
                        lambda: hf_train(make_model, texts, False, folder),
                        lambda: hf_train(make_model, texts, True, folder), repeats)
+
+
+def hf_pieces(quick: bool, size: str) -> None:
+    """``--hf --breakdown``: one more callback run, piece by piece (:func:`pieces`)."""
+    import tempfile
+
+    from retrain_widgets.integrations.huggingface import RetrainCallback
+
+    make_model, texts = hf_case(quick, size)
+    extra = ((RetrainCallback, "_forward_done", "the model's forward hook (the step's loss)"),
+             (RetrainCallback, "on_step_end", "the callback's on_step_end (run.step inside)"))
+    with tempfile.TemporaryDirectory() as folder:
+        pieces(f"{size} BERT Trainer", lambda: hf_train(make_model, texts, True, folder), extra)
 
 
 class _Stamped:
@@ -391,7 +437,8 @@ def main() -> None:
     parser.add_argument("--hf-model", choices=sorted(HF_MODELS), default="toy",
                         help="with --hf: the BERT's shape (default toy; bert-tiny: the smallest published BERT's)")
     parser.add_argument("--breakdown", action="store_true",
-                        help="with --watch: also the watched loop without the alignment probe")
+                        help="with --watch: also the watched loop without the alignment probe; with --watch or "
+                             "--hf: one more run timed piece by piece")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
     device = torch.device("cpu")
@@ -406,6 +453,8 @@ def main() -> None:
         median, best = measure_watch(model, batches, cfg, repeats, device)
         if args.breakdown:
             bare_median, bare_best = measure_watch_without_probe(model, batches, cfg, repeats, device)
+            pieces("watched loop", lambda: user_loop(model, batches, cfg, device,
+                                                     old_train=batches[: max(1, len(batches) // 4)]))
             print(f"watch overhead ratio without the alignment probe: {bare_median:.3f}")
             print(f"watch best-runs ratio without the alignment probe: {bare_best:.3f}")
         print(f"watch overhead ratio: {median:.3f}")
@@ -413,6 +462,8 @@ def main() -> None:
         return
     if args.hf:
         median, best = measure_hf(args.quick, repeats, args.hf_model)
+        if args.breakdown:
+            hf_pieces(args.quick, args.hf_model)
         which = "" if args.hf_model == "toy" else f" {args.hf_model}"
         print(f"hf callback overhead ratio{which}: {median:.3f}")
         print(f"hf callback best-runs ratio{which}: {best:.3f}")

@@ -67,8 +67,11 @@ def test_feature_cache_benchmark_quick_runs_and_reports():
 
 
 @pytest.mark.parametrize(("mode", "lines"), [
-    ("--watch", ("watch overhead ratio: ", "watch best-runs ratio: ")),
-    ("--hf", ("hf callback overhead ratio: ", "hf callback best-runs ratio: ")),
+    ("--watch --breakdown", ("watch overhead ratio: ", "watch best-runs ratio: ",
+                             "watch overhead ratio without the alignment probe: ", "pieces of one watched loop run",
+                             "gradient norms (one per parameter tensor)", "alignment probe samples")),
+    ("--hf --breakdown", ("hf callback overhead ratio: ", "hf callback best-runs ratio: ",
+                          "pieces of one toy BERT Trainer run", "the model's forward hook")),
     ("--hf --hf-model bert-tiny", ("hf callback overhead ratio bert-tiny: ", "hf callback best-runs ratio bert-tiny: ")),
 ])
 def test_overhead_watch_and_hf_modes_quick_run_and_print_their_lines(mode, lines):
