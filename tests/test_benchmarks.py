@@ -82,3 +82,11 @@ def test_overhead_watch_and_hf_modes_quick_run_and_print_their_lines(mode, lines
     assert out.returncode == 0, out.stderr
     assert all(line in out.stdout for line in lines), out.stdout
     assert "overhead ratio digits_cnn" not in out.stdout  # the mode runs alone
+
+
+def test_grad_norms_benchmark_runs_and_reports_each_way():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "grad_norms.py")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    for way in ("foreach", "segments", "numpy"):
+        assert f"grad norms digits_cnn {way}: warm " in out.stdout and ", in situ " in out.stdout, out.stdout
