@@ -269,7 +269,8 @@ def test_watch_records_in_the_store_and_its_dashboard_draws_and_steers(tmp_path)
     dash.pause_button.click()  # what a click does (the kernel's thread handles it)
     _until(lambda: run.state == State.PAUSED)
     paused_at = run.global_step
-    assert dash.pause_button.description == "Resume"
+    # the loop's thread sets the state, then fires the event the dashboard draws from: the button follows
+    _until(lambda: dash.pause_button.description == "Resume", 5.0)
     time.sleep(0.2)
     assert run.global_step == paused_at
     dash.pause_button.click()
