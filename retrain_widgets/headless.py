@@ -40,7 +40,7 @@ from .core.runslot import RunSlot
 from .core.store import RunStore, open_store
 from .core.tree import frozen_complement, parameterised_layers
 from .distributed.worker import GridInputs
-from .one_run import one_start_at_a_time, start_refusal, wait_or_stop
+from .one_run import one_start_at_a_time, settle, start_refusal, wait_or_stop
 from .plots import LiveFigure
 from .runbook import RunBook, WhatIfQueue
 from .topics import (
@@ -285,6 +285,7 @@ class HeadlessStudio(StudioChecks):
         except Exception as exc:  # noqa: BLE001 - shown in the views
             self.emit(ErrorShown(exc))
             return None
+        settle(self.run)
         self.figure.reset()
         self._layers = {id(run.model): parameterised_layers(run.model)}
         self.run, self._restored = run, None
@@ -348,7 +349,7 @@ class HeadlessStudio(StudioChecks):
         run = self.run
         if run is not None and run.state.active:
             run.stop()
-            run.join(10)
+        settle(run)
         self.run, self._restored = None, None
         self.emit(ResetDone())
         self.figure.reset()
@@ -441,6 +442,7 @@ class HeadlessStudio(StudioChecks):
         self._restored = (key, model)
         if config is not None:
             self.config = config
+        settle(self.run)
         self.figure.reset()
         self.emit(PlotDrawn(self.figure.render_final(history.snapshot())))
         self.status(f"restored {self.book.name_for(key)}: `studio.model` holds its weights.")

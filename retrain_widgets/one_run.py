@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from .core.engine import Retrainer
 from .core.runslot import RunBusy, RunSlot
 
-__all__ = ["Studio", "interrupted", "one_start_at_a_time", "refused_quietly", "start_refusal", "wait_or_stop"]
+__all__ = ["Studio", "interrupted", "one_start_at_a_time", "refused_quietly", "settle", "start_refusal", "wait_or_stop"]
 
 
 class Studio(Protocol):
@@ -48,6 +48,14 @@ def start_refusal(studio: Studio, queue_too: bool = False) -> str:
     if thread is not None and thread.is_alive() and thread is not threading.current_thread():
         return "what-ifs are running: Stop them first (one run at a time)."
     return ""
+
+
+def settle(run: Retrainer | None) -> None:
+    """Wait (up to 10 s) for ``run``'s last handlers: a stopped run's training thread still draws its final
+    frame on the studio's one figure after Stop has enabled Reset, Start and the Runs tab's Restore, so those
+    wait for it rather than draw on the figure at the same time. At once for a run long ended."""
+    if run is not None and run.thread is not threading.current_thread():
+        run.join(10)
 
 
 def one_start_at_a_time(start: Callable[..., Retrainer | None]) -> Callable[..., Retrainer | None]:
