@@ -250,7 +250,10 @@ def test_set_lr_and_freeze_while_running(cnn, loaders):
     assert reached.wait(10)
     r.set_lr(5e-3)
     r.freeze(["features"])
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10  # queued: applied at the next step boundary
+    while r.model.features[0].weight.requires_grad and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # past the boundary's step
     w = r.model.features[0].weight.detach().clone()
     time.sleep(0.2)
     r.stop()

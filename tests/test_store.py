@@ -318,8 +318,11 @@ def test_paused_run_is_saved_and_keeps_a_heartbeat(tmp_path, monkeypatch, pretra
         deadline = time.monotonic() + 20
         while run.state != State.PAUSED and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(0.1)
-        (state, step, beat), = db_rows(tmp_path, "SELECT state, step, heartbeat FROM runs WHERE id = ?", (run_id,))
+        while True:  # the training thread sets the state, then its handlers save the row: wait for the save
+            (state, step, beat), = db_rows(tmp_path, "SELECT state, step, heartbeat FROM runs WHERE id = ?", (run_id,))
+            if state == "paused" or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         assert state == "paused" and step == run.step > 0  # saved on pause despite save_every=60
         assert len(store.history(run_id).series("train_loss")[0]) == step
         time.sleep(0.3)
@@ -470,6 +473,7 @@ def test_store_threads_end(tmp_path, pretrained, seven):
         store.record(run, save_every=0)
         run.fit()
         run.join(5)
+        run.thread.join(5)  # join() returns when the run is over; the thread itself ends just after
         assert run.thread.ident not in store.connections.threads() and store.recording() == []
     assert {t.name for t in set(threading.enumerate()) - before} <= {"retrain_widgets-store-heartbeat"}
 

@@ -243,7 +243,7 @@ def test_a_full_disk_marks_the_run_failed_at_once_with_the_reason(tmp_path, pret
 
     monkeypatch.setattr(recorder, "encode_history", full)
     s = RunStore(tmp_path / "runs")
-    run = Retrainer(pretrained, RunConfig(loss="bce", head_out=1, max_steps=40, alignment_every=None),
+    run = Retrainer(pretrained, RunConfig(loss="bce", head_out=1, max_steps=400, alignment_every=None),
                     SlowLoader(seven.train, 0.05), publish_every=2)
     run_id = s.record(run, save_every=0)
     with pytest.warns(RuntimeWarning, match="is full"):
@@ -252,7 +252,7 @@ def test_a_full_disk_marks_the_run_failed_at_once_with_the_reason(tmp_path, pret
         while s.get(run_id).state != "failed" and _time.monotonic() < deadline:
             _time.sleep(0.05)
         rec = s.get(run_id)
-        assert run.state.active, "the row is marked while the run still trains"
+        assert run.state.active, "the row is marked while the run still trains"  # (20 s of steps: Stop ends them)
         run.stop()
         run.wait()
     assert rec.state == "failed" and "is full" in rec.message and run_id in rec.message

@@ -22,7 +22,7 @@ def seven():
 def studio(cnn, seven):
     s = RetrainStudio(cnn, seven.train, seven.val, seven.old_val, config=RunConfig(loss="bce", head_out=1, epochs=2))
     yield s
-    if s.run is not None and s.run.state.active:
+    if s.run is not None:  # a stopped run's thread may still draw its final frame: not into the next test
         s.run.stop()
         s.run.join(10)
 
@@ -170,6 +170,42 @@ def test_start_stop_reset(studio):
     assert trained is run.model
     studio.reset_button.click()
     assert studio.run is None and studio.model is studio.pretrained and studio.progress.value == 0
+
+
+def test_reset_start_and_restore_right_after_stop_wait_for_the_final_frame(studio, monkeypatch):
+    """Stop enables Reset and Start before the training thread has drawn the final frame on the studio's
+    one figure: a click then waits for that frame, never drawing on the figure at the same time."""
+    figure, calls, inside = studio.headless.figure, [], []
+
+    def watched(name, method, pause=0.0):
+        def call(*args, **kwargs):
+            calls.append((name, len(inside)))  # how many figure calls were going on at this one's start
+            inside.append(name)
+            try:
+                time.sleep(pause)
+                return method(*args, **kwargs)
+            finally:
+                inside.remove(name)
+        return call
+
+    monkeypatch.setattr(figure, "render_final", watched("final", figure.render_final, 0.5))
+    monkeypatch.setattr(figure, "reset", watched("reset", figure.reset))
+    monkeypatch.setattr(figure, "render", watched("render", figure.render))
+    studio.epochs.value = 50
+    def restore_the_first():
+        studio.headless.restore(studio.headless.run_summaries()[0].name)
+
+    for click in (studio.reset_button.click, studio.start_button.click, restore_the_first):
+        studio.start_button.click()
+        run = studio.run
+        assert _until(lambda: run.step > 2)
+        studio.stop_button.click()
+        assert _until(lambda: not studio.start_button.disabled)  # Reset and Start are enabled: click at once
+        calls.clear()
+        click()
+        assert calls and all(n == 0 for _, n in calls), calls  # nothing drawn while the final frame was
+        studio.stop_button.click()
+        assert studio.run is None or studio.run.join(10)
 
 
 def test_wait_returns_history_and_plots_update(studio):
