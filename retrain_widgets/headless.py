@@ -40,7 +40,7 @@ from .core.runslot import RunSlot
 from .core.store import RunStore, open_store
 from .core.tree import frozen_complement, parameterised_layers
 from .distributed.worker import GridInputs
-from .one_run import one_start_at_a_time, settle, start_refusal, wait_or_stop
+from .one_run import one_start_at_a_time, plain_wait_while, quiesce, settle, start_refusal, wait_or_stop
 from .plots import LiveFigure
 from .runbook import RunBook, WhatIfQueue
 from .topics import (
@@ -66,20 +66,6 @@ from .topics import (
 __all__ = ["HeadlessStudio", "LossVerdict", "Preview", "STRATEGIES", "plain_wait_while"]
 
 STRATEGIES = ("custom", "head only", "full", "gradual")
-
-
-def plain_wait_while(busy: Callable[[], bool], timeout: float | None = None, interval: float = 0.05,
-                     poll: Callable[[], Any] | None = None) -> bool:
-    """Wait while ``busy()``, calling ``poll()`` (if given) every ``interval`` seconds; True when it
-    became false within ``timeout`` seconds."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while busy():
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-        if poll is not None:
-            poll()
-        time.sleep(interval)
-    return True
 
 
 class HeadlessStudio(StudioChecks):
@@ -208,7 +194,9 @@ class HeadlessStudio(StudioChecks):
             self.emit(ConfigChanged(new, old))
             raise
         run = self.run
-        if run is not None and run.state.active:
+        if run is not None and run.state.active and self.queue.alive():  # a what-if keeps its own config
+            self.status("what-ifs are running, each with its own config: this change takes effect at the next Start.")
+        elif run is not None and run.state.active:
             self.apply_live(run, old, new, diff)
         return new
 
@@ -345,11 +333,8 @@ class HeadlessStudio(StudioChecks):
             self.run.stop()
 
     def reset(self) -> None:
-        """Back to the pretrained weights: stop any run and forget its trained model."""
-        run = self.run
-        if run is not None and run.state.active:
-            run.stop()
-        settle(run)
+        """Back to the pretrained weights: stop any run (and queued what-ifs) and forget its trained model."""
+        quiesce(self)
         self.run, self._restored = None, None
         self.emit(ResetDone())
         self.figure.reset()
@@ -410,9 +395,8 @@ class HeadlessStudio(StudioChecks):
         older studio's run first."""
         for other in list(HeadlessStudio._live):
             same_cell = self.cell is not None and other.cell == self.cell
-            if (same_cell or other.pretrained is model) and other.run is not None and other.run.state.active:
-                other.run.stop()
-                other.run.join(10)
+            if (same_cell or other.pretrained is model) and other.busy():
+                quiesce(other)  # its what-ifs too: not a grid left training in the background
 
     # ================================================================== runs: compare, restore, delete, code
     @property
@@ -436,13 +420,18 @@ class HeadlessStudio(StudioChecks):
 
     def restore(self, key: str) -> nn.Module:
         """Load a run's weights (by store id or run name): returns the model, which becomes
-        :attr:`model`; the config becomes the run's and its final plots are shown."""
+        :attr:`model`; the config becomes the run's and its final plots are shown. Refused while
+        a run or what-ifs are going (a ``ValueError``): it replaces the studio's model, config and plots."""
+        if self.run is not None and self.run.state.final:
+            settle(self.run)  # a run just stopped: its final frame and its stored record first
+        if self.busy():
+            raise ValueError("a run or what-ifs are going: Stop them first, then restore (restoring replaces "
+                             "the studio's model, config and plots)")
         model, history, config = self.book.load(key)
         model.eval()
         self._restored = (key, model)
         if config is not None:
             self.config = config
-        settle(self.run)
         self.figure.reset()
         self.emit(PlotDrawn(self.figure.render_final(history.snapshot())))
         self.status(f"restored {self.book.name_for(key)}: `studio.model` holds its weights.")

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 from .core.engine import Retrainer
 from .core.runslot import RunBusy, RunSlot
 
-__all__ = ["Studio", "interrupted", "one_start_at_a_time", "refused_quietly", "settle", "start_refusal", "wait_or_stop"]
+__all__ = ["Studio", "interrupted", "one_start_at_a_time", "plain_wait_while", "quiesce", "refused_quietly", "settle",
+           "start_refusal", "wait_or_stop"]
 
 
 class Studio(Protocol):
@@ -56,6 +57,31 @@ def settle(run: Retrainer | None) -> None:
     wait for it rather than draw on the figure at the same time. At once for a run long ended."""
     if run is not None and run.thread is not threading.current_thread():
         run.join(10)
+
+
+def quiesce(studio: Studio) -> None:
+    """Stop ``studio``'s run and queued what-ifs, and wait (up to 10 s each) until they have ended, their
+    last handlers too: nothing of them starts or draws after this returns (Reset, a re-run cell)."""
+    if studio.busy():
+        studio.stop()
+    thread = studio.queue.thread
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(10)
+    settle(studio.run)
+
+
+def plain_wait_while(busy: Callable[[], bool], timeout: float | None = None, interval: float = 0.05,
+                     poll: Callable[[], Any] | None = None) -> bool:
+    """Wait while ``busy()``, calling ``poll()`` (if given) every ``interval`` seconds; True when it
+    became false within ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while busy():
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        if poll is not None:
+            poll()
+        time.sleep(interval)
+    return True
 
 
 def one_start_at_a_time(start: Callable[..., Retrainer | None]) -> Callable[..., Retrainer | None]:

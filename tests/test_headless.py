@@ -36,6 +36,15 @@ class Recorder:
         return next(s for s in reversed(self.seen) if s[0] == topic)[1:]
 
 
+def _until(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def _short(**kw):
     return RunConfig(**{"head_out": 1, "max_steps": 12, "loss": "bce", **kw})
 
@@ -203,6 +212,55 @@ def test_a_new_studio_from_the_same_cell_stops_the_old_run(cnn, seven):
     other = examples.pretrained_digits_cnn()  # another model: only the cell is the same
     HeadlessStudio(other, seven.train, config=_short(), store=False, cell="cell-1")
     assert run.state == State.STOPPED
+
+
+def test_a_new_studio_from_the_same_cell_stops_the_old_studios_what_ifs(cnn, seven):
+    a = HeadlessStudio(cnn, seven.train, config=_short(max_steps=None, epochs=100), store=False, cell="cell-2")
+    a.what_if({"lr": [1e-3, 2e-3, 3e-3]})
+    assert _until(lambda: a.run is not None and a.run.step > 0)
+    HeadlessStudio(examples.pretrained_digits_cnn(), seven.train, config=_short(), store=False, cell="cell-2")
+    assert not a.busy() and len(a.runs) == 1 and a.runs[0].state == State.STOPPED  # no next what-if started
+
+
+def test_reset_between_what_ifs_ends_the_queue_and_a_config_change_leaves_the_what_ifs_alone(cnn, seven):
+    s = HeadlessStudio(cnn, seven.train, config=_short(max_steps=None, epochs=100), store=False)
+    rec = Recorder(s)
+    s.what_if({"lr": [1e-3, 2e-3, 3e-3]})
+    assert _until(lambda: s.run is not None and s.run.step > 0)
+    run = s.run
+    s.set(lr=5e-2, frozen=["features"])  # the studio's config: the what-if keeps its own
+    assert "what-ifs are running" in rec.last("status")[0]
+    time.sleep(0.3)
+    assert run.optimizer.param_groups[-1]["lr"] == pytest.approx(1e-3)
+    assert all(p.requires_grad for p in run.model.parameters())
+    s.reset()
+    assert not s.busy() and s.run is None and len(s.runs) == 1 and run.state == State.STOPPED
+    time.sleep(0.3)
+    assert len(s.runs) == 1 and s.run is None  # the queue's next run was never started
+
+
+def test_restore_is_refused_while_a_run_trains_and_works_right_after_stop(cnn, seven, tmp_path, monkeypatch):
+    s = HeadlessStudio(cnn, seven.train, config=_short(max_steps=None, epochs=100), store=tmp_path / "runs")
+    first = s.start()
+    assert _until(lambda: first.step > 2)
+    first.stop()
+    assert first.join(10)
+    from retrain_widgets.core.store.recorder import Recorder as StoreRecorder
+
+    real_final = StoreRecorder.save_final  # made on the training thread after the state became "stopped"
+    monkeypatch.setattr(StoreRecorder, "save_final", lambda self: (time.sleep(0.5), real_final(self))[1])
+    run = s.start()
+    assert _until(lambda: run.step > 2)
+    lr = run.optimizer.param_groups[-1]["lr"]
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="Stop them first, then restore"):
+        s.restore(s.book.key_of(first))
+    assert time.monotonic() - t0 < 1.0 and s.run is run and run.state.active  # at once; nothing changed
+    assert s.model is run.model and run.optimizer.param_groups[-1]["lr"] == lr
+    run.stop()
+    assert _until(lambda: run.state == State.STOPPED)  # its final frame and record are still being made
+    model = s.restore(s.book.key_of(run))  # waits for them: its weights are stored by then
+    assert s.model is model and model is not run.model
 
 
 def test_the_feature_cache_state_is_announced_built_reused_off_and_refused(cnn, seven):

@@ -54,7 +54,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from ..headless import plain_wait_while
+from ..one_run import plain_wait_while
 
 __all__ = ["UIEvents", "ui_events", "wait_while"]
 
