@@ -208,6 +208,26 @@ def test_reset_start_and_restore_right_after_stop_wait_for_the_final_frame(studi
         assert studio.run is None or studio.run.join(10)
 
 
+def test_an_executors_what_ifs_enable_stop_and_stop_ends_them(studio):
+    """An executor announces each run once it has begun (a Ray worker's, a ThreadExecutor's): the controls
+    show it going, Stop stays enabled from one of the grid's runs to the next, and ends the grid."""
+    from retrain_widgets.executors import ThreadExecutor
+
+    studio.epochs.value = 50
+    studio.what_if({"lr": [1e-3, 2e-3, 3e-3]}, executor=ThreadExecutor())
+    assert _until(lambda: studio.bridge is not None and studio.bridge.run.state == State.RUNNING)
+    first = studio.bridge
+    assert _until(lambda: not studio.stop_button.disabled, 5.0), "Stop is enabled while the grid's run trains"
+    assert "running" in studio.status.value and studio.start_button.disabled
+    first.run.stop()  # this variant only: the grid goes on with the next
+    assert _until(lambda: studio.bridge is not first and studio.bridge.run.state == State.RUNNING)
+    assert not studio.stop_button.disabled
+    studio.stop_button.click()  # the grid: the running variant and the one still queued
+    studio.wait(30)
+    assert _until(lambda: not studio.headless.busy()) and _until(lambda: studio.stop_button.disabled, 5.0)
+    assert len(studio.headless.runs) == 2 and all(r.state == State.STOPPED for r in studio.headless.runs)
+
+
 def test_wait_returns_history_and_plots_update(studio):
     studio.start()
     first = studio.plot.value

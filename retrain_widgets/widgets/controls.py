@@ -93,6 +93,8 @@ class ControlsView(W.VBox):
         studio.on(Topic.PLOT, lambda p: self.show_frame(p.png))
         studio.on(Topic.RESET, lambda p: self.reset())
         studio.on(Topic.LOSS_CHECK, self.show_check)
+        studio.on(Topic.QUEUE_DONE, lambda p: self.queue_ended())
+        studio.on(Topic.QUEUE, lambda p: self.queue_ended() if p.error else None)  # the queue failed
         self.check: LossVerdict | None = None  # the current loss check: Start waits for it to pass
 
     # ------------------------------------------------------------------ the RunView interface
@@ -113,7 +115,7 @@ class ControlsView(W.VBox):
         write(self.start_button, disabled=active or blocked,
               tooltip="the loss does not fit: see the status line" if blocked else "train a copy of the pretrained model")
         write(self.pause_button, disabled=not active, description="Resume" if state == State.PAUSED else "Pause")
-        write(self.stop_button, disabled=not active)
+        write(self.stop_button, disabled=not (active or self.studio.queue.alive()))  # Stop ends what-ifs too
         write(self.reset_button, disabled=active)
         if blocked and not active:
             self.show_status(check_status(self.check), error=True)
@@ -128,6 +130,11 @@ class ControlsView(W.VBox):
                                  f"{html.escape(text, quote=False)}</span>")
         if state == State.FAILED and run.error is not None:
             self.show_error(run.error)
+
+    def queue_ended(self) -> None:
+        """The what-ifs ended (their thread is about to): Stop follows the current run alone again."""
+        run = self.studio.run
+        write(self.stop_button, disabled=not (run is not None and run.state.active))
 
     def run_ended(self, run: Retrainer, png: bytes) -> None:
         if self.on_final is not None:

@@ -153,7 +153,12 @@ class RetrainStudio(W.VBox):
 
     def _attach(self, run: Retrainer) -> None:
         self._live_again()
+        if self.bridge is not None:
+            self.bridge.detach()  # one run drawn at a time, the newest (a grid's runs may train side by side)
         self.bridge = Bridge(self.controls, run, self.headless.figure)
+        if run.state.active:  # an executor's run is announced once it has begun: its RUNNING came before
+            self.bridge.update_progress()
+            self.controls.show_state(run)
 
     # ================================================================== the Python API (see HeadlessStudio)
     config = _forward("config", settable=True)
