@@ -309,6 +309,33 @@ def test_the_layers_tab_freezes_at_the_next_step_and_refuses_what_the_optimizer_
     run.finish()
 
 
+def test_ticks_in_the_layers_tab_stay_ticked_until_the_loop_takes_them_and_build_on_each_other():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    run = rw.watch(net, opt, store=False, alignment_every=None)
+    tree = run.dashboard().tree
+    total = sum(p.numel() for p in net.parameters())
+    tree.row("0").check.value = True  # idle: now
+    assert not net[0].weight.requires_grad and tree.row("0").check.value and tree.frozen == ["0"]
+    assert f"<b>{total - net[0].weight.numel() - net[0].bias.numel()}</b> trainable" in tree.totals.value
+    tree.row("0").check.value = False
+    assert net[0].weight.requires_grad and not tree.row("0").check.value
+    _loop(run, net, opt, _data(2))  # running: ticks wait for the loop's next step
+    tree.row("0").check.value = True
+    assert net[0].weight.requires_grad and tree.row("0").check.value  # shown ticked, not yet taken
+    assert "0 trainable" not in tree.totals.value and "frozen" in tree.totals.value
+    tree.row("2").check.value = True  # the second tick keeps the first
+    assert tree.frozen == ["0", "2"] and tree.row("0").check.value
+    tree.row("2").check.value = False
+    tree.row("0").check.value = False  # taken back before the loop took it
+    tree.row("2").check.value = True
+    _loop(run, net, opt, _data(1))
+    assert net[0].weight.requires_grad and not net[2].weight.requires_grad and not net[2].bias.requires_grad
+    assert tree.frozen == ["2"] and tree.row("2").check.value and not tree.row("0").check.value
+    run.finish()
+
+
 def test_the_studios_runs_tab_lists_restores_and_overlays_a_watched_loop_beside_engine_runs(runs_in_tmp):
     from retrain_widgets import RetrainStudio
 

@@ -19,6 +19,7 @@ This module holds the tree itself: :func:`layer_tree` and :func:`parameterised_l
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from torch import nn
@@ -118,14 +119,14 @@ class LayerInfo:
         return self.name.rsplit(".", 1)[-1] if self.name else "(model)"
 
 
-def _param_info(name: str, depth: int, p: nn.Parameter) -> LayerInfo:
+def _param_info(name: str, depth: int, p: nn.Parameter, trains: bool) -> LayerInfo:
     n = p.numel()
     return LayerInfo(name=name, type="Parameter", depth=depth, own_params=n, total_params=n,
-                     trainable_params=n if p.requires_grad else 0, children=(), kind="parameter",
+                     trainable_params=n if trains else 0, children=(), kind="parameter",
                      shape=tuple(p.shape))
 
 
-def layer_tree(model: nn.Module) -> dict[str, LayerInfo]:
+def layer_tree(model: nn.Module, frozen: Collection[int] | None = None) -> dict[str, LayerInfo]:
     """Describe every module of ``model``, in ``named_modules()`` order, and every parameter a
     module holds next to parameterised children (:func:`held_parameters`) as a node of its own.
 
@@ -133,6 +134,9 @@ def layer_tree(model: nn.Module) -> dict[str, LayerInfo]:
     ----------
     model
         Any ``nn.Module``.
+    frozen
+        The ``id()`` of the parameters to count as frozen (a freezing the model takes later), or
+        ``None``: those whose ``requires_grad`` is False.
 
     Returns
     -------
@@ -141,6 +145,7 @@ def layer_tree(model: nn.Module) -> dict[str, LayerInfo]:
         follows its holder's.
     """
     out: dict[str, LayerInfo] = {}
+    trains = (lambda p: p.requires_grad) if frozen is None else (lambda p: id(p) not in frozen)  # noqa: E731
     modules = dict(model.named_modules())
     for name, module in modules.items():
         params = _unique_params(module)
@@ -156,11 +161,11 @@ def layer_tree(model: nn.Module) -> dict[str, LayerInfo]:
             depth=depth,
             own_params=sum(p.numel() for p in own.values()),
             total_params=sum(p.numel() for p in params.values()),
-            trainable_params=sum(p.numel() for p in params.values() if p.requires_grad),
+            trainable_params=sum(p.numel() for p in params.values() if trains(p)),
             children=children,
         )
         for pname, p in held:
-            out[pname] = _param_info(pname, depth + 1, p)
+            out[pname] = _param_info(pname, depth + 1, p, trains(p))
     return out
 
 

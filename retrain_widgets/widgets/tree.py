@@ -12,7 +12,7 @@ from torch import nn
 
 from ..choices import up_to_everything
 from ..core.lora import adapter_counts, adapter_size, attention_projections, is_adaptable, lora_target_names
-from ..core.tree import LayerInfo, find_head_or_none, frozen_names, layer_tree, names_up_to
+from ..core.tree import LayerInfo, find_head_or_none, frozen_names, layer_tree, names_up_to, parameters_of
 
 __all__ = ["LayerTreeView"]
 
@@ -98,6 +98,7 @@ class LayerTreeView(W.VBox):
         self._rows: dict[str, _Row] = {}
         self._expanded: set[str] = {""}
         self._silent = False
+        self._pending: tuple[list[str], set[int]] | None = None  # a freezing shown before the model takes it
         self.totals = W.HTML()
         self.totals.add_class("rw-tree-totals")
         self.list = W.VBox(layout=W.Layout(max_height="360px", overflow="auto", border="1px solid #ddd",
@@ -136,10 +137,24 @@ class LayerTreeView(W.VBox):
             del self._rows[n]
         self.refresh()
 
+    def show_frozen(self, names: list[str] | None) -> None:
+        """Show ``names`` frozen, and everything else trainable, before the model is (a change a training
+        loop takes at its next step); ``None``: the model's own freezing again."""
+        self._pending = None if names is None else (
+            list(names), {id(p) for n in names for *_, p in parameters_of(self.model, n)})
+        self.refresh()
+
+    def frozen_ids(self) -> set[int]:
+        """The ``id()`` of the parameters shown frozen."""
+        if self._pending is not None:
+            return set(self._pending[1])
+        return {id(p) for p in self.model.parameters() if not p.requires_grad}
+
     def refresh(self) -> None:
-        """Re-read parameter counts and freezing from the model."""
-        self.tree = layer_tree(self.model)
-        self.frozen = frozen_names(self.model)
+        """Re-read parameter counts and freezing from the model (or the freezing it is about to take)."""
+        pending = self._pending
+        self.tree = layer_tree(self.model, None if pending is None else pending[1])
+        self.frozen = frozen_names(self.model) if pending is None else list(pending[0])
         root = self.tree[""]
         adapters = sum(self._adapters().values())
         lora = (f" · LoRA r={self.lora_r} on {len(self.lora_names)} layer{'s' if len(self.lora_names) != 1 else ''}: "

@@ -14,6 +14,7 @@ at once, in order, to run after the cell (:mod:`~.uipoll`).
 from __future__ import annotations
 
 import html
+import threading
 import time
 from typing import Any
 
@@ -77,6 +78,7 @@ class WatchDashboard(W.VBox):
         self.bridge = Bridge(self, run, LiveFigure())
         self._ui: Any = None
         self._next_poll = 0.0
+        self._home, self._tree_stale = threading.current_thread(), False  # the kernel's thread makes widgets
         run.on(Event.STEP_END, self._on_step)
         run.control.while_paused.append(self.poll)
         self.show_state(run)
@@ -96,30 +98,38 @@ class WatchDashboard(W.VBox):
         """The Layers tab's choice: freeze ``names``, unfreeze the rest, at the loop's next step.
         Unfreezing needs the loop's optimizer to hold the parameters; where it cannot, say why."""
         run, model = self.run, self.run.model
-        now = set(run.frozen())
-        to_unfreeze = [n for n, ps in parameterised_layers(model) if n in now and not _covered(n, names)]
+        shown = self.tree.frozen_ids()  # the model's freezing, or a change still waiting for the loop's next step
+        to_unfreeze = [n for n, ps in parameterised_layers(model) if any(id(p) in shown for p in ps)
+                       and not _covered(n, names)]
         problem = _cannot_unfreeze(run, model, to_unfreeze) or _nothing_left(model, names)
         if problem:
             write(self.tree_message, value=message_html(problem, error=True))
-            self.tree.set_model(model)  # the tree shows what is, not the refused choice
+            self.tree.refresh()  # the tree shows what is (or is about to be), not the refused choice
             return
 
-        def apply() -> None:
-            if to_unfreeze:
-                unfreeze(model, to_unfreeze)
+        def apply() -> None:  # at the loop's step boundary: the model's freezing becomes exactly `names`
+            thawed = [n for n, ps in parameterised_layers(model) if any(not p.requires_grad for p in ps)
+                      and not _covered(n, names)]
+            if thawed:
+                unfreeze(model, thawed)
             if names:
                 freeze(model, names)
                 for n in names:  # no gradient left: momentum and weight decay cannot move them
                     for *_, p in parameters_of(model, n):
                         p.grad = None
+            self._tree_stale = True
 
         text = f"froze {', '.join(names) or 'nothing'}" + (f"; unfroze {', '.join(to_unfreeze)}" if to_unfreeze else "")
         run.change(apply, text)
+        self.tree.show_frozen(names if run.state.active else None)  # a tick stays ticked until the loop takes it
         when = "at the loop's next step" if run.state.active else "now"
         write(self.tree_message, value=message_html(f"{text} ({when})."))
 
     # ------------------------------------------------------------------ UI events from the loop's thread
     def _on_step(self, info: EventInfo) -> None:
+        if self._tree_stale and threading.current_thread() is self._home:  # the tree is the kernel thread's
+            self._tree_stale = False
+            self.tree.show_frozen(None)  # the loop took the change: the model's own counts again
         now = time.perf_counter()
         if now >= self._next_poll:
             self._next_poll = now + self.poll_interval
@@ -165,6 +175,8 @@ class WatchDashboard(W.VBox):
             write(self.error, value=error_html(self.run.error))
 
     def run_ended(self, run: Any, png: bytes) -> None:
+        if threading.current_thread() is self._home:
+            self.tree.show_frozen(None)  # a change the loop never reached is not shown as taken
         self.show_state(run)
         self.show_runs()
 
