@@ -73,6 +73,7 @@ class StudioChecks:
     emit: Callable[[Payload], None]
     status: Callable[..., None]
     set: Callable[..., RunConfig]
+    busy: Callable[[], bool]
 
     # ================================================================== the working copy
     def working_copy(self, cfg: RunConfig | None = None) -> nn.Module:
@@ -156,7 +157,13 @@ class StudioChecks:
         return preview
 
     def find_lr(self, **kwargs: Any) -> Any:
-        """Run the LR range test on a copy of the model with the current config."""
+        """Run the LR range test on a copy of the model with the current config. Refused (``None``, said
+        on the status line) while a run or what-ifs go: it trains too, on the kernel's thread, with the
+        same loader and the process's random generator that the run's batches and dropout draw from."""
+        if self.busy():
+            self.status("✗ the LR finder trains a copy of the model: not while a run or what-ifs go (one at a "
+                        "time). Use it before Start, or Stop first.", error=True)
+            return None
         self.status("running the LR finder…")
         try:
             r = Retrainer(self.pretrained, self._config, self.train_loader, forward=self.forward)

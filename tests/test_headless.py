@@ -239,6 +239,18 @@ def test_reset_between_what_ifs_ends_the_queue_and_a_config_change_leaves_the_wh
     assert len(s.runs) == 1 and s.run is None  # the queue's next run was never started
 
 
+def test_the_lr_finder_is_refused_while_a_run_trains(cnn, seven):
+    s = HeadlessStudio(cnn, seven.train, config=_short(max_steps=None, epochs=100), store=False)
+    rec = Recorder(s)
+    run = s.start()
+    assert _until(lambda: run.step > 0)
+    assert s.find_lr(num_steps=5) is None and "lr_find" not in rec.topics()
+    assert "not while a run or what-ifs go" in rec.last("status")[0] and rec.last("status")[1]
+    assert run.state == State.RUNNING
+    s.stop()
+    assert run.join(10)
+
+
 def test_restore_is_refused_while_a_run_trains_and_works_right_after_stop(cnn, seven, tmp_path, monkeypatch):
     s = HeadlessStudio(cnn, seven.train, config=_short(max_steps=None, epochs=100), store=tmp_path / "runs")
     first = s.start()
