@@ -81,12 +81,12 @@ class StudioChecks:
         tree and the checks (:func:`~retrain_widgets.core.builder.build_model`, freezing left to
         :meth:`refresh_work`; no LoRA adapters: the tree marks the chosen layers on the model as it is)."""
         cfg = cfg or self._config
-        try:
-            return build_model(self.pretrained, cfg, apply_freezing=False, adapters=False).model
-        except ValueError as exc:  # head_out on a model without a Linear head: shown, the model kept
-            self.status(f"✗ {exc}", error=True)
-            torch.manual_seed(cfg.seed)
-            return copy.deepcopy(self.pretrained)
+        with torch.random.fork_rng(devices=[]):  # the head's seed moves neither the user's RNG nor a run's
+            try:
+                return build_model(self.pretrained, cfg, apply_freezing=False, adapters=False).model
+            except ValueError as exc:  # head_out on a model without a Linear head: shown, the model kept
+                self.status(f"✗ {exc}", error=True)
+                return copy.deepcopy(self.pretrained)
 
     def refresh_work(self) -> None:
         """Apply the config's freezing to the working copy."""

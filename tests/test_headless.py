@@ -239,6 +239,17 @@ def test_reset_between_what_ifs_ends_the_queue_and_a_config_change_leaves_the_wh
     assert len(s.runs) == 1 and s.run is None  # the queue's next run was never started
 
 
+def test_a_new_working_copy_moves_no_random_generator(cnn, seven):
+    """A seed, head or Reset makes a new working copy with the config's seed: not the process's generator,
+    which the user's cells and a training run's dropout draw from."""
+    s = HeadlessStudio(cnn, seven.train, config=_short(), store=False)
+    state = torch.get_rng_state()
+    s.set(seed=5)
+    s.set(head_out=2)
+    s.reset()
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_the_lr_finder_is_refused_while_a_run_trains(cnn, seven):
     s = HeadlessStudio(cnn, seven.train, config=_short(max_steps=None, epochs=100), store=False)
     rec = Recorder(s)
