@@ -198,7 +198,7 @@ def test_reset_start_and_restore_right_after_stop_wait_for_the_final_frame(studi
     for click in (studio.reset_button.click, studio.start_button.click, restore_the_first):
         studio.start_button.click()
         run = studio.run
-        assert _until(lambda: run.step > 2)
+        assert _until(lambda run=run: run.step > 2)
         studio.stop_button.click()
         assert _until(lambda: not studio.start_button.disabled)  # Reset and Start are enabled: click at once
         calls.clear()
