@@ -102,9 +102,9 @@ def test_million_steps_hundred_layers_bounded():
     steps, cols, vals = h.layer_series("grad_norm")
     assert vals.shape == (len(steps), 100) and len(steps) <= 3 * 1024
     assert steps[-1] == 999_999
-    t1 = time.perf_counter()
+    t1 = time.thread_time()  # CPU time: not the time a busy machine kept this thread waiting
     h.snapshot()
-    assert time.perf_counter() - t1 < 0.5
+    assert time.thread_time() - t1 < 0.5
     assert elapsed < 60  # sanity only; speed targets live in benchmarks/
 
 

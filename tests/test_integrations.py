@@ -133,7 +133,7 @@ def _steer(cb) -> tuple[threading.Thread, dict[str, int], list[State]]:
 
     def steer() -> None:
         try:
-            _wait_for(lambda: cb.run is not None and cb.run.global_step >= 3)
+            _wait_for(lambda: cb.run is not None and cb.run.global_step >= 3, 60)  # the trainer's start-up too
             cb.run.on(Event.STATE_CHANGE, lambda info: states.append(info.data["state"]))
             cb.pause()
             _wait_for(lambda: cb.run.state == State.PAUSED)

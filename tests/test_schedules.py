@@ -441,9 +441,9 @@ def test_preview_rejects_bad_lr(lr: Any) -> None:
 def test_preview_of_10000_steps_is_fast() -> None:
     schedules.preview("cosine", 10)  # warm up torch's lazy imports
     for name in SHAPES:
-        start = time.perf_counter()
+        start = time.thread_time()  # this thread's CPU time: not the time it waited for a busy core
         out = schedules.preview(name, 10_000, lr=1e-3)
-        elapsed = time.perf_counter() - start
+        elapsed = time.thread_time() - start
         assert len(out) == 10_000
         assert elapsed < 0.5, f"{name}: {elapsed:.3f} s"
 

@@ -59,9 +59,9 @@ def test_the_sampled_preview_is_the_stepped_one_at_its_points(name):
 def test_a_billion_step_preview_is_cheap(name):
     from retrain_widgets.core import lr_preview
 
-    t0 = time.perf_counter()
+    t0 = time.thread_time()  # CPU time: not the time a busy machine kept this thread waiting
     steps, lrs = lr_preview.sampled(name, 10**9, 1e-3)
-    assert time.perf_counter() - t0 < 2.0
+    assert time.thread_time() - t0 < 2.0
     assert len(steps) <= lr_preview.MAX_POINTS and steps[-1] == 10**9 - 1 and all(map(math.isfinite, lrs))
 
 

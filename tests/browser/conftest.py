@@ -26,8 +26,21 @@ from .browser_harness import (
 
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
-    """``test-artifacts/browser/`` at the repo root (screenshots, console logs, server log),
-    emptied once per session that uses the browser fixtures."""
+    """``test-artifacts/browser/`` at the repo root (screenshots, console logs, server logs),
+    emptied once per test run that uses the browser fixtures: by the first of pytest-xdist's workers
+    to get here (the other must not delete what the first one kept)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    ARTIFACTS_DIR.parent.mkdir(parents=True, exist_ok=True)
+    claim = ARTIFACTS_DIR.parent / f".browser-run-{run}"
+    if run:
+        try:
+            os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:  # another worker of this run emptied it
+            ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+            return ARTIFACTS_DIR
+    for old in ARTIFACTS_DIR.parent.glob(".browser-run-*"):
+        if old != claim:
+            old.unlink(missing_ok=True)
     shutil.rmtree(ARTIFACTS_DIR, ignore_errors=True)
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS_DIR

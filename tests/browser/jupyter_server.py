@@ -141,7 +141,8 @@ class JupyterServer:
             # 0.5 s instead of 2.5 s: the tests never need a kernel's own graceful exit
             f"--KernelManager.shutdown_wait_time={KERNEL_SHUTDOWN_WAIT}",
         ]  # fmt: skip
-        self.log_path = self.log_path or ARTIFACTS_DIR / f"jupyter-{self.app}-server.log"
+        worker = os.environ.get("PYTEST_XDIST_WORKER")  # each xdist worker's server a log of its own
+        self.log_path = self.log_path or ARTIFACTS_DIR / f"jupyter-{self.app}-server{'-' + worker if worker else ''}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child keeps writing to it
         self.proc = subprocess.Popen(

@@ -101,6 +101,15 @@ def _note(page, marker: str) -> dict | None:
     return page.evaluate(_NOTE_JS, marker)
 
 
+def _errors(page, count: int, timeout: float = 10.0) -> list[str]:
+    """The page's unexpected console errors once ``count`` have come (the front end logs one per widget
+    output it cannot show, each when that output renders), or those there are after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while len(errors := page.unexpected_errors()) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return errors
+
+
 def _saved_figure(path) -> bool:
     cell = nbformat.read(str(path), as_version=4).cells[0]
     return any("image/png" in o.get("data", {}) for o in cell.outputs)
@@ -147,7 +156,7 @@ def test_a_dashboard_saved_without_widget_state_reopens_with_a_note(notebook_fil
     assert state["images"] == 1, state  # the run's final figure, below the note
     again.screenshot("reopened-without-widget-state")
     # the front end logs "widget model not found" once per widget output it cannot show: the two here
-    errors = again.unexpected_errors()
+    errors = _errors(again, 2)
     assert len(errors) == 2 and all("widget model not found" in e for e in errors), errors
 
 
@@ -187,5 +196,5 @@ def test_a_watched_loop_saved_without_widget_state_reopens_with_a_note(notebook_
     assert state["noteVisibility"] == "visible" and state["height"] >= 16 and state["text"] == "", state
     assert "model not found" not in state["cell"] and "Error displaying widget" not in state["cell"], state
     again.screenshot("reopened-without-widget-state")
-    errors = again.unexpected_errors()
+    errors = _errors(again, 1)
     assert len(errors) == 1 and "widget model not found" in errors[0], errors
