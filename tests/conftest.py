@@ -82,6 +82,16 @@ def assert_same_state(module: nn.Module, before: dict[str, torch.Tensor]) -> Non
     assert not changed, f"changed: {changed}"
 
 
+def until(condition, timeout: float = 20.0) -> bool:
+    """Wait for what another thread does: True once ``condition()`` holds, False after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 class SlowLoader:
     """A loader whose batches take a little time, so control calls land mid-epoch."""
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from conftest import until as _until
 
 from retrain_widgets import RunConfig, State, examples
 from retrain_widgets.headless import HeadlessStudio, LossVerdict, Preview
@@ -34,15 +35,6 @@ class Recorder:
 
     def last(self, topic: str) -> tuple:
         return next(s for s in reversed(self.seen) if s[0] == topic)[1:]
-
-
-def _until(cond, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def _short(**kw):

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 from conftest import SlowLoader
+from conftest import until as _until
 
 from retrain_widgets import RetrainStudio, RunConfig, State, examples
 
@@ -25,15 +26,6 @@ def studio(cnn, seven):
     if s.run is not None:  # a stopped run's thread may still draw its final frame: not into the next test
         s.run.stop()
         s.run.join(10)
-
-
-def _until(cond, timeout=10.0):
-    deadline = time.time() + timeout
-    while not cond():
-        if time.time() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_controls_mirror_the_config(studio):
