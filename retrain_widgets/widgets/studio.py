@@ -34,7 +34,7 @@ from .reopen import STUDIO_NOTE, STUDIO_NOTE_FIGURE, display_with_note
 from .runs import RunsPanel
 from .tabs import LayersTab, LossTab, OptimisationTab, ScheduleTab
 from .uipoll import wait_while
-from .writes import show, write
+from .writes import show, together, write
 
 __all__ = ["RetrainStudio"]
 
@@ -251,16 +251,18 @@ class RetrainStudio(W.VBox):
         """A run ended: its final figure becomes a static output (it outlives the widgets: a notebook
         saved and reopened without a kernel shows it) and replaces the live plot, so that one figure
         is on screen (the live plot comes back, and the static one goes, at the next frame)."""
-        if self.display_id is not None:
-            show(self.plot, False)  # hidden first: never two figures, not even for a moment
-            if not self._update_final(png):
-                show(self.plot, True)
+        with together():  # one step against _live_again: a grid's next run may begin on another thread
+            if self.display_id is not None:
+                show(self.plot, False)  # hidden first: never two figures, not even for a moment
+                if not self._update_final(png):
+                    show(self.plot, True)
 
     def _live_again(self) -> None:
         """The live plot shows again (a run starts, a reset or a restore drew it): no static copy."""
-        if self.display_id is not None and self.plot.layout.display == "none":
-            self._update_final(None)
-            show(self.plot, True)
+        with together():
+            if self.display_id is not None and self.plot.layout.display == "none":
+                self._update_final(None)
+                show(self.plot, True)
 
     def _update_final(self, png: bytes | None) -> bool:
         try:
