@@ -194,10 +194,12 @@ class HeadlessStudio(StudioChecks):
             self.emit(ConfigChanged(new, old))
             raise
         run = self.run
-        if run is not None and run.state.active and self.queue.alive():  # a what-if keeps its own config
-            self.status("what-ifs are running, each with its own config: this change takes effect at the next Start.")
-        elif run is not None and run.state.active:
-            self.apply_live(run, old, new, diff)
+        if run is not None and run.state.active:
+            if self.queue.alive():  # a what-if keeps its own config
+                self.status("what-ifs are running, each with its own config: this change takes effect at the next "
+                            "Start.")
+            else:
+                self.apply_live(run, old, new, diff)
         return new
 
     def apply_live(self, run: Retrainer, old: RunConfig, new: RunConfig, diff: dict[str, Any]) -> None:

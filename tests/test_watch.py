@@ -336,6 +336,25 @@ def test_ticks_in_the_layers_tab_stay_ticked_until_the_loop_takes_them_and_build
     run.finish()
 
 
+def test_a_layer_the_loop_froze_in_part_stays_as_it_is_when_another_is_ticked():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    net[2].bias.requires_grad_(False)  # the loop's own choice; its optimizer holds only what trains
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    run = rw.watch(net, opt, store=False, alignment_every=None)
+    dash = run.dashboard()
+    assert dash.tree.frozen == [] and "partly frozen" in dash.tree.row("2").label.value
+    dash.tree.row("0").check.value = True
+    assert "cannot" not in dash.tree_message.value, dash.tree_message.value
+    assert not net[0].weight.requires_grad and not net[2].bias.requires_grad and net[2].weight.requires_grad
+    dash.tree.row("2").check.value = True
+    assert not net[2].weight.requires_grad and dash.tree.frozen == ["0", "2"]
+    dash.tree.row("2").check.value = False  # the whole layer: its optimizer does not hold the bias
+    assert "cannot unfreeze 2" in dash.tree_message.value and dash.tree.row("2").check.value
+    assert not net[2].weight.requires_grad and not net[2].bias.requires_grad
+    run.finish()
+
+
 def test_the_studios_runs_tab_lists_restores_and_overlays_a_watched_loop_beside_engine_runs(runs_in_tmp):
     from retrain_widgets import RetrainStudio
 

@@ -144,12 +144,6 @@ class LayerTreeView(W.VBox):
             list(names), {id(p) for n in names for *_, p in parameters_of(self.model, n)})
         self.refresh()
 
-    def frozen_ids(self) -> set[int]:
-        """The ``id()`` of the parameters shown frozen."""
-        if self._pending is not None:
-            return set(self._pending[1])
-        return {id(p) for p in self.model.parameters() if not p.requires_grad}
-
     def refresh(self) -> None:
         """Re-read parameter counts and freezing from the model (or the freezing it is about to take)."""
         pending = self._pending

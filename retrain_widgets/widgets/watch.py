@@ -25,7 +25,7 @@ from ..comparison import table_html
 from ..core.comparison import summarize, table
 from ..core.events import Event, EventInfo, State
 from ..core.store import RunStore
-from ..core.tree import freeze, parameterised_layers, parameters_of, unfreeze
+from ..core.tree import freeze, parameters_of, unfreeze
 from ..core.watch import WatchedRun
 from ..plots import LiveFigure
 from .binding import css, message_html
@@ -98,20 +98,17 @@ class WatchDashboard(W.VBox):
         """The Layers tab's choice: freeze ``names``, unfreeze the rest, at the loop's next step.
         Unfreezing needs the loop's optimizer to hold the parameters; where it cannot, say why."""
         run, model = self.run, self.run.model
-        shown = self.tree.frozen_ids()  # the model's freezing, or a change still waiting for the loop's next step
-        to_unfreeze = [n for n, ps in parameterised_layers(model) if any(id(p) in shown for p in ps)
-                       and not _covered(n, names)]
-        problem = _cannot_unfreeze(run, model, to_unfreeze) or _nothing_left(model, names)
+        # from what the tree shows: the model's freezing, or a change still waiting for the loop's next step
+        to_unfreeze = [n for n in self.tree.frozen if not _covered(n, names)]
+        problem = _cannot_unfreeze(run, model, to_unfreeze, names) or _nothing_left(model, names)
         if problem:
             write(self.tree_message, value=message_html(problem, error=True))
             self.tree.refresh()  # the tree shows what is (or is about to be), not the refused choice
             return
 
-        def apply() -> None:  # at the loop's step boundary: the model's freezing becomes exactly `names`
-            thawed = [n for n, ps in parameterised_layers(model) if any(not p.requires_grad for p in ps)
-                      and not _covered(n, names)]
-            if thawed:
-                unfreeze(model, thawed)
+        def apply() -> None:  # at the loop's step boundary, after the changes queued before it
+            if to_unfreeze:
+                unfreeze(model, to_unfreeze)
             if names:
                 freeze(model, names)
                 for n in names:  # no gradient left: momentum and weight decay cannot move them
@@ -204,14 +201,15 @@ def _nothing_left(model: nn.Module, names: list[str]) -> str:
     return ""
 
 
-def _cannot_unfreeze(run: WatchedRun, model: nn.Module, layers: list[str]) -> str:
-    """Why ``layers`` cannot be unfrozen from here ("" when they can)."""
+def _cannot_unfreeze(run: WatchedRun, model: nn.Module, layers: list[str], names: list[str]) -> str:
+    """Why ``layers`` cannot be unfrozen from here, with ``names`` frozen ("" when they can)."""
     if not layers:
         return ""
     if run.optimizer is None:
         return ("cannot unfreeze from here: watch() was given no optimizer, so it cannot tell whether the loop's "
                 "optimizer holds these parameters. Pass the optimizer to watch(model, optimizer)")
     held = {id(p) for g in run.optimizer.param_groups for p in g["params"]}
+    held |= {id(p) for n in names for *_, p in parameters_of(model, n)}  # frozen again at once
     missing = [n for n in layers if any(id(p) not in held for *_, p in parameters_of(model, n))]
     if missing:
         return (f"cannot unfreeze {', '.join(missing)}: the loop's optimizer does not hold its parameters, so they "
